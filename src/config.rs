@@ -1,0 +1,290 @@
+//! Configuration: the run manifest (what every node of a run must share) and
+//! the node settings (what each node may choose for itself).
+//!
+//! Loaded from TOML; [`Config::validate`] rejects inconsistent values with a
+//! message naming the field. The run id is the BLAKE3 hash of the canonical
+//! (JSON, fixed field order) manifest together with the base model hash.
+
+use crate::codec;
+use crate::model::tiny;
+use crate::perturb::Kind;
+use crate::replica::Schedule;
+use crate::seed::RunId;
+use crate::task;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Errors loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the schema.
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    /// A value was out of range or inconsistent.
+    #[error("config {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Which model a run fine-tunes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ModelSpec {
+    /// The built-in candle classifier.
+    Tiny(tiny::Settings),
+}
+
+/// Which data a run trains on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum TaskSpec {
+    /// The built-in synthetic counting task.
+    Synthetic(task::Synthetic),
+}
+
+/// The run manifest: everything that must be identical on every node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Human-readable name.
+    pub name: String,
+    /// Seed of the base model (built-in model) and of data sampling.
+    pub seed: u64,
+    /// The model.
+    pub model: ModelSpec,
+    /// The data.
+    pub task: TaskSpec,
+    /// Parameter name patterns (`*` matches any run of characters) to train.
+    #[serde(default = "default_trainable")]
+    pub trainable: Vec<String>,
+    /// Distribution of `z`.
+    #[serde(default)]
+    pub perturbation: Kind,
+    /// Perturbation size ε.
+    pub eps: f64,
+    /// Examples per update.
+    pub batch_size: usize,
+    /// Fixed-point resolution: unit of tensor t is 2^(exponent(max|θ₀_t|) − unit_bits).
+    #[serde(default = "default_unit_bits")]
+    pub unit_bits: u32,
+    /// Learning-rate schedule over an update's seq.
+    pub schedule: Schedule,
+    /// The one-byte codec.
+    #[serde(default)]
+    pub codec: codec::Settings,
+}
+
+fn default_trainable() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_unit_bits() -> u32 {
+    24
+}
+
+/// Per-node settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSettings {
+    /// Updates this node publishes before it stops training (0 = no limit).
+    pub steps: u64,
+    /// Evaluate on the dev set every this many own updates (0 = only at the end).
+    pub eval_every: u64,
+    /// Examples per evaluation forward.
+    pub eval_batch: usize,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            eval_every: 250,
+            eval_batch: 256,
+        }
+    }
+}
+
+/// A whole configuration file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The run manifest.
+    pub run: Manifest,
+    /// This node's settings.
+    #[serde(default)]
+    pub node: NodeSettings,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        Self::parse(&text, &p)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.into(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate().map_err(|message| Error::Invalid {
+            path: origin.into(),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks values and their consistency; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let r = &self.run;
+        if r.name.trim().is_empty() {
+            return Err("run.name must not be empty".into());
+        }
+        if !(r.eps.is_finite() && r.eps > 0.0 && r.eps < 1.0) {
+            return Err(format!("run.eps must be within (0, 1), got {}", r.eps));
+        }
+        if r.batch_size == 0 || r.batch_size > 65_536 {
+            return Err(format!(
+                "run.batch_size must be within 1..=65536, got {}",
+                r.batch_size
+            ));
+        }
+        if !(8..=28).contains(&r.unit_bits) {
+            return Err(format!(
+                "run.unit_bits must be within 8..=28, got {}",
+                r.unit_bits
+            ));
+        }
+        if r.trainable.is_empty() || r.trainable.iter().any(|p| p.trim().is_empty()) {
+            return Err("run.trainable must list at least one non-empty pattern".into());
+        }
+        r.schedule.validate("run.schedule")?;
+        r.codec.validate("run.codec")?;
+        // One update may move a weight by at most lr·clip; keep that within 2^24 units
+        // of the finest unit (scale 1) so δ stays far from the i32 range.
+        let max_units = r.schedule.max_lr() * r.codec.clip * f64::from(1u32 << r.unit_bits);
+        if max_units > f64::from(1u32 << 28) {
+            return Err(format!(
+                "run.schedule.lr × run.codec.clip is too large for run.unit_bits = {}: one update could add {max_units:.3e} units",
+                r.unit_bits
+            ));
+        }
+        match (&r.model, &r.task) {
+            (ModelSpec::Tiny(m), TaskSpec::Synthetic(t)) => {
+                m.validate("run.model")?;
+                t.validate("run.task")?;
+                if m.vocab != t.vocab {
+                    return Err(format!(
+                        "run.task.vocab ({}) must equal run.model.vocab ({})",
+                        t.vocab, m.vocab
+                    ));
+                }
+                if m.classes != 2 {
+                    return Err(format!(
+                        "run.model.classes must be 2 for the synthetic task, got {}",
+                        m.classes
+                    ));
+                }
+            }
+        }
+        if self.node.eval_batch == 0 {
+            return Err("node.eval_batch must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    /// The run id: hash of the canonical manifest and the base model hash.
+    pub fn run_id(&self, base_hash: &[u8; 32]) -> RunId {
+        let mut h = blake3::Hasher::new();
+        h.update(b"seedswarm/run/1");
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        h.update(&(canonical.len() as u64).to_le_bytes());
+        h.update(&canonical);
+        h.update(base_hash);
+        RunId(*h.finalize().as_bytes())
+    }
+}
+
+/// Whether `name` matches the glob `pattern` (`*` = any run of characters).
+pub fn glob(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = include_str!("../configs/demo.toml");
+
+    #[test]
+    fn demo_config_is_valid() {
+        Config::parse(DEMO, "demo.toml").unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("eps = 0.01", "eps = -1.0", "run.eps"),
+            ("batch_size = 16", "batch_size = 0", "run.batch_size"),
+            (
+                "steps_per_octave = 8",
+                "steps_per_octave = 3",
+                "run.codec.steps_per_octave",
+            ),
+            ("vocab = 32\ndim", "vocab = 33\ndim", "run.task.vocab"),
+            ("eps = 0.01", "eps = 0.01\nepsilon = 2", "epsilon"),
+            ("eps = 0.01", "eps = \"big\"", "eps"),
+        ];
+        for (from, to, field) in cases {
+            assert!(DEMO.contains(from), "{from}");
+            let text = DEMO.replacen(from, to, 1);
+            let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn run_id_depends_on_manifest_and_base() {
+        let a = Config::parse(DEMO, "a").unwrap().run;
+        let mut b = a.clone();
+        b.eps *= 2.0;
+        assert_ne!(a.run_id(&[0; 32]), b.run_id(&[0; 32]));
+        assert_ne!(a.run_id(&[0; 32]), a.run_id(&[1; 32]));
+        assert_eq!(a.run_id(&[0; 32]), a.clone().run_id(&[0; 32]));
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "x"));
+        assert!(glob("model.layers.2*", "model.layers.29.mlp"));
+        assert!(glob("*norm*", "model.layers.0.input_layernorm.weight"));
+        assert!(!glob("*.bias", "mlp.weight"));
+        assert!(glob("mlp.weight", "mlp.weight"));
+    }
+}

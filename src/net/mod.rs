@@ -1,0 +1,258 @@
+//! The libp2p side: behaviour, swarm construction, identity and topics.
+//!
+//! One `#[derive(NetworkBehaviour)]` struct: gossipsub (update batches and
+//! heartbeats, signed, validated before forwarding, with peer scoring),
+//! request-response (log ranges, CBOR), identify, ping, optional mDNS, and
+//! Kademlia fed by identify and bootstrap addresses. Transports: TCP (noise,
+//! yamux) and QUIC, with bandwidth metrics.
+
+pub mod sync;
+pub mod wire;
+
+use crate::seed::{Origin, RunId};
+use libp2p::identity::{self, Keypair};
+use libp2p::metrics::Registry;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux};
+use libp2p::{PeerId, StreamProtocol, Swarm};
+use std::path::Path;
+use std::time::Duration;
+
+/// Protocol name of the sync request-response protocol.
+pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/1";
+/// Protocol name of the private Kademlia DHT.
+pub const KAD_PROTOCOL: &str = "/seedswarm/kad/1.0.0";
+/// Largest gossip message accepted (bytes).
+pub const MAX_GOSSIP: usize = 64 * 1024;
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Identity file problems.
+    #[error("node key {path}: {reason}")]
+    Key { path: String, reason: String },
+    /// Building the swarm failed.
+    #[error("building the network: {0}")]
+    Build(String),
+}
+
+/// The node's behaviour.
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    /// Update batches and heartbeats.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Log-range transfer.
+    pub sync: request_response::cbor::Behaviour<wire::Request, wire::Response>,
+    /// Peer information (listen addresses for Kademlia).
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+    /// LAN discovery (off in tests).
+    pub mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Wider discovery from bootstrap addresses.
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// The gossip topics of a run.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    /// Update batches.
+    pub updates: gossipsub::IdentTopic,
+    /// Heartbeats.
+    pub status: gossipsub::IdentTopic,
+}
+
+impl Topics {
+    /// Topics named from the run id.
+    pub fn new(run: &RunId) -> Self {
+        let base = format!("seedswarm/{}", &run.to_hex()[..32]);
+        Self {
+            updates: gossipsub::IdentTopic::new(format!("{base}/u")),
+            status: gossipsub::IdentTopic::new(format!("{base}/s")),
+        }
+    }
+}
+
+/// Loads the node key from `dir/node.key`, creating it on first use.
+pub fn load_or_create_key(dir: &Path) -> Result<Keypair, Error> {
+    let path = dir.join("node.key");
+    let err = |reason: String| Error::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            err(format!(
+                "unreadable ({e}); move it away to get a new identity"
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            let tmp = path.with_extension("key.tmp");
+            std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+            Ok(key)
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// The origin (raw ed25519 public key) of a key pair.
+pub fn origin_of_key(key: &Keypair) -> Option<Origin> {
+    Some(Origin(key.public().try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The origin of a peer id, when it inlines an ed25519 key.
+pub fn origin_of_peer(peer: &PeerId) -> Option<Origin> {
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(Origin(pk.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// The peer id of an origin.
+pub fn peer_of_origin(origin: &Origin) -> Option<PeerId> {
+    let pk = identity::ed25519::PublicKey::try_from_bytes(&origin.0).ok()?;
+    Some(PeerId::from_public_key(&identity::PublicKey::from(pk)))
+}
+
+/// Builds the swarm for `run` with `key`; registers bandwidth metrics in `registry`.
+pub fn build(
+    key: Keypair,
+    topics: &Topics,
+    mdns_on: bool,
+    registry: &mut Registry,
+) -> Result<Swarm<Behaviour>, Error> {
+    let b = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
+    let topics = topics.clone();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| b(&e))?
+        .with_quic()
+        .with_bandwidth_metrics(registry)
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let peer = key.public().to_peer_id();
+                let config = gossipsub::ConfigBuilder::default()
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .validate_messages()
+                    .max_transmit_size(MAX_GOSSIP)
+                    .heartbeat_interval(Duration::from_millis(700))
+                    .mesh_n(6)
+                    .mesh_n_low(4)
+                    .mesh_n_high(12)
+                    .mesh_outbound_min(2)
+                    .history_length(6)
+                    .build()?;
+                let mut gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    config,
+                )?;
+                let mut params = gossipsub::PeerScoreParams {
+                    ip_colocation_factor_weight: 0.0,
+                    ..Default::default()
+                };
+                for t in [&topics.updates, &topics.status] {
+                    params.topics.insert(
+                        t.hash(),
+                        gossipsub::TopicScoreParams {
+                            topic_weight: 1.0,
+                            time_in_mesh_weight: 0.0,
+                            first_message_deliveries_weight: 0.0,
+                            mesh_message_deliveries_weight: 0.0,
+                            mesh_failure_penalty_weight: 0.0,
+                            invalid_message_deliveries_weight: -10.0,
+                            invalid_message_deliveries_decay: 0.9,
+                            ..Default::default()
+                        },
+                    );
+                }
+                gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
+                gossipsub.subscribe(&topics.updates)?;
+                gossipsub.subscribe(&topics.status)?;
+                let sync = request_response::cbor::Behaviour::with_codec(
+                    request_response::cbor::codec::Codec::default()
+                        .set_request_size_maximum(4 * 1024)
+                        .set_response_size_maximum(4 * wire::MAX_RANGE + 4096),
+                    [(
+                        StreamProtocol::new(SYNC_PROTOCOL),
+                        request_response::ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(30)),
+                );
+                let identify = identify::Behaviour::new(
+                    identify::Config::new("/seedswarm/1".into(), key.public())
+                        .with_agent_version(format!("seedswarm/{}", env!("CARGO_PKG_VERSION")))
+                        .with_interval(Duration::from_secs(60)),
+                );
+                let ping = ping::Behaviour::new(
+                    ping::Config::new().with_interval(Duration::from_secs(10)),
+                );
+                let mdns = if mdns_on {
+                    Some(mdns::tokio::Behaviour::new(
+                        mdns::Config {
+                            query_interval: Duration::from_secs(5),
+                            ..Default::default()
+                        },
+                        peer,
+                    )?)
+                } else {
+                    None
+                };
+                let mut kad = kad::Behaviour::with_config(
+                    peer,
+                    kad::store::MemoryStore::new(peer),
+                    kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+                );
+                kad.set_mode(Some(kad::Mode::Server));
+                Ok(Behaviour {
+                    gossipsub,
+                    sync,
+                    identify,
+                    ping,
+                    mdns: Toggle::from(mdns),
+                    kad,
+                })
+            },
+        )
+        .map_err(|e| b(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    Ok(swarm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_and_peer_id_correspond() {
+        let key = Keypair::generate_ed25519();
+        let origin = origin_of_key(&key).unwrap();
+        let peer = key.public().to_peer_id();
+        assert_eq!(origin_of_peer(&peer), Some(origin));
+        assert_eq!(peer_of_origin(&origin), Some(peer));
+    }
+
+    #[test]
+    fn node_key_is_persistent_and_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = load_or_create_key(dir.path()).unwrap();
+        let b = load_or_create_key(dir.path()).unwrap();
+        assert_eq!(a.public(), b.public());
+        std::fs::write(dir.path().join("node.key"), b"garbage").unwrap();
+        let err = load_or_create_key(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("unreadable"), "{err}");
+    }
+}

@@ -1,0 +1,320 @@
+//! Anti-entropy as a plain state machine (no IO; time is passed in).
+//!
+//! Tracks what each peer announced in its heartbeats, decides which missing
+//! `(origin, seq)` ranges to request from whom, rotates peers when a request
+//! fails, forgets peers that left or went silent, and tells when the swarm has
+//! settled (every live peer done, same version vector, same digest).
+
+use crate::replica::VersionVector;
+use crate::seed::Origin;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Timing knobs of the repair protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// A gap must persist this long before it is repaired (gossip may still fill it).
+    pub repair_delay: Duration,
+    /// A repair request without an answer after this long is retried elsewhere.
+    pub request_timeout: Duration,
+    /// A peer not heard from for this long is forgotten.
+    pub peer_timeout: Duration,
+    /// Most codes asked for in one request.
+    pub max_range: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            repair_delay: Duration::from_millis(1500),
+            request_timeout: Duration::from_secs(10),
+            peer_timeout: Duration::from_secs(15),
+            max_range: 1 << 16,
+        }
+    }
+}
+
+/// What a peer last announced.
+#[derive(Clone, Debug)]
+pub struct PeerView {
+    /// Its version vector.
+    pub vv: VersionVector,
+    /// Its digest at `vv`.
+    pub digest: [u8; 32],
+    /// It stopped publishing for good.
+    pub done: bool,
+    /// Updates it has not applied yet.
+    pub backlog: u64,
+    /// Its recent training loss.
+    pub loss: f32,
+    /// When we last heard from it.
+    pub seen: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Inflight<P> {
+    peer: P,
+    from: u64,
+    since: Instant,
+}
+
+/// A range to ask a peer for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ask<P> {
+    /// Whom to ask.
+    pub peer: P,
+    /// Whose updates.
+    pub origin: Origin,
+    /// First seq wanted.
+    pub from: u64,
+    /// One past the last seq wanted.
+    pub to: u64,
+}
+
+/// The anti-entropy state.
+#[derive(Debug)]
+pub struct Sync<P> {
+    timing: Timing,
+    peers: HashMap<P, PeerView>,
+    /// Per origin: the target we lack and since when we have lacked it.
+    want: HashMap<Origin, (u64, Instant)>,
+    inflight: HashMap<Origin, Inflight<P>>,
+    /// Round-robin counter so repairs spread over peers.
+    turn: usize,
+}
+
+impl<P: Clone + Eq + Hash + Ord> Sync<P> {
+    /// An empty state.
+    pub fn new(timing: Timing) -> Self {
+        Self {
+            timing,
+            peers: HashMap::new(),
+            want: HashMap::new(),
+            inflight: HashMap::new(),
+            turn: 0,
+        }
+    }
+
+    /// Records a heartbeat; `leaving` forgets the peer at once.
+    pub fn on_heartbeat(&mut self, peer: P, view: PeerView, leaving: bool) {
+        if leaving {
+            self.forget(&peer);
+        } else {
+            self.peers.insert(peer, view);
+        }
+    }
+
+    /// Forgets a peer (left, or disconnected).
+    pub fn forget(&mut self, peer: &P) {
+        self.peers.remove(peer);
+        self.inflight.retain(|_, f| &f.peer != peer);
+    }
+
+    /// Forgets peers not heard from within the peer timeout.
+    pub fn expire(&mut self, now: Instant) -> Vec<P> {
+        let gone: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, v)| now.duration_since(v.seen) > self.timing.peer_timeout)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in &gone {
+            self.forget(p);
+        }
+        gone
+    }
+
+    /// Live peers and their views.
+    pub fn peers(&self) -> &HashMap<P, PeerView> {
+        &self.peers
+    }
+
+    /// The most any live peer holds of each origin.
+    pub fn best(&self) -> VersionVector {
+        let mut best = VersionVector::new();
+        for v in self.peers.values() {
+            for (o, &n) in &v.vv {
+                let b = best.entry(*o).or_insert(0);
+                *b = (*b).max(n);
+            }
+        }
+        best
+    }
+
+    /// Ranges to request now, given what we hold (`have`) and the gaps behind
+    /// which we buffer data (`gaps`: origin, next wanted, first buffered).
+    pub fn plan(
+        &mut self,
+        have: &VersionVector,
+        gaps: &[(Origin, u64, u64)],
+        now: Instant,
+    ) -> Vec<Ask<P>> {
+        let mut targets = self.best();
+        for &(o, _, first) in gaps {
+            let t = targets.entry(o).or_insert(0);
+            *t = (*t).max(first);
+        }
+        // Track how long each shortfall has persisted.
+        self.want.retain(|o, _| {
+            targets.get(o).copied().unwrap_or(0) > have.get(o).copied().unwrap_or(0)
+        });
+        let mut asks = Vec::new();
+        let mut origins: Vec<(&Origin, &u64)> = targets.iter().collect();
+        origins.sort();
+        for (o, &target) in origins {
+            let held = have.get(o).copied().unwrap_or(0);
+            if target <= held {
+                self.inflight.remove(o);
+                continue;
+            }
+            let since = self.want.entry(*o).or_insert((target, now)).1;
+            if now.duration_since(since) < self.timing.repair_delay {
+                continue;
+            }
+            if let Some(f) = self.inflight.get(o) {
+                let progressed = held > f.from;
+                let timed_out = now.duration_since(f.since) > self.timing.request_timeout;
+                if !progressed && !timed_out {
+                    continue;
+                }
+            }
+            // Peers that hold at least the next missing update; rotate among them.
+            let mut holders: Vec<&P> = self
+                .peers
+                .iter()
+                .filter(|(_, v)| v.vv.get(o).copied().unwrap_or(0) > held)
+                .map(|(p, _)| p)
+                .collect();
+            if holders.is_empty() {
+                // Only buffered data tells us of the gap: ask anyone.
+                holders = self.peers.keys().collect();
+            }
+            if holders.is_empty() {
+                continue;
+            }
+            holders.sort();
+            let previous = self.inflight.get(o).map(|f| f.peer.clone());
+            let mut pick = holders[self.turn % holders.len()].clone();
+            if holders.len() > 1 && Some(&pick) == previous.as_ref() {
+                pick = holders[(self.turn + 1) % holders.len()].clone();
+            }
+            self.turn = self.turn.wrapping_add(1);
+            let to = target.min(held + self.timing.max_range);
+            self.inflight.insert(
+                *o,
+                Inflight {
+                    peer: pick.clone(),
+                    from: held,
+                    since: now,
+                },
+            );
+            asks.push(Ask {
+                peer: pick,
+                origin: *o,
+                from: held,
+                to,
+            });
+        }
+        asks
+    }
+
+    /// A request for `origin` failed: the next plan may ask someone else.
+    pub fn on_failure(&mut self, origin: &Origin) {
+        if let Some(f) = self.inflight.get_mut(origin) {
+            f.since = Instant::now() - self.timing.request_timeout - Duration::from_millis(1);
+        }
+    }
+
+    /// True when every live peer is done and holds exactly `vv` with `digest`.
+    pub fn settled(&self, vv: &VersionVector, digest: &[u8; 32]) -> bool {
+        self.peers
+            .values()
+            .all(|v| v.done && &v.vv == vv && &v.digest == digest && v.backlog == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(vv: &[(u8, u64)], done: bool, now: Instant) -> PeerView {
+        PeerView {
+            vv: vv.iter().map(|&(o, n)| (Origin([o; 32]), n)).collect(),
+            digest: [0; 32],
+            done,
+            backlog: 0,
+            loss: 0.0,
+            seen: now,
+        }
+    }
+
+    #[test]
+    fn repairs_persistent_gaps_only_and_rotates_on_failure() {
+        let t0 = Instant::now();
+        let mut s: Sync<u32> = Sync::new(Timing::default());
+        s.on_heartbeat(1, view(&[(9, 100)], false, t0), false);
+        s.on_heartbeat(2, view(&[(9, 100)], false, t0), false);
+        let have: VersionVector = [(Origin([9; 32]), 40)].into_iter().collect();
+        // Fresh gap: gossip may still fill it.
+        assert!(s.plan(&have, &[], t0).is_empty());
+        let later = t0 + Duration::from_secs(2);
+        let asks = s.plan(&have, &[], later);
+        assert_eq!(asks.len(), 1);
+        assert_eq!((asks[0].from, asks[0].to), (40, 100));
+        let first = asks[0].peer;
+        // In flight: no duplicate request.
+        assert!(s.plan(&have, &[], later).is_empty());
+        s.on_failure(&Origin([9; 32]));
+        let asks = s.plan(&have, &[], later);
+        assert_eq!(asks.len(), 1);
+        assert_ne!(
+            asks[0].peer, first,
+            "a failed peer is not asked again at once"
+        );
+        // Filled: nothing more to do.
+        let full: VersionVector = [(Origin([9; 32]), 100)].into_iter().collect();
+        assert!(s.plan(&full, &[], later).is_empty());
+    }
+
+    #[test]
+    fn buffered_gaps_are_repaired_even_without_heartbeats_claiming_more() {
+        let t0 = Instant::now();
+        let mut s: Sync<u32> = Sync::new(Timing::default());
+        s.on_heartbeat(1, view(&[], false, t0), false);
+        let have = VersionVector::new();
+        let gaps = [(Origin([5; 32]), 0, 10)];
+        assert!(s.plan(&have, &gaps, t0).is_empty());
+        let asks = s.plan(&have, &gaps, t0 + Duration::from_secs(2));
+        assert_eq!(
+            asks,
+            vec![Ask {
+                peer: 1,
+                origin: Origin([5; 32]),
+                from: 0,
+                to: 10
+            }]
+        );
+    }
+
+    #[test]
+    fn settles_only_when_all_live_peers_agree_and_are_done() {
+        let t0 = Instant::now();
+        let mut s: Sync<u32> = Sync::new(Timing::default());
+        let vv: VersionVector = [(Origin([1; 32]), 3)].into_iter().collect();
+        s.on_heartbeat(1, view(&[(1, 3)], true, t0), false);
+        s.on_heartbeat(2, view(&[(1, 2)], true, t0), false);
+        assert!(!s.settled(&vv, &[0; 32]));
+        s.on_heartbeat(2, view(&[(1, 3)], false, t0), false);
+        assert!(!s.settled(&vv, &[0; 32]));
+        s.on_heartbeat(2, view(&[(1, 3)], true, t0), false);
+        assert!(s.settled(&vv, &[0; 32]));
+        assert!(!s.settled(&vv, &[1; 32]), "digest mismatch is not settled");
+        // A silent peer is forgotten and no longer waited on.
+        s.on_heartbeat(3, view(&[], false, t0), false);
+        assert!(!s.settled(&vv, &[0; 32]));
+        assert_eq!(s.expire(t0 + Duration::from_secs(60)).len(), 3);
+        s.on_heartbeat(4, view(&[(1, 3)], true, t0), true);
+        assert!(s.peers().is_empty(), "a leaving peer is forgotten at once");
+    }
+}

@@ -1,0 +1,321 @@
+//! Wire formats of the network, with decoders that validate everything and
+//! never panic on hostile input.
+//!
+//! - Update batches (gossipsub, topic `…/updates`): `0x01 ‖ uvarint first_seq ‖
+//!   codes`. The origin is the message's authenticated source, not repeated.
+//! - Heartbeats (gossipsub, topic `…/status`): bincode (standard config, size
+//!   limited) of [`Heartbeat`]: version vector, digest, counters, done flag.
+//! - Sync requests/responses (request-response, CBOR): log ranges.
+
+use crate::seed::Origin;
+use serde::{Deserialize, Serialize};
+
+/// Wire version byte of update batches.
+pub const UPDATES_VERSION: u8 = 1;
+/// Most codes one gossip batch may carry.
+pub const MAX_BATCH: usize = 16 * 1024;
+/// Most origins a heartbeat may list.
+pub const MAX_ORIGINS: usize = 4096;
+/// Largest heartbeat accepted, bytes.
+pub const MAX_HEARTBEAT: usize = 48 * MAX_ORIGINS + 256;
+/// Most codes one range response may carry.
+pub const MAX_RANGE: u64 = 1 << 20;
+
+/// Why an input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Shorter than its own framing.
+    #[error("truncated")]
+    Truncated,
+    /// Unknown version.
+    #[error("unknown wire version {0}")]
+    Version(u8),
+    /// Over a size limit.
+    #[error("oversized: {0}")]
+    Oversized(String),
+    /// Structurally invalid.
+    #[error("malformed: {0}")]
+    Malformed(String),
+}
+
+/// Encodes an update batch.
+pub fn encode_updates(first_seq: u64, codes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11 + codes.len());
+    out.push(UPDATES_VERSION);
+    let mut v = first_seq;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+    out.extend_from_slice(codes);
+    out
+}
+
+/// Decodes an update batch into `(first_seq, codes)`.
+pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
+    let (&version, rest) = data.split_first().ok_or(Error::Truncated)?;
+    if version != UPDATES_VERSION {
+        return Err(Error::Version(version));
+    }
+    let mut first: u64 = 0;
+    let mut i = 0;
+    loop {
+        let &b = rest.get(i).ok_or(Error::Truncated)?;
+        if i == 9 && b > 1 {
+            return Err(Error::Malformed("sequence number overflows u64".into()));
+        }
+        first |= u64::from(b & 0x7f) << (7 * i);
+        i += 1;
+        if b & 0x80 == 0 {
+            if b == 0 && i > 1 {
+                return Err(Error::Malformed("non-canonical varint".into()));
+            }
+            break;
+        }
+        if i >= 10 {
+            return Err(Error::Malformed("varint too long".into()));
+        }
+    }
+    let codes = &rest[i..];
+    if codes.is_empty() {
+        return Err(Error::Malformed("empty batch".into()));
+    }
+    if codes.len() > MAX_BATCH {
+        return Err(Error::Oversized(format!(
+            "{} codes > {MAX_BATCH}",
+            codes.len()
+        )));
+    }
+    if first.checked_add(codes.len() as u64).is_none() {
+        return Err(Error::Malformed("sequence range overflows".into()));
+    }
+    Ok((first, codes))
+}
+
+/// A node's periodic state announcement.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Contiguous updates held per origin.
+    pub vv: Vec<(Origin, u64)>,
+    /// BLAKE3 of the replica's `δ` at `vv`.
+    pub digest: [u8; 32],
+    /// True once the node has stopped publishing for good (it still serves).
+    pub done: bool,
+    /// True when the node is leaving now.
+    pub leaving: bool,
+    /// Recent training loss (NaN when unknown).
+    pub loss: f32,
+    /// Updates waiting to be applied.
+    pub backlog: u64,
+}
+
+fn bincode_config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_HEARTBEAT>()
+}
+
+impl Heartbeat {
+    /// Encodes for the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode_config()).unwrap_or_default()
+    }
+
+    /// Decodes and validates.
+    pub fn decode(data: &[u8]) -> Result<Self, Error> {
+        if data.len() > MAX_HEARTBEAT {
+            return Err(Error::Oversized(format!(
+                "heartbeat of {} bytes",
+                data.len()
+            )));
+        }
+        let (hb, used): (Heartbeat, usize) =
+            bincode::serde::decode_from_slice(data, bincode_config())
+                .map_err(|e| Error::Malformed(e.to_string()))?;
+        if used != data.len() {
+            return Err(Error::Malformed("trailing bytes".into()));
+        }
+        if hb.vv.len() > MAX_ORIGINS {
+            return Err(Error::Oversized(format!("{} origins", hb.vv.len())));
+        }
+        if hb.vv.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(Error::Malformed(
+                "version vector not sorted by origin".into(),
+            ));
+        }
+        Ok(hb)
+    }
+}
+
+/// Bytes that CBOR encodes as a byte string (not an array of integers).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Blob;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(v))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// A sync request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Codes of `origin` for seqs `[from, to)`.
+    Range { origin: Origin, from: u64, to: u64 },
+}
+
+/// A sync response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Codes of `origin` starting at `first_seq` (possibly fewer than asked).
+    Range {
+        origin: Origin,
+        first_seq: u64,
+        codes: Blob,
+    },
+    /// The request was refused.
+    Refused(String),
+}
+
+impl Request {
+    /// Validates a decoded request.
+    pub fn validate(&self) -> Result<(), Error> {
+        match *self {
+            Request::Range { from, to, .. } if to <= from => {
+                Err(Error::Malformed("empty range".into()))
+            }
+            Request::Range { from, to, .. } if to - from > MAX_RANGE => {
+                Err(Error::Oversized(format!("range of {}", to - from)))
+            }
+            Request::Range { .. } => Ok(()),
+        }
+    }
+}
+
+impl Response {
+    /// Validates a decoded response against the request it answers.
+    pub fn validate(&self, req: &Request) -> Result<(), Error> {
+        match (self, req) {
+            (Response::Refused(_), _) => Ok(()),
+            (
+                Response::Range {
+                    origin,
+                    first_seq,
+                    codes,
+                },
+                Request::Range {
+                    origin: o,
+                    from,
+                    to,
+                },
+            ) => {
+                if origin != o {
+                    return Err(Error::Malformed("range of another origin".into()));
+                }
+                if codes.0.len() as u64 > MAX_RANGE {
+                    return Err(Error::Oversized(format!("{} codes", codes.0.len())));
+                }
+                let end = first_seq
+                    .checked_add(codes.0.len() as u64)
+                    .ok_or_else(|| Error::Malformed("range overflows".into()))?;
+                if *first_seq > *from || end > *to {
+                    return Err(Error::Malformed("range outside the request".into()));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn golden_update_encoding() {
+        assert_eq!(encode_updates(0, &[5]), vec![1, 0, 5]);
+        assert_eq!(encode_updates(300, &[1, 2]), vec![1, 0xac, 0x02, 1, 2]);
+        assert_eq!(
+            decode_updates(&[1, 0xac, 0x02, 1, 2]),
+            Ok((300, &[1u8, 2][..]))
+        );
+    }
+
+    #[test]
+    fn bad_batches_are_refused() {
+        assert_eq!(decode_updates(&[]), Err(Error::Truncated));
+        assert_eq!(decode_updates(&[2, 0, 1]), Err(Error::Version(2)));
+        assert_eq!(decode_updates(&[1, 0x80]), Err(Error::Truncated));
+        assert!(matches!(decode_updates(&[1, 0]), Err(Error::Malformed(_))));
+        assert!(matches!(
+            decode_updates(&[1, 0x80, 0x00, 1]),
+            Err(Error::Malformed(_))
+        ));
+        let mut big = encode_updates(0, &vec![1; MAX_BATCH + 1]);
+        assert!(matches!(decode_updates(&big), Err(Error::Oversized(_))));
+        big.truncate(MAX_BATCH);
+        assert!(decode_updates(&big).is_ok());
+        let over = [
+            1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 7,
+        ];
+        assert!(decode_updates(&over).is_err());
+    }
+
+    #[test]
+    fn heartbeat_roundtrip_and_limits() {
+        let hb = Heartbeat {
+            vv: vec![(Origin([1; 32]), 5), (Origin([2; 32]), 9)],
+            digest: [3; 32],
+            done: true,
+            leaving: false,
+            loss: 0.25,
+            backlog: 0,
+        };
+        assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb.clone()));
+        let mut unsorted = hb.clone();
+        unsorted.vv.reverse();
+        assert!(Heartbeat::decode(&unsorted.encode()).is_err());
+        let mut bytes = hb.encode();
+        bytes.push(0);
+        assert!(Heartbeat::decode(&bytes).is_err());
+        assert!(Heartbeat::decode(&[0xff; 10]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
+            prop_assume!(first.checked_add(codes.len() as u64).is_some());
+            let enc = encode_updates(first, &codes);
+            prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
+        }
+
+        #[test]
+        fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_updates(&data);
+            let _ = Heartbeat::decode(&data);
+        }
+    }
+}

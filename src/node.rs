@@ -1,0 +1,1138 @@
+//! A swarm node: one actor owns the libp2p `Swarm`; ZO compute runs on its
+//! own thread; protocol decisions live in [`crate::net::sync`].
+//!
+//! The network loop validates every gossip message before it is forwarded,
+//! keeps an in-memory mirror of the update log (what has been *received*) to
+//! serve range requests and plan repairs, batches this node's own updates into
+//! one signed gossip message per interval, and heartbeats the replica's
+//! version vector and digest. The compute thread owns the [`Trainer`]
+//! (model, replica, persisted log) and applies whatever becomes contiguous.
+
+use crate::config::Config;
+use crate::log::Log;
+use crate::model::Eval;
+use crate::net::sync::{self, PeerView};
+use crate::net::wire::{self, Heartbeat};
+use crate::net::{self, Behaviour, BehaviourEvent, Topics};
+use crate::replica::VersionVector;
+use crate::seed::{hex, Origin};
+use crate::train::{self, Trainer};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance};
+use libp2p::identity::Keypair;
+use libp2p::metrics::{Metrics, Recorder, Registry};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{identify, mdns, request_response, Multiaddr, PeerId, Swarm};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::mpsc as smpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Errors of a node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Network setup failed.
+    #[error(transparent)]
+    Net(#[from] net::Error),
+    /// Training setup or a step failed.
+    #[error(transparent)]
+    Train(#[from] train::Error),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    /// The compute thread stopped unexpectedly.
+    #[error("compute thread failed: {0}")]
+    Compute(String),
+}
+
+/// How a node runs (beyond the config file).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (and add to Kademlia).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Keeps node.key and updates.log; resumes from them.
+    pub data_dir: Option<PathBuf>,
+    /// Identity to use when there is no data dir (tests); else generated.
+    pub key: Option<Keypair>,
+    /// Own updates to publish before stopping training (None: no limit).
+    pub max_updates: Option<u64>,
+    /// Stop training after this long (None: no limit).
+    pub duration: Option<Duration>,
+    /// Start training only once this many peers have been heard from.
+    pub min_peers: usize,
+    /// LAN discovery.
+    pub mdns: bool,
+    /// After training, wait at most this long for the swarm to agree.
+    pub settle_timeout: Duration,
+    /// Own updates are batched into one gossip message per interval.
+    pub publish_interval: Duration,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Repair timing.
+    pub timing: sync::Timing,
+    /// Most updates per second accepted from one origin.
+    pub max_rate: f64,
+    /// Test hook: fraction of incoming update messages to drop unseen.
+    pub drop_incoming: f64,
+    /// Exit once training is over and the swarm agrees (false: serve until stopped).
+    pub exit_when_settled: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            data_dir: None,
+            key: None,
+            max_updates: None,
+            duration: None,
+            min_peers: 0,
+            mdns: true,
+            settle_timeout: Duration::from_secs(120),
+            publish_interval: Duration::from_millis(250),
+            heartbeat_interval: Duration::from_millis(1000),
+            timing: sync::Timing::default(),
+            max_rate: 50_000.0,
+            drop_incoming: 0.0,
+            exit_when_settled: true,
+        }
+    }
+}
+
+/// Live state of a node, for tables and tests.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    pub run_id: String,
+    pub listen: Vec<String>,
+    pub peers: usize,
+    pub own_updates: u64,
+    pub updates_applied: u64,
+    pub updates_received: u64,
+    pub backlog: u64,
+    pub loss: f32,
+    pub accuracy: Option<f64>,
+    pub digest: String,
+    pub version_vector: BTreeMap<String, u64>,
+    pub training_done: bool,
+    pub settled: bool,
+    pub rejected: BTreeMap<String, u64>,
+    pub repaired_updates: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// What a finished node measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub peer_id: String,
+    pub origin: String,
+    pub run_id: String,
+    pub digest: String,
+    pub version_vector: BTreeMap<String, u64>,
+    pub updates_applied: u64,
+    pub own_updates: u64,
+    pub initial_accuracy: f64,
+    pub accuracy: f64,
+    pub final_loss: f64,
+    pub wall_seconds: f64,
+    pub settled: bool,
+    pub peers_seen: usize,
+    pub rejected: BTreeMap<String, u64>,
+    pub dropped_by_test_hook: u64,
+    pub repaired_updates: u64,
+    pub foreign_updates_received: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// All inbound libp2p bytes (every protocol, all overhead) per foreign update received.
+    pub wire_bytes_in_per_update: f64,
+    pub gossip_messages_published: u64,
+    pub mean_updates_per_message: f64,
+    pub max_backlog: u64,
+    pub mean_backlog: f64,
+}
+
+/// A running node.
+pub struct Node {
+    /// libp2p peer id.
+    pub peer_id: PeerId,
+    /// Origin (ed25519 public key).
+    pub origin: Origin,
+    /// Addresses it listens on (with the real ports).
+    pub listen: Vec<Multiaddr>,
+    status: watch::Receiver<Status>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<Summary, Error>>,
+}
+
+impl Node {
+    /// Builds the node, starts listening and spawns its actor.
+    pub async fn start(cfg: Config, opts: Options) -> Result<Node, Error> {
+        let key = match (&opts.key, &opts.data_dir) {
+            (Some(k), _) => k.clone(),
+            (None, Some(dir)) => net::load_or_create_key(dir)?,
+            (None, None) => Keypair::generate_ed25519(),
+        };
+        let origin = net::origin_of_key(&key)
+            .ok_or_else(|| net::Error::Build("node key is not ed25519".into()))?;
+        let peer_id = key.public().to_peer_id();
+        // Build the trainer here so setup errors surface before anything runs.
+        let trainer = Trainer::new(&cfg, origin, opts.data_dir.as_deref())?;
+        let run = trainer.run();
+        let topics = Topics::new(&run);
+        let mut registry = Registry::default();
+        let mut swarm = net::build(key, &topics, opts.mdns, &mut registry)?;
+        let metrics = Metrics::new(&mut registry);
+        for addr in &opts.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        // Wait until every listener reports its address.
+        let mut listen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while listen.len() < opts.listen.len() {
+            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+                Ok(SwarmEvent::NewListenAddr { address, .. }) => listen.push(address),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        let mut mirror = Log::in_memory(run);
+        for (o, n) in trainer.log().version_vector() {
+            let codes = trainer.log().range(&o, 0, n).to_vec();
+            let _ = mirror.insert(o, 0, &codes);
+        }
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let actor = Actor::new(
+            cfg,
+            opts,
+            trainer,
+            swarm,
+            topics,
+            mirror,
+            registry,
+            metrics,
+            status_tx,
+            listen.clone(),
+        );
+        let task = tokio::spawn(actor.run(stop_rx));
+        Ok(Node {
+            peer_id,
+            origin,
+            listen,
+            status: status_rx,
+            stop: Some(stop_tx),
+            task,
+        })
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of status changes.
+    pub fn watch(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Asks the node to leave (gracefully: it announces it).
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Waits for the node to finish.
+    pub async fn wait(self) -> Result<Summary, Error> {
+        match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Compute(e.to_string())),
+        }
+    }
+
+    /// Kills the node abruptly (no leave announcement), as a crash would.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- compute ---
+
+enum ToCompute {
+    Updates {
+        origin: Origin,
+        first_seq: u64,
+        codes: Vec<u8>,
+    },
+    StopTraining,
+    Stop,
+}
+
+#[derive(Clone, Debug)]
+struct ComputeState {
+    vv: VersionVector,
+    digest: [u8; 32],
+    applied: u64,
+    own: u64,
+    loss: f32,
+    eval: Option<Eval>,
+    training_done: bool,
+}
+
+enum FromCompute {
+    Published { seq: u64, code: u8 },
+    State(Box<ComputeState>),
+    Failed(String),
+}
+
+struct ComputeLimits {
+    max_updates: Option<u64>,
+    deadline: Option<Instant>,
+    start_gate: Arc<Mutex<bool>>,
+}
+
+fn compute_thread(
+    mut trainer: Trainer,
+    cfg: Config,
+    limits: ComputeLimits,
+    rx: smpsc::Receiver<ToCompute>,
+    tx: mpsc::Sender<FromCompute>,
+) -> Option<Eval> {
+    let data = train::build_data(&cfg.run);
+    let dev = data.dev(cfg.node.eval_batch);
+    let origin = trainer.origin();
+    let initial = trainer.evaluate(&dev).ok();
+    let mut ema: f32 = f32::NAN;
+    let mut training = true;
+    let mut last_state = Instant::now() - Duration::from_secs(1);
+    let mut dirty = true;
+    let mut eval = initial;
+    let send_state = |trainer: &Trainer, ema: f32, eval: Option<Eval>, done: bool| {
+        let r = trainer.replica();
+        let st = ComputeState {
+            vv: r.version_vector().clone(),
+            digest: r.digest_bytes(),
+            applied: r.applied(),
+            own: trainer.next_seq(),
+            loss: ema,
+            eval,
+            training_done: done,
+        };
+        tx.blocking_send(FromCompute::State(Box::new(st))).is_ok()
+    };
+    loop {
+        // Apply whatever arrived.
+        let gate_open = *limits.start_gate.lock().unwrap_or_else(|e| e.into_inner());
+        let wait = if training && gate_open {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        let mut first = true;
+        loop {
+            let msg = if first {
+                rx.recv_timeout(wait)
+                    .map_err(|e| matches!(e, smpsc::RecvTimeoutError::Disconnected))
+            } else {
+                rx.try_recv()
+                    .map_err(|e| matches!(e, smpsc::TryRecvError::Disconnected))
+            };
+            first = false;
+            match msg {
+                Ok(ToCompute::Updates {
+                    origin,
+                    first_seq,
+                    codes,
+                }) => match trainer.receive(origin, first_seq, &codes) {
+                    Ok(n) => dirty |= n > 0,
+                    Err(e) => {
+                        let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
+                        return eval;
+                    }
+                },
+                Ok(ToCompute::StopTraining) => training = false,
+                Ok(ToCompute::Stop) | Err(true) => {
+                    return trainer.evaluate(&dev).ok().or(eval);
+                }
+                Err(false) => break,
+            }
+        }
+        if training && gate_open {
+            let own = trainer.next_seq();
+            let over_count = limits.max_updates.is_some_and(|m| own >= m);
+            let over_time = limits.deadline.is_some_and(|d| Instant::now() >= d);
+            if over_count || over_time {
+                training = false;
+                eval = trainer.evaluate(&dev).ok();
+                dirty = true;
+            } else {
+                let batch = data.train_batch(&origin, own, cfg.run.batch_size);
+                match trainer.step(&batch) {
+                    Ok(s) => {
+                        let l = 0.5 * (s.loss_plus + s.loss_minus);
+                        ema = if ema.is_nan() {
+                            l
+                        } else {
+                            0.98 * ema + 0.02 * l
+                        };
+                        if tx
+                            .blocking_send(FromCompute::Published {
+                                seq: s.seq,
+                                code: s.code,
+                            })
+                            .is_err()
+                        {
+                            return eval;
+                        }
+                        dirty = true;
+                        let done = s.seq + 1;
+                        if cfg.node.eval_every > 0 && done % cfg.node.eval_every == 0 {
+                            eval = trainer.evaluate(&dev).ok();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
+                        return eval;
+                    }
+                }
+            }
+        }
+        if dirty && last_state.elapsed() >= Duration::from_millis(100) {
+            if !send_state(&trainer, ema, eval, !training) {
+                return eval;
+            }
+            dirty = false;
+            last_state = Instant::now();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- network ---
+
+/// Per-origin token bucket over updates.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+struct Actor {
+    cfg: Config,
+    opts: Options,
+    swarm: Swarm<Behaviour>,
+    topics: Topics,
+    origin: Origin,
+    mirror: Log,
+    sync: sync::Sync<PeerId>,
+    registry: Registry,
+    metrics: Metrics,
+    status_tx: watch::Sender<Status>,
+    listen: Vec<Multiaddr>,
+    trainer: Option<Trainer>,
+    state: Option<ComputeState>,
+    outbox: Option<(u64, Vec<u8>)>,
+    deliver: VecDeque<(Origin, u64, Vec<u8>)>,
+    buckets: HashMap<Origin, Bucket>,
+    rejected: BTreeMap<String, u64>,
+    requests: HashMap<request_response::OutboundRequestId, wire::Request>,
+    dropped: u64,
+    drop_rng: u64,
+    repaired: u64,
+    foreign_received: u64,
+    published_messages: u64,
+    published_updates: u64,
+    peers_seen: std::collections::HashSet<PeerId>,
+    backlog_max: u64,
+    backlog_sum: f64,
+    backlog_samples: u64,
+}
+
+impl Actor {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: Config,
+        opts: Options,
+        trainer: Trainer,
+        swarm: Swarm<Behaviour>,
+        topics: Topics,
+        mirror: Log,
+        registry: Registry,
+        metrics: Metrics,
+        status_tx: watch::Sender<Status>,
+        listen: Vec<Multiaddr>,
+    ) -> Self {
+        let origin = trainer.origin();
+        Self {
+            sync: sync::Sync::new(opts.timing),
+            drop_rng: u64::from_le_bytes(origin.0[..8].try_into().unwrap_or([1; 8])) | 1,
+            cfg,
+            opts,
+            swarm,
+            topics,
+            origin,
+            mirror,
+            registry,
+            metrics,
+            status_tx,
+            listen,
+            trainer: Some(trainer),
+            state: None,
+            outbox: None,
+            deliver: VecDeque::new(),
+            buckets: HashMap::new(),
+            rejected: BTreeMap::new(),
+            requests: HashMap::new(),
+            dropped: 0,
+            repaired: 0,
+            foreign_received: 0,
+            published_messages: 0,
+            published_updates: 0,
+            peers_seen: Default::default(),
+            backlog_max: 0,
+            backlog_sum: 0.0,
+            backlog_samples: 0,
+        }
+    }
+
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<Summary, Error> {
+        let start = Instant::now();
+        let run_id = self.mirror.run();
+        for addr in self.opts.bootstrap.clone() {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                self.swarm
+                    .behaviour_mut()
+                    .kad
+                    .add_address(&peer, addr.clone());
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap address");
+            }
+        }
+        let trainer = self
+            .trainer
+            .take()
+            .ok_or_else(|| Error::Compute("no trainer".into()))?;
+        let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(1024);
+        let (compute_tx, mut from_compute) = mpsc::channel::<FromCompute>(4096);
+        let gate = Arc::new(Mutex::new(self.opts.min_peers == 0));
+        let limits = ComputeLimits {
+            max_updates: self.opts.max_updates,
+            deadline: self.opts.duration.map(|d| Instant::now() + d),
+            start_gate: gate.clone(),
+        };
+        let cfg = self.cfg.clone();
+        let compute = std::thread::Builder::new()
+            .name("seedswarm-compute".into())
+            .spawn(move || compute_thread(trainer, cfg, limits, compute_rx, compute_tx))
+            .map_err(|e| Error::Compute(e.to_string()))?;
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_publish = Instant::now();
+        let mut last_heartbeat = Instant::now() - self.opts.heartbeat_interval;
+        let mut done_since: Option<Instant> = None;
+        let mut done_heartbeats = 0u32;
+        let mut settled = false;
+        let mut failure: Option<String> = None;
+        let mut initial_eval: Option<Eval> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                msg = from_compute.recv() => match msg {
+                    Some(FromCompute::Published { seq, code }) => self.on_published(seq, code),
+                    Some(FromCompute::State(st)) => {
+                        if initial_eval.is_none() {
+                            initial_eval = st.eval;
+                        }
+                        if st.training_done && done_since.is_none() {
+                            done_since = Some(Instant::now());
+                            self.flush_outbox();
+                        }
+                        self.state = Some(*st);
+                    }
+                    Some(FromCompute::Failed(e)) => { failure = Some(e); break; }
+                    None => { failure = Some("compute thread ended".into()); break; }
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if self.opts.min_peers > 0 {
+                        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+                        if !*g && self.sync.peers().len() >= self.opts.min_peers {
+                            tracing::info!(peers = self.sync.peers().len(), "enough peers; training starts");
+                            *g = true;
+                        }
+                    }
+                    if now.duration_since(last_publish) >= self.opts.publish_interval {
+                        self.flush_outbox();
+                        last_publish = now;
+                    }
+                    self.feed_compute(&to_compute);
+                    for gone in self.sync.expire(now) {
+                        tracing::info!(peer = %gone, "peer went silent; no longer waited on");
+                    }
+                    let asks = self.sync.plan(&self.mirror.version_vector(), &self.mirror.gaps(), now);
+                    for ask in asks {
+                        let req = wire::Request::Range { origin: ask.origin, from: ask.from, to: ask.to };
+                        let id = self.swarm.behaviour_mut().sync.send_request(&ask.peer, req.clone());
+                        self.requests.insert(id, req);
+                    }
+                    if now.duration_since(last_heartbeat) >= self.opts.heartbeat_interval {
+                        last_heartbeat = now;
+                        let done = done_since.is_some() && self.outbox.is_none();
+                        self.heartbeat(done, false);
+                        if done { done_heartbeats += 1; }
+                        self.sample_backlog();
+                        self.publish_status(settled, done_since.is_some());
+                    }
+                    if let Some(since) = done_since {
+                        let agreed = self.agreed();
+                        if agreed && done_heartbeats >= 2 {
+                            if !settled {
+                                tracing::info!("swarm agrees: same version vector and digest everywhere");
+                            }
+                            settled = true;
+                        }
+                        if self.opts.exit_when_settled && (settled || now.duration_since(since) > self.opts.settle_timeout) {
+                            if !settled {
+                                tracing::warn!(timeout = ?self.opts.settle_timeout, "stopping before the swarm agreed");
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Leave: announce, stop compute, collect the final evaluation.
+        self.flush_outbox();
+        self.heartbeat(true, true);
+        let _ = to_compute.send(ToCompute::StopTraining);
+        let _ = to_compute.send(ToCompute::Stop);
+        // Keep the swarm polled briefly so the leave message goes out.
+        let flush_until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(event) =
+            tokio::time::timeout_at(flush_until, self.swarm.select_next_some()).await
+        {
+            self.on_swarm_event(event);
+        }
+        // Drain compute messages until it ends, then join it.
+        while let Some(msg) = from_compute.recv().await {
+            if let FromCompute::State(st) = msg {
+                self.state = Some(*st);
+            }
+        }
+        let final_eval = tokio::task::spawn_blocking(move || compute.join())
+            .await
+            .map_err(|e| Error::Compute(e.to_string()))?
+            .map_err(|_| Error::Compute("compute thread panicked".into()))?;
+        if let Some(e) = failure {
+            return Err(Error::Compute(e));
+        }
+        self.publish_status(settled, true);
+        let st = self.state.clone();
+        let (bytes_in, bytes_out) = bandwidth(&self.registry);
+        let applied = st.as_ref().map_or(0, |s| s.applied);
+        Ok(Summary {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            origin: self.origin.to_hex(),
+            run_id: run_id.to_hex(),
+            digest: st.as_ref().map(|s| hex(&s.digest)).unwrap_or_default(),
+            version_vector: st.as_ref().map(|s| vv_hex(&s.vv)).unwrap_or_default(),
+            updates_applied: applied,
+            own_updates: st.as_ref().map_or(0, |s| s.own),
+            initial_accuracy: initial_eval.map_or(f64::NAN, |e| e.accuracy()),
+            accuracy: final_eval.map_or(f64::NAN, |e| e.accuracy()),
+            final_loss: final_eval.map_or(f64::NAN, |e| e.loss()),
+            wall_seconds: start.elapsed().as_secs_f64(),
+            settled,
+            peers_seen: self.peers_seen.len(),
+            rejected: self.rejected.clone(),
+            dropped_by_test_hook: self.dropped,
+            repaired_updates: self.repaired,
+            foreign_updates_received: self.foreign_received,
+            bytes_in,
+            bytes_out,
+            wire_bytes_in_per_update: bytes_in as f64 / self.foreign_received.max(1) as f64,
+            gossip_messages_published: self.published_messages,
+            mean_updates_per_message: self.published_updates as f64
+                / self.published_messages.max(1) as f64,
+            max_backlog: self.backlog_max,
+            mean_backlog: self.backlog_sum / self.backlog_samples.max(1) as f64,
+        })
+    }
+
+    fn backlog(&self) -> u64 {
+        let applied = self.state.as_ref().map_or(0, |s| s.applied);
+        (self.mirror.len() + self.mirror.pending_updates()).saturating_sub(applied)
+    }
+
+    fn sample_backlog(&mut self) {
+        let b = self.backlog();
+        self.backlog_max = self.backlog_max.max(b);
+        self.backlog_sum += b as f64;
+        self.backlog_samples += 1;
+    }
+
+    /// Local state agrees with every live peer, and nothing is left to apply.
+    fn agreed(&self) -> bool {
+        let Some(st) = &self.state else { return false };
+        st.training_done
+            && self.outbox.is_none()
+            && self.deliver.is_empty()
+            && self.mirror.pending_updates() == 0
+            && self.mirror.version_vector() == st.vv
+            && self.sync.settled(&st.vv, &st.digest)
+    }
+
+    fn reject(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_string()).or_insert(0) += 1;
+    }
+
+    fn on_published(&mut self, seq: u64, code: u8) {
+        let _ = self.mirror.insert(self.origin, seq, &[code]);
+        match &mut self.outbox {
+            Some((first, codes))
+                if *first + codes.len() as u64 == seq && codes.len() < wire::MAX_BATCH =>
+            {
+                codes.push(code)
+            }
+            _ => {
+                self.flush_outbox();
+                self.outbox = Some((seq, vec![code]));
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        let Some((first, codes)) = self.outbox.take() else {
+            return;
+        };
+        let data = wire::encode_updates(first, &codes);
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topics.updates.hash(), data)
+        {
+            Ok(_) => {
+                self.published_messages += 1;
+                self.published_updates += codes.len() as u64;
+            }
+            // Peers repair from heartbeats; nothing is lost.
+            Err(e) => tracing::debug!(error = %e, "publish deferred to repair"),
+        }
+    }
+
+    fn heartbeat(&mut self, done: bool, leaving: bool) {
+        let Some(st) = &self.state else { return };
+        let hb = Heartbeat {
+            vv: st.vv.iter().map(|(o, n)| (*o, *n)).collect(),
+            digest: st.digest,
+            done,
+            leaving,
+            loss: st.loss,
+            backlog: self.backlog(),
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topics.status.hash(), hb.encode());
+    }
+
+    fn feed_compute(&mut self, tx: &smpsc::SyncSender<ToCompute>) {
+        while let Some((origin, first_seq, codes)) = self.deliver.pop_front() {
+            match tx.try_send(ToCompute::Updates {
+                origin,
+                first_seq,
+                codes,
+            }) {
+                Ok(()) => {}
+                Err(smpsc::TrySendError::Full(ToCompute::Updates {
+                    origin,
+                    first_seq,
+                    codes,
+                })) => {
+                    self.deliver.push_front((origin, first_seq, codes));
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Stores a batch in the mirror and queues what became contiguous.
+    fn accept_codes(&mut self, origin: Origin, first_seq: u64, codes: &[u8]) -> u64 {
+        match self.mirror.insert(origin, first_seq, codes) {
+            Ok(fresh) if !fresh.is_empty() => {
+                let n = fresh.len() as u64;
+                let first = fresh[0].seq;
+                self.deliver
+                    .push_back((origin, first, fresh.iter().map(|u| u.code).collect()));
+                n
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store batch");
+                0
+            }
+        }
+    }
+
+    /// Validates an update batch; returns the verdict for gossipsub.
+    fn on_updates(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(source) = message.source else {
+            self.reject("unsigned");
+            return MessageAcceptance::Reject;
+        };
+        let Some(origin) = net::origin_of_peer(&source) else {
+            self.reject("forged");
+            return MessageAcceptance::Reject;
+        };
+        let (first, codes) = match wire::decode_updates(&message.data) {
+            Ok(v) => v,
+            Err(wire::Error::Oversized(_)) => {
+                self.reject("oversized");
+                return MessageAcceptance::Reject;
+            }
+            Err(_) => {
+                self.reject("malformed");
+                return MessageAcceptance::Reject;
+            }
+        };
+        if origin == self.origin {
+            // Our own updates echoed back by someone: we know them.
+            return MessageAcceptance::Ignore;
+        }
+        // Rate limit per origin (tokens = updates), burst of two seconds.
+        let now = Instant::now();
+        let rate = self.opts.max_rate;
+        let b = self.buckets.entry(origin).or_insert(Bucket {
+            tokens: 2.0 * rate,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
+        b.at = now;
+        if b.tokens < codes.len() as f64 {
+            self.reject("over_rate");
+            return MessageAcceptance::Reject;
+        }
+        b.tokens -= codes.len() as f64;
+        // An origin may never sign two different codes for one seq.
+        let held = self
+            .mirror
+            .range(&origin, first, first + codes.len() as u64);
+        if held != &codes[..held.len()] {
+            self.reject("equivocation");
+            return MessageAcceptance::Reject;
+        }
+        if held.len() == codes.len() {
+            self.reject("replayed");
+            return MessageAcceptance::Ignore;
+        }
+        if self.opts.drop_incoming > 0.0 {
+            let x = &mut self.drop_rng;
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            if (*x % 1_000_000) as f64 / 1e6 < self.opts.drop_incoming {
+                self.dropped += 1;
+                return MessageAcceptance::Ignore;
+            }
+        }
+        self.foreign_received += self.accept_codes(origin, first, codes);
+        MessageAcceptance::Accept
+    }
+
+    fn on_heartbeat_message(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(source) = message.source else {
+            self.reject("unsigned");
+            return MessageAcceptance::Reject;
+        };
+        let hb = match Heartbeat::decode(&message.data) {
+            Ok(hb) => hb,
+            Err(wire::Error::Oversized(_)) => {
+                self.reject("oversized");
+                return MessageAcceptance::Reject;
+            }
+            Err(_) => {
+                self.reject("malformed");
+                return MessageAcceptance::Reject;
+            }
+        };
+        if source == *self.swarm.local_peer_id() {
+            return MessageAcceptance::Ignore;
+        }
+        self.peers_seen.insert(source);
+        if hb.leaving {
+            tracing::info!(peer = %source, "peer left");
+        }
+        self.sync.on_heartbeat(
+            source,
+            PeerView {
+                vv: hb.vv.into_iter().collect(),
+                digest: hb.digest,
+                done: hb.done,
+                backlog: hb.backlog,
+                loss: hb.loss,
+                seen: Instant::now(),
+            },
+            hb.leaving,
+        );
+        MessageAcceptance::Accept
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => {
+                self.metrics.record(&ev);
+                if let gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                } = ev
+                {
+                    let verdict = if message.topic == self.topics.updates.hash() {
+                        self.on_updates(&message)
+                    } else if message.topic == self.topics.status.hash() {
+                        self.on_heartbeat_message(&message)
+                    } else {
+                        self.reject("wrong_run");
+                        MessageAcceptance::Reject
+                    };
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            verdict,
+                        );
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(ev)) => {
+                self.metrics.record(&ev);
+                if let identify::Event::Received { peer_id, info, .. } = ev {
+                    for addr in info.listen_addrs {
+                        if is_dialable(&addr) {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.metrics.record(&ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.metrics.record(&ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                for (peer, addr) in list {
+                    if !self.swarm.is_connected(&peer) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer, addr.clone());
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                tracing::debug!(peer = %peer_id, "connected");
+                if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                    tracing::trace!("kademlia has no peers yet");
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
+                self.listen.push(address);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_sync(&mut self, ev: request_response::Event<wire::Request, wire::Response>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = match request.validate() {
+                    Err(e) => {
+                        self.reject("bad_request");
+                        wire::Response::Refused(e.to_string())
+                    }
+                    Ok(()) => match request {
+                        wire::Request::Range { origin, from, to } => wire::Response::Range {
+                            origin,
+                            first_seq: from,
+                            codes: wire::Blob(self.mirror.range(&origin, from, to).to_vec()),
+                        },
+                    },
+                };
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!(%peer, "sync response not sent: channel closed");
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some(req) = self.requests.remove(&request_id) else {
+                    return;
+                };
+                if let Err(e) = response.validate(&req) {
+                    tracing::warn!(%peer, error = %e, "invalid sync response");
+                    self.reject("bad_response");
+                    let wire::Request::Range { origin, .. } = req;
+                    self.sync.on_failure(&origin);
+                    return;
+                }
+                match response {
+                    wire::Response::Range {
+                        origin,
+                        first_seq,
+                        codes,
+                    } => {
+                        let held =
+                            self.mirror
+                                .range(&origin, first_seq, first_seq + codes.0.len() as u64);
+                        if held != &codes.0[..held.len()] {
+                            self.reject("equivocation");
+                            self.sync.on_failure(&origin);
+                            return;
+                        }
+                        if codes.0.is_empty() {
+                            self.sync.on_failure(&origin);
+                        }
+                        let n = self.accept_codes(origin, first_seq, &codes.0);
+                        self.repaired += n;
+                        self.foreign_received += n;
+                    }
+                    wire::Response::Refused(reason) => {
+                        tracing::debug!(%peer, %reason, "sync request refused");
+                        let wire::Request::Range { origin, .. } = req;
+                        self.sync.on_failure(&origin);
+                    }
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                tracing::debug!(%peer, %error, "sync request failed");
+                if let Some(wire::Request::Range { origin, .. }) = self.requests.remove(&request_id)
+                {
+                    self.sync.on_failure(&origin);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn publish_status(&mut self, settled: bool, training_done: bool) {
+        let (bytes_in, bytes_out) = bandwidth(&self.registry);
+        let st = self.state.clone();
+        let status = Status {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            run_id: self.mirror.run().to_hex(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            peers: self.sync.peers().len(),
+            own_updates: st.as_ref().map_or(0, |s| s.own),
+            updates_applied: st.as_ref().map_or(0, |s| s.applied),
+            updates_received: self.mirror.len(),
+            backlog: self.backlog(),
+            loss: st.as_ref().map_or(f32::NAN, |s| s.loss),
+            accuracy: st.as_ref().and_then(|s| s.eval).map(|e| e.accuracy()),
+            digest: st.as_ref().map(|s| hex(&s.digest)).unwrap_or_default(),
+            version_vector: st.as_ref().map(|s| vv_hex(&s.vv)).unwrap_or_default(),
+            training_done,
+            settled,
+            rejected: self.rejected.clone(),
+            repaired_updates: self.repaired,
+            bytes_in,
+            bytes_out,
+        };
+        if let Some(dir) = &self.opts.data_dir {
+            if let Ok(text) = serde_json::to_string_pretty(&status) {
+                let tmp = dir.join("status.json.tmp");
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, dir.join("status.json"));
+                }
+            }
+        }
+        self.status_tx.send_replace(status);
+    }
+}
+
+fn vv_hex(vv: &VersionVector) -> BTreeMap<String, u64> {
+    vv.iter().map(|(o, n)| (o.to_hex(), *n)).collect()
+}
+
+fn is_dialable(addr: &Multiaddr) -> bool {
+    !addr
+        .iter()
+        .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
+}
+
+/// Total inbound and outbound bytes from the libp2p bandwidth counters.
+pub fn bandwidth(registry: &Registry) -> (u64, u64) {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        return (0, 0);
+    }
+    let (mut inb, mut out) = (0u64, 0u64);
+    for line in text.lines() {
+        if !line.starts_with("libp2p_bandwidth_bytes_total{") {
+            continue;
+        }
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64;
+        if line.contains("direction=\"Inbound\"") {
+            inb += value;
+        } else if line.contains("direction=\"Outbound\"") {
+            out += value;
+        }
+    }
+    (inb, out)
+}

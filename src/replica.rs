@@ -1,0 +1,458 @@
+//! The replica as a CRDT: `θ = θ₀ + u·δ` with an i32 accumulator (DESIGN §3).
+//!
+//! Owns the base weights `θ₀` of the trainable tensors, the integer
+//! accumulator `δ`, the per-tensor fixed-point unit `u_t = 2^e_t`, the version
+//! vector, and the rules that turn an update record into an integer
+//! contribution. A contribution depends only on the record (seed, code, and the
+//! lr schedule at its own `seq`), never on local state, and is added with
+//! wrapping (associative, commutative) arithmetic: the same set of updates gives
+//! the same bits in any order. Working f32 weights are materialized from `θ₀`
+//! and `δ` exactly; an evaluation perturbation `±εz` is applied on top of a
+//! fresh materialization and undone by materializing again, never by
+//! subtraction.
+
+use crate::codec::{pow2, Codec};
+use crate::perturb::{self, Kind, ROUNDING_STREAM};
+use crate::seed::{self, Origin, RunId, Seed};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Elements processed per chunk by the fused kernels (a multiple of 32).
+const CHUNK: usize = 8192;
+
+/// One update: the `seq`-th sample of `origin`, its projected gradient coded in a byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Update {
+    /// Authenticated sender.
+    pub origin: Origin,
+    /// The sender's running sample counter.
+    pub seq: u64,
+    /// The one-byte code of the projected gradient.
+    pub code: u8,
+}
+
+/// Learning-rate schedule, indexed by an update's own `seq`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Schedule {
+    /// `lr` for every update.
+    Constant { lr: f64 },
+    /// Linear from `lr` at seq 0 to `lr · final_fraction` at `steps`, constant after.
+    Linear {
+        lr: f64,
+        steps: u64,
+        final_fraction: f64,
+    },
+}
+
+impl Schedule {
+    /// The learning rate of an update with sequence number `seq`.
+    pub fn lr(&self, seq: u64) -> f64 {
+        match *self {
+            Schedule::Constant { lr } => lr,
+            Schedule::Linear {
+                lr,
+                steps,
+                final_fraction,
+            } => {
+                let t = if steps == 0 {
+                    1.0
+                } else {
+                    (seq.min(steps) as f64) / (steps as f64)
+                };
+                lr * (1.0 - t * (1.0 - final_fraction))
+            }
+        }
+    }
+
+    /// The largest learning rate the schedule ever gives.
+    pub fn max_lr(&self) -> f64 {
+        match *self {
+            Schedule::Constant { lr } => lr,
+            Schedule::Linear {
+                lr, final_fraction, ..
+            } => lr.max(lr * final_fraction),
+        }
+    }
+
+    /// Checks the values; the error names the field.
+    pub fn validate(&self, prefix: &str) -> Result<(), String> {
+        let (lr, frac) = match *self {
+            Schedule::Constant { lr } => (lr, 0.0),
+            Schedule::Linear {
+                lr, final_fraction, ..
+            } => (lr, final_fraction),
+        };
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(format!("{prefix}.lr must be positive and finite, got {lr}"));
+        }
+        if !(0.0..=1.0).contains(&frac) {
+            return Err(format!(
+                "{prefix}.final_fraction must be within [0, 1], got {frac}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything every node must agree on to turn records into contributions.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// Run the seeds are derived in.
+    pub run: RunId,
+    /// Distribution of `z`.
+    pub kind: Kind,
+    /// The one-byte codec.
+    pub codec: Codec,
+    /// Learning rate by seq.
+    pub schedule: Schedule,
+    /// The unit of tensor `t` is `2^(exponent(max|θ₀_t|) − unit_bits)`.
+    pub unit_bits: u32,
+}
+
+/// A trainable tensor of the replica.
+#[derive(Clone, Debug)]
+pub struct Slot {
+    /// Parameter name in the model.
+    pub name: String,
+    /// Base weights `θ₀`.
+    pub base: Vec<f32>,
+    /// Integer accumulator `δ`.
+    pub delta: Vec<i32>,
+    /// `u_t = 2^unit_exp`.
+    pub unit_exp: i32,
+}
+
+/// Highest contiguous count of applied updates per origin (`seq < n` applied).
+pub type VersionVector = BTreeMap<Origin, u64>;
+
+/// Errors of replica operations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An update did not extend its origin's contiguous prefix.
+    #[error("update {seq} of origin {origin} is not the next one (expected {expected})")]
+    Gap {
+        origin: String,
+        seq: u64,
+        expected: u64,
+    },
+    /// A tensor name or length did not match.
+    #[error("tensor mismatch: {0}")]
+    Mismatch(String),
+}
+
+/// The replicated model state.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    rules: Rules,
+    slots: Vec<Slot>,
+    vv: VersionVector,
+    applied: u64,
+}
+
+/// The exponent `e` such that `2^(e-1) <= x < 2^e` for normal positive `x`.
+fn exponent_above(x: f32) -> i32 {
+    if x == 0.0 || !x.is_finite() {
+        return 0;
+    }
+    let bits = x.to_bits();
+    let exp = ((bits >> 23) & 0xff) as i32;
+    if exp == 0 {
+        -126
+    } else {
+        exp - 127 + 1
+    }
+}
+
+impl Replica {
+    /// A replica at `θ₀` for the given trainable tensors `(name, base)`.
+    pub fn new(rules: Rules, tensors: Vec<(String, Vec<f32>)>) -> Self {
+        let slots = tensors
+            .into_iter()
+            .map(|(name, base)| {
+                let max = base.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // Tensors at zero (biases) or ones (norms) still get room to move:
+                // the scale is at least 1.
+                let e = exponent_above(max.max(1.0)).max(exponent_above(max));
+                Slot {
+                    name,
+                    delta: vec![0; base.len()],
+                    base,
+                    unit_exp: e - rules.unit_bits as i32,
+                }
+            })
+            .collect();
+        Self {
+            rules,
+            slots,
+            vv: VersionVector::new(),
+            applied: 0,
+        }
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// The trainable tensors.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.slots.iter().map(|s| s.base.len()).sum()
+    }
+
+    /// Version vector of the applied set.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// Total updates applied.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The contributions of update `u`: per tensor, the scalar `a_t` in units.
+    fn scalars(&self, u: &Update) -> (Seed, Vec<f64>) {
+        let seed = seed::derive(&self.rules.run, &u.origin, u.seq);
+        let step = -self.rules.schedule.lr(u.seq) * self.rules.codec.decode(u.code);
+        let a = self
+            .slots
+            .iter()
+            .map(|s| step * pow2(-s.unit_exp))
+            .collect();
+        (seed, a)
+    }
+
+    /// The integer contribution an update adds to every element of tensor `t`
+    /// (Rademacher: times the element's sign): `a_t` rounded stochastically
+    /// with a uniform from the update's seed.
+    pub fn rademacher_contribution(seed: &Seed, t: usize, a: f64) -> i32 {
+        let u = perturb::uniform(seed, ROUNDING_STREAM, t as u64);
+        let a = a.clamp(-1_073_741_824.0, 1_073_741_824.0);
+        let fl = a.floor();
+        let c = if u < a - fl { fl + 1.0 } else { fl };
+        c as i32
+    }
+
+    /// Applies updates. Each must be the next `seq` of its origin (duplicates of
+    /// already-applied seqs are skipped); all are applied in one pass per tensor.
+    pub fn apply(&mut self, updates: &[Update]) -> Result<usize, Error> {
+        let mut fresh = Vec::with_capacity(updates.len());
+        let mut next = self.vv.clone();
+        for u in updates {
+            let n = next.entry(u.origin).or_insert(0);
+            if u.seq < *n {
+                continue;
+            }
+            if u.seq != *n {
+                return Err(Error::Gap {
+                    origin: u.origin.short(),
+                    seq: u.seq,
+                    expected: *n,
+                });
+            }
+            *n += 1;
+            if u.code & 0x7f != 0 {
+                fresh.push(*u);
+            }
+        }
+        let count = next.values().sum::<u64>() - self.vv.values().sum::<u64>();
+        let prepared: Vec<(Seed, Vec<f64>)> = fresh.iter().map(|u| self.scalars(u)).collect();
+        let kind = self.rules.kind;
+        for (t, slot) in self.slots.iter_mut().enumerate() {
+            match kind {
+                Kind::Rademacher => {
+                    let items: Vec<(Seed, i32)> = prepared
+                        .iter()
+                        .map(|(seed, a)| (*seed, Self::rademacher_contribution(seed, t, a[t])))
+                        .filter(|&(_, c)| c != 0)
+                        .collect();
+                    apply_rademacher(&mut slot.delta, t as u64, &items);
+                }
+                Kind::Gaussian => {
+                    let items: Vec<(Seed, f64)> =
+                        prepared.iter().map(|(seed, a)| (*seed, a[t])).collect();
+                    apply_gaussian(&mut slot.delta, t as u64, &items);
+                }
+            }
+        }
+        self.vv = next;
+        self.applied += count;
+        Ok(count as usize)
+    }
+
+    /// Writes the working weights of tensor `t` into `out`: `θ₀ + u·δ`, exactly.
+    pub fn materialize(&self, t: usize, out: &mut [f32]) {
+        let s = &self.slots[t];
+        let unit = pow2(s.unit_exp);
+        let run = |o: &mut [f32], base: &[f32], delta: &[i32]| {
+            for ((o, &b), &d) in o.iter_mut().zip(base).zip(delta) {
+                *o = (f64::from(b) + f64::from(d) * unit) as f32;
+            }
+        };
+        if out.len() <= SEGMENT {
+            return run(out, &s.base, &s.delta);
+        }
+        out.par_chunks_mut(SEGMENT)
+            .zip(s.base.par_chunks(SEGMENT))
+            .zip(s.delta.par_chunks(SEGMENT))
+            .for_each(|((o, b), d)| run(o, b, d));
+    }
+
+    /// Writes `θ + scale·z` of tensor `t` into `out`, `z` regenerated from `seed`.
+    pub fn materialize_perturbed(&self, t: usize, out: &mut [f32], seed: &Seed, scale: f32) {
+        let s = &self.slots[t];
+        let unit = pow2(s.unit_exp);
+        let kind = self.rules.kind;
+        let run = |start: usize, out: &mut [f32]| {
+            let mut z = vec![0f32; CHUNK.min(out.len())];
+            for (c, o) in out.chunks_mut(CHUNK).enumerate() {
+                let at = start + c * CHUNK;
+                let z = &mut z[..o.len()];
+                perturb::fill(kind, seed, t as u64, at, z);
+                let base = &s.base[at..at + o.len()];
+                let delta = &s.delta[at..at + o.len()];
+                for (((o, &b), &d), &zi) in o.iter_mut().zip(base).zip(delta).zip(z.iter()) {
+                    let theta = (f64::from(b) + f64::from(d) * unit) as f32;
+                    *o = theta + scale * zi;
+                }
+            }
+        };
+        if out.len() <= SEGMENT {
+            return run(0, out);
+        }
+        out.par_chunks_mut(SEGMENT)
+            .enumerate()
+            .for_each(|(i, o)| run(i * SEGMENT, o));
+    }
+
+    /// BLAKE3 digest of `δ` as lower-case hex.
+    pub fn digest(&self) -> String {
+        seed::hex(&self.digest_bytes())
+    }
+
+    /// BLAKE3 digest of `δ` (tensor lengths and little-endian values).
+    pub fn digest_bytes(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(b"seedswarm/delta/1");
+        let mut buf = Vec::with_capacity(4 * CHUNK);
+        for s in &self.slots {
+            h.update(&(s.delta.len() as u64).to_le_bytes());
+            for chunk in s.delta.chunks(CHUNK) {
+                buf.clear();
+                for v in chunk {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+                h.update(&buf);
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Replaces `δ` and the version vector (snapshot install).
+    pub fn install(&mut self, deltas: Vec<Vec<i32>>, vv: VersionVector) -> Result<(), Error> {
+        if deltas.len() != self.slots.len() {
+            return Err(Error::Mismatch(format!(
+                "{} tensors in snapshot, {} in replica",
+                deltas.len(),
+                self.slots.len()
+            )));
+        }
+        for (s, d) in self.slots.iter().zip(&deltas) {
+            if s.delta.len() != d.len() {
+                return Err(Error::Mismatch(format!("length of {}", s.name)));
+            }
+        }
+        for (s, d) in self.slots.iter_mut().zip(deltas) {
+            s.delta = d;
+        }
+        self.applied = vv.values().sum();
+        self.vv = vv;
+        Ok(())
+    }
+}
+
+/// Elements per parallel segment (a multiple of [`CHUNK`]).
+const SEGMENT: usize = 1 << 20;
+
+/// Adds `±c` to every element for each `(seed, c)`, signs from stream `t`;
+/// memory is touched once per chunk for all updates. Large tensors are split
+/// into segments applied in parallel (each seeks its own stream position).
+pub fn apply_rademacher(delta: &mut [i32], t: u64, items: &[(Seed, i32)]) {
+    if items.is_empty() {
+        return;
+    }
+    if delta.len() <= SEGMENT {
+        return apply_rademacher_at(delta, 0, t, items);
+    }
+    delta
+        .par_chunks_mut(SEGMENT)
+        .enumerate()
+        .for_each(|(i, seg)| apply_rademacher_at(seg, i * SEGMENT, t, items));
+}
+
+fn apply_rademacher_at(delta: &mut [i32], start: usize, t: u64, items: &[(Seed, i32)]) {
+    let mut rngs: Vec<_> = items
+        .iter()
+        .map(|(seed, _)| perturb::stream(seed, t, (start / 32) as u64))
+        .collect();
+    let mut words = [0u32; CHUNK / 32];
+    for chunk in delta.chunks_mut(CHUNK) {
+        let nw = chunk.len().div_ceil(32);
+        for (rng, &(_, c)) in rngs.iter_mut().zip(items) {
+            perturb::fill_words(rng, &mut words[..nw]);
+            let mut blocks = chunk.chunks_exact_mut(32);
+            for (block, &w) in (&mut blocks).zip(words.iter()) {
+                add_signed32(block, w, c);
+            }
+            let rest = blocks.into_remainder();
+            if !rest.is_empty() {
+                let w = words[nw - 1];
+                for (b, d) in rest.iter_mut().enumerate() {
+                    let m = ((w >> b) & 1) as i32 - 1;
+                    *d = d.wrapping_add((c ^ m).wrapping_sub(m));
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn add_signed32(block: &mut [i32], w: u32, c: i32) {
+    let block: &mut [i32; 32] = block.try_into().expect("32-element block");
+    for (b, d) in block.iter_mut().enumerate() {
+        // m = 0 when the bit is set (+c), −1 when clear (−c): (c ^ m) − m.
+        let m = ((w >> b) & 1) as i32 - 1;
+        *d = d.wrapping_add((c ^ m).wrapping_sub(m));
+    }
+}
+
+/// Adds `round(a · z_i)` for each `(seed, a)` with Gaussian `z` from stream `t`.
+pub fn apply_gaussian(delta: &mut [i32], t: u64, items: &[(Seed, f64)]) {
+    if items.is_empty() {
+        return;
+    }
+    delta
+        .par_chunks_mut(SEGMENT)
+        .enumerate()
+        .for_each(|(i, seg)| apply_gaussian_at(seg, i * SEGMENT, t, items));
+}
+
+fn apply_gaussian_at(delta: &mut [i32], start: usize, t: u64, items: &[(Seed, f64)]) {
+    let mut z = vec![0f32; CHUNK.min(delta.len())];
+    for (c, chunk) in delta.chunks_mut(CHUNK).enumerate() {
+        for (seed, a) in items {
+            let z = &mut z[..chunk.len()];
+            perturb::fill(Kind::Gaussian, seed, t, start + c * CHUNK, z);
+            for (d, &zi) in chunk.iter_mut().zip(z.iter()) {
+                let v = (a * f64::from(zi)).round_ties_even();
+                *d = d.wrapping_add(v.clamp(-1e9, 1e9) as i32);
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Zeroth-order training: one SPSA step per local sample, and the single-node
+//! `train` loop.
+//!
+//! A [`Trainer`] owns the model, the replica and the update log. A step
+//! evaluates the loss at `θ + εz` and `θ − εz` (each a fresh materialization
+//! from the replica), forms `g = (ℓ₊ − ℓ₋) / 2ε`, encodes it in one byte, logs
+//! and applies it like any other update, and re-materializes the weights.
+
+use crate::codec::Codec;
+use crate::config::{self, Config, ModelSpec, TaskSpec};
+use crate::log::{self, Log};
+use crate::model::{self, tiny::Tiny, Batch, Eval, Model};
+use crate::replica::{self, Replica, Rules, Update};
+use crate::seed::{self, Origin, RunId, Seed};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// Errors of training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Model failure.
+    #[error(transparent)]
+    Model(#[from] model::Error),
+    /// Log failure.
+    #[error(transparent)]
+    Log(#[from] log::Error),
+    /// Replica failure.
+    #[error(transparent)]
+    Replica(#[from] replica::Error),
+    /// The trainable patterns matched nothing.
+    #[error("run.trainable matches no parameter of the model (patterns: {0:?})")]
+    NothingTrainable(Vec<String>),
+}
+
+/// What one step measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The update's seq.
+    pub seq: u64,
+    /// Its one-byte code.
+    pub code: u8,
+    /// Loss at θ + εz.
+    pub loss_plus: f32,
+    /// Loss at θ − εz.
+    pub loss_minus: f32,
+    /// Projected gradient before encoding.
+    pub grad: f64,
+}
+
+/// Data access for a run.
+pub enum Data {
+    /// The built-in synthetic task.
+    Synthetic {
+        task: crate::task::Synthetic,
+        seed: u64,
+    },
+}
+
+impl Data {
+    /// Training batch `seq` of `origin`.
+    pub fn train_batch(&self, origin: &Origin, seq: u64, size: usize) -> Batch {
+        match self {
+            Data::Synthetic { task, seed } => task.train_batch(*seed, origin, seq, size),
+        }
+    }
+
+    /// The dev set in batches.
+    pub fn dev(&self, batch: usize) -> Vec<Batch> {
+        match self {
+            Data::Synthetic { task, seed } => task.dev(*seed, batch),
+        }
+    }
+}
+
+/// Builds the base model of a manifest.
+pub fn build_model(manifest: &config::Manifest) -> Result<Box<dyn Model>, Error> {
+    match &manifest.model {
+        ModelSpec::Tiny(s) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"seedswarm/tiny-init/1");
+            h.update(&manifest.seed.to_le_bytes());
+            Ok(Box::new(Tiny::new(s, &Seed(*h.finalize().as_bytes()))?))
+        }
+    }
+}
+
+/// Builds the data of a manifest.
+pub fn build_data(manifest: &config::Manifest) -> Data {
+    match &manifest.task {
+        TaskSpec::Synthetic(t) => Data::Synthetic {
+            task: t.clone(),
+            seed: manifest.seed,
+        },
+    }
+}
+
+/// Model + replica + log of one node.
+pub struct Trainer {
+    model: Box<dyn Model>,
+    replica: Replica,
+    log: Log,
+    /// Model parameter index of each replica slot.
+    slots: Vec<usize>,
+    eps: f32,
+    origin: Origin,
+}
+
+impl Trainer {
+    /// Builds the model of `cfg`, its replica, and opens the log (in `data_dir`
+    /// when given); replays the recovered log into the replica.
+    pub fn new(cfg: &Config, origin: Origin, data_dir: Option<&Path>) -> Result<Self, Error> {
+        let model = build_model(&cfg.run)?;
+        let run = cfg.run.run_id(&model::base_hash(model.as_ref())?);
+        let specs = model.params();
+        let mut slots = Vec::new();
+        let mut tensors = Vec::new();
+        for (i, p) in specs.iter().enumerate() {
+            if cfg.run.trainable.iter().any(|g| config::glob(g, &p.name)) {
+                slots.push(i);
+                tensors.push((p.name.clone(), model.read(i)?));
+            }
+        }
+        if slots.is_empty() {
+            return Err(Error::NothingTrainable(cfg.run.trainable.clone()));
+        }
+        let rules = Rules {
+            run,
+            kind: cfg.run.perturbation,
+            codec: Codec::new(&cfg.run.codec),
+            schedule: cfg.run.schedule.clone(),
+            unit_bits: cfg.run.unit_bits,
+        };
+        let mut replica = Replica::new(rules, tensors);
+        let log = match data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|source| log::Error::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                let (log, rec) = Log::open(&dir.join("updates.log"), run)?;
+                if rec.updates > 0 {
+                    tracing::info!(
+                        updates = rec.updates,
+                        records = rec.records,
+                        "resuming from the update log"
+                    );
+                }
+                log
+            }
+            None => Log::in_memory(run),
+        };
+        let all: Vec<Update> = log.updates().collect();
+        for chunk in all.chunks(4096) {
+            replica.apply(chunk)?;
+        }
+        let mut t = Self {
+            model,
+            replica,
+            log,
+            slots,
+            eps: cfg.run.eps as f32,
+            origin,
+        };
+        t.materialize()?;
+        Ok(t)
+    }
+
+    /// The run id.
+    pub fn run(&self) -> RunId {
+        self.replica.rules().run
+    }
+
+    /// This node's origin.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+
+    /// The update log.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// The model at the replica's current weights.
+    pub fn model(&self) -> &dyn Model {
+        self.model.as_ref()
+    }
+
+    /// The next seq this node will publish.
+    pub fn next_seq(&self) -> u64 {
+        self.log.next_seq(&self.origin)
+    }
+
+    fn materialize(&mut self) -> Result<(), Error> {
+        for (t, &i) in self.slots.iter().enumerate() {
+            let r = &self.replica;
+            self.model.write(i, &mut |w| r.materialize(t, w))?;
+        }
+        Ok(())
+    }
+
+    fn perturb(&mut self, seed: &Seed, scale: f32) -> Result<(), Error> {
+        for (t, &i) in self.slots.iter().enumerate() {
+            let r = &self.replica;
+            self.model
+                .write(i, &mut |w| r.materialize_perturbed(t, w, seed, scale))?;
+        }
+        Ok(())
+    }
+
+    /// One SPSA step on `batch` as update `next_seq()`; logs and applies it.
+    pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
+        let seq = self.next_seq();
+        let seed = seed::derive(&self.run(), &self.origin, seq);
+        let losses = self.perturb(&seed, self.eps).and_then(|()| {
+            let plus = self.model.loss(batch)?;
+            self.perturb(&seed, -self.eps)?;
+            Ok((plus, self.model.loss(batch)?))
+        });
+        let (loss_plus, loss_minus) = match losses {
+            Ok(v) => v,
+            Err(e) => {
+                self.materialize()?;
+                return Err(e);
+            }
+        };
+        let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
+        let code = self.replica.rules().codec.encode(grad, &seed);
+        let fresh = self.log.insert(self.origin, seq, &[code])?;
+        self.replica.apply(&fresh)?;
+        self.materialize()?;
+        Ok(Step {
+            seq,
+            code,
+            loss_plus,
+            loss_minus,
+            grad,
+        })
+    }
+
+    /// Accepts a batch of codes from `origin`; applies whatever became contiguous.
+    pub fn receive(
+        &mut self,
+        origin: Origin,
+        first_seq: u64,
+        codes: &[u8],
+    ) -> Result<usize, Error> {
+        let fresh = self.log.insert(origin, first_seq, codes)?;
+        if fresh.is_empty() {
+            return Ok(0);
+        }
+        let n = self.replica.apply(&fresh)?;
+        self.materialize()?;
+        Ok(n)
+    }
+
+    /// Loss and accuracy on `batches` at the current weights.
+    pub fn evaluate(&self, batches: &[Batch]) -> Result<Eval, Error> {
+        let mut e = Eval::default();
+        for b in batches {
+            e.merge(self.model.evaluate(b)?);
+        }
+        Ok(e)
+    }
+}
+
+/// JSON summary of a `train` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    pub origin: String,
+    pub initial_loss: f64,
+    pub initial_accuracy: f64,
+    pub final_loss: f64,
+    pub accuracy: f64,
+    pub updates: u64,
+    pub wall_seconds: f64,
+    pub steps_per_second: f64,
+    pub digest: String,
+    pub trainable_params: usize,
+    /// Size of the on-disk update log per update (when a data dir is used).
+    pub log_bytes_per_update: Option<f64>,
+}
+
+/// The deterministic origin of a single-node run without an identity.
+pub fn local_origin(cfg: &Config) -> Origin {
+    let mut h = blake3::Hasher::new();
+    h.update(b"seedswarm/local-origin/1");
+    h.update(&cfg.run.seed.to_le_bytes());
+    Origin(*h.finalize().as_bytes())
+}
+
+/// Progress reporting hook for [`run_single`]: `(step, steps, train loss, eval)`.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, f64, Option<Eval>);
+
+/// Trains a single node (no network) for `cfg.node.steps` own updates.
+pub fn run_single(
+    cfg: &Config,
+    data_dir: Option<&Path>,
+    progress: Progress<'_>,
+) -> Result<Summary, Error> {
+    let start = Instant::now();
+    let origin = local_origin(cfg);
+    let mut trainer = Trainer::new(cfg, origin, data_dir)?;
+    let data = build_data(&cfg.run);
+    let dev = data.dev(cfg.node.eval_batch);
+    let initial = trainer.evaluate(&dev)?;
+    progress(0, cfg.node.steps, initial.loss(), Some(initial));
+    let first = trainer.next_seq();
+    let mut ema = initial.loss();
+    while trainer.next_seq() < cfg.node.steps.max(first) {
+        let seq = trainer.next_seq();
+        let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+        let s = trainer.step(&batch)?;
+        ema = 0.98 * ema + 0.02 * 0.5 * f64::from(s.loss_plus + s.loss_minus);
+        let done = seq + 1;
+        let eval = if cfg.node.eval_every > 0 && done % cfg.node.eval_every == 0 {
+            Some(trainer.evaluate(&dev)?)
+        } else {
+            None
+        };
+        progress(done, cfg.node.steps, ema, eval);
+    }
+    let fin = trainer.evaluate(&dev)?;
+    let wall = start.elapsed().as_secs_f64();
+    let updates = trainer.replica().applied();
+    let ran = trainer.next_seq() - first;
+    Ok(Summary {
+        run_id: trainer.run().to_hex(),
+        origin: origin.to_hex(),
+        initial_loss: initial.loss(),
+        initial_accuracy: initial.accuracy(),
+        final_loss: fin.loss(),
+        accuracy: fin.accuracy(),
+        updates,
+        wall_seconds: wall,
+        steps_per_second: ran as f64 / wall.max(1e-9),
+        digest: trainer.replica().digest(),
+        trainable_params: trainer.replica().num_params(),
+        log_bytes_per_update: data_dir.and_then(|d| {
+            let len = std::fs::metadata(d.join("updates.log")).ok()?.len();
+            Some(len as f64 / updates.max(1) as f64)
+        }),
+    })
+}
