@@ -96,6 +96,22 @@ pub struct NodeSettings {
     pub eval_every: u64,
     /// Examples per evaluation forward.
     pub eval_batch: usize,
+    /// Multiaddrs to listen on.
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to dial at start (with `/p2p/<peer id>` for Kademlia).
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Own updates are batched into one gossip message per this many milliseconds.
+    pub publish_ms: u64,
+    /// Heartbeat period in milliseconds.
+    pub heartbeat_ms: u64,
+    /// After training, wait at most this many seconds for the swarm to agree.
+    pub settle_timeout_s: u64,
+    /// Start training once this many peers have been heard from.
+    pub min_peers: usize,
+    /// Most updates per second accepted from one origin.
+    pub max_rate: f64,
 }
 
 impl Default for NodeSettings {
@@ -104,6 +120,17 @@ impl Default for NodeSettings {
             steps: 2000,
             eval_every: 250,
             eval_batch: 256,
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            publish_ms: 250,
+            heartbeat_ms: 1000,
+            settle_timeout_s: 120,
+            min_peers: 0,
+            max_rate: 50_000.0,
         }
     }
 }
@@ -199,6 +226,34 @@ impl Config {
         if self.node.eval_batch == 0 {
             return Err("node.eval_batch must be at least 1".into());
         }
+        for (field, list) in [
+            ("listen", &self.node.listen),
+            ("bootstrap", &self.node.bootstrap),
+        ] {
+            for (i, a) in list.iter().enumerate() {
+                if let Err(e) = a.parse::<libp2p::Multiaddr>() {
+                    return Err(format!("node.{field}[{i}] is not a multiaddr ({a:?}): {e}"));
+                }
+            }
+        }
+        if !(10..=60_000).contains(&self.node.publish_ms) {
+            return Err(format!(
+                "node.publish_ms must be within 10..=60000, got {}",
+                self.node.publish_ms
+            ));
+        }
+        if !(100..=60_000).contains(&self.node.heartbeat_ms) {
+            return Err(format!(
+                "node.heartbeat_ms must be within 100..=60000, got {}",
+                self.node.heartbeat_ms
+            ));
+        }
+        if !(self.node.max_rate.is_finite() && self.node.max_rate > 0.0) {
+            return Err(format!(
+                "node.max_rate must be positive, got {}",
+                self.node.max_rate
+            ));
+        }
         Ok(())
     }
 }
@@ -260,6 +315,11 @@ mod tests {
             ("vocab = 32\ndim", "vocab = 33\ndim", "run.task.vocab"),
             ("eps = 0.01", "eps = 0.01\nepsilon = 2", "epsilon"),
             ("eps = 0.01", "eps = \"big\"", "eps"),
+            (
+                "eval_batch = 256",
+                "eval_batch = 256\nlisten = [\"nonsense\"]",
+                "node.listen[0]",
+            ),
         ];
         for (from, to, field) in cases {
             assert!(DEMO.contains(from), "{from}");

@@ -5,10 +5,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seedswarm::config::Config;
-use seedswarm::train;
+use seedswarm::{node, train};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,39 @@ enum Command {
         /// Keep the update log here (resumes if present).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Write a JSON summary here.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Run a swarm node: train, gossip one-byte updates, apply everyone's.
+    Node {
+        /// Run manifest and node settings (TOML).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// Listen address (repeatable; replaces node.listen).
+        #[arg(long)]
+        listen: Vec<String>,
+        /// Peer to dial at start (repeatable; adds to node.bootstrap).
+        #[arg(long)]
+        bootstrap: Vec<String>,
+        /// Node key, update log and status.json live here; a restart resumes.
+        #[arg(long, env = "SEEDSWARM_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Stop publishing after this many own updates, then settle and exit.
+        #[arg(long)]
+        max_updates: Option<u64>,
+        /// Stop publishing after this many seconds, then settle and exit.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Start training once this many peers are heard from.
+        #[arg(long)]
+        min_peers: Option<usize>,
+        /// Disable mDNS discovery.
+        #[arg(long)]
+        no_mdns: bool,
+        /// Keep serving after training instead of exiting once the swarm agrees.
+        #[arg(long)]
+        serve: bool,
         /// Write a JSON summary here.
         #[arg(long)]
         summary: Option<PathBuf>,
@@ -119,7 +153,136 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Node {
+            config,
+            listen,
+            bootstrap,
+            data_dir,
+            max_updates,
+            duration,
+            min_peers,
+            no_mdns,
+            serve,
+            summary,
+        } => run_node(
+            load(&config)?,
+            listen,
+            bootstrap,
+            data_dir,
+            max_updates,
+            duration,
+            min_peers,
+            no_mdns,
+            serve,
+            summary,
+        ),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_node(
+    mut cfg: Config,
+    listen: Vec<String>,
+    bootstrap: Vec<String>,
+    data_dir: Option<PathBuf>,
+    max_updates: Option<u64>,
+    duration: Option<f64>,
+    min_peers: Option<usize>,
+    no_mdns: bool,
+    serve: bool,
+    summary: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if !listen.is_empty() {
+        cfg.node.listen = listen;
+    }
+    cfg.node.bootstrap.extend(bootstrap);
+    if no_mdns {
+        cfg.node.mdns = false;
+    }
+    if let Some(m) = min_peers {
+        cfg.node.min_peers = m;
+    }
+    cfg.validate()
+        .map_err(|message| seedswarm::config::Error::Invalid {
+            path: "command line".into(),
+            message,
+        })?;
+    if let Some(d) = duration {
+        if !(d.is_finite() && d > 0.0) {
+            return Err(seedswarm::config::Error::Invalid {
+                path: "command line".into(),
+                message: format!("--duration must be a positive number of seconds, got {d}"),
+            }
+            .into());
+        }
+    }
+    let max_updates =
+        max_updates.or((cfg.node.steps > 0 && duration.is_none()).then_some(cfg.node.steps));
+    let opts = node::Options::from_config(
+        &cfg,
+        data_dir,
+        max_updates,
+        duration.map(Duration::from_secs_f64),
+        serve,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut n = node::Node::start(cfg, opts).await?;
+        println!("peer id {}", n.peer_id);
+        for a in &n.listen {
+            println!("listening on {a}/p2p/{}", n.peer_id);
+        }
+        let mut watch = n.watch();
+        let printer = tokio::spawn(async move {
+            let mut last = Instant::now();
+            while watch.changed().await.is_ok() {
+                if last.elapsed() < Duration::from_secs(2) {
+                    continue;
+                }
+                last = Instant::now();
+                let s = watch.borrow().clone();
+                eprintln!(
+                    "peers {:>2}  own {:>6}  applied {:>7}  backlog {:>5}  loss {:.4}  accuracy {}  digest {}",
+                    s.peers,
+                    s.own_updates,
+                    s.updates_applied,
+                    s.backlog,
+                    s.loss,
+                    s.accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+                    s.digest.get(..12).unwrap_or("-"),
+                );
+            }
+        });
+        let stopper = tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        let result = tokio::select! {
+            r = n.wait_ref() => r,
+            _ = stopper => {
+                eprintln!("leaving (Ctrl-C)");
+                n.stop();
+                n.wait_ref().await
+            }
+        };
+        printer.abort();
+        let s = result?;
+        println!(
+            "done: digest {} applied {} (own {}), accuracy {:.1}%, settled {}, {:.1} wire bytes in per update",
+            &s.digest.get(..16).unwrap_or("-"),
+            s.updates_applied,
+            s.own_updates,
+            100.0 * s.accuracy,
+            s.settled,
+            s.wire_bytes_in_per_update
+        );
+        if let Some(path) = summary {
+            write_json(&path, &s)?;
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {

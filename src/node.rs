@@ -84,6 +84,36 @@ pub struct Options {
     pub exit_when_settled: bool,
 }
 
+impl Options {
+    /// Options from a config's `[node]` section plus command-line choices.
+    pub fn from_config(
+        cfg: &Config,
+        data_dir: Option<PathBuf>,
+        max_updates: Option<u64>,
+        duration: Option<Duration>,
+        serve: bool,
+    ) -> Self {
+        let n = &cfg.node;
+        Self {
+            listen: n.listen.iter().filter_map(|a| a.parse().ok()).collect(),
+            bootstrap: n.bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
+            data_dir,
+            key: None,
+            max_updates,
+            duration,
+            min_peers: n.min_peers,
+            mdns: n.mdns,
+            settle_timeout: Duration::from_secs(n.settle_timeout_s),
+            publish_interval: Duration::from_millis(n.publish_ms),
+            heartbeat_interval: Duration::from_millis(n.heartbeat_ms),
+            timing: sync::Timing::default(),
+            max_rate: n.max_rate,
+            drop_incoming: 0.0,
+            exit_when_settled: !serve,
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -118,6 +148,7 @@ pub struct Status {
     pub run_id: String,
     pub listen: Vec<String>,
     pub peers: usize,
+    pub connected: usize,
     pub own_updates: u64,
     pub updates_applied: u64,
     pub updates_received: u64,
@@ -150,6 +181,7 @@ pub struct Summary {
     pub wall_seconds: f64,
     pub settled: bool,
     pub peers_seen: usize,
+    pub max_connected: usize,
     pub rejected: BTreeMap<String, u64>,
     pub dropped_by_test_hook: u64,
     pub repaired_updates: u64,
@@ -259,8 +291,13 @@ impl Node {
     }
 
     /// Waits for the node to finish.
-    pub async fn wait(self) -> Result<Summary, Error> {
-        match self.task.await {
+    pub async fn wait(mut self) -> Result<Summary, Error> {
+        self.wait_ref().await
+    }
+
+    /// Waits for the node to finish (cancel-safe; the node stays owned).
+    pub async fn wait_ref(&mut self) -> Result<Summary, Error> {
+        match (&mut self.task).await {
             Ok(r) => r,
             Err(e) => Err(Error::Compute(e.to_string())),
         }
@@ -457,6 +494,7 @@ struct Actor {
     published_messages: u64,
     published_updates: u64,
     peers_seen: std::collections::HashSet<PeerId>,
+    max_connected: usize,
     backlog_max: u64,
     backlog_sum: f64,
     backlog_samples: u64,
@@ -503,6 +541,7 @@ impl Actor {
             published_messages: 0,
             published_updates: 0,
             peers_seen: Default::default(),
+            max_connected: 0,
             backlog_max: 0,
             backlog_sum: 0.0,
             backlog_samples: 0,
@@ -661,6 +700,7 @@ impl Actor {
             wall_seconds: start.elapsed().as_secs_f64(),
             settled,
             peers_seen: self.peers_seen.len(),
+            max_connected: self.max_connected,
             rejected: self.rejected.clone(),
             dropped_by_test_hook: self.dropped,
             repaired_updates: self.repaired,
@@ -952,6 +992,7 @@ impl Actor {
             }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(peer = %peer_id, "connected");
+                self.max_connected = self.max_connected.max(self.swarm.connected_peers().count());
                 if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
                     tracing::trace!("kademlia has no peers yet");
                 }
@@ -1075,6 +1116,7 @@ impl Actor {
             run_id: self.mirror.run().to_hex(),
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             peers: self.sync.peers().len(),
+            connected: self.swarm.connected_peers().count(),
             own_updates: st.as_ref().map_or(0, |s| s.own),
             updates_applied: st.as_ref().map_or(0, |s| s.applied),
             updates_received: self.mirror.len(),

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Launch a local swarm of N seedswarm node processes on 127.0.0.1 on the
+# built-in task, show a live table, and end with a verdict: every node holds
+# the same version vector and digest, and accuracy reached the target.
+#
+#   scripts/swarm.sh                 # 4 nodes, 2500 updates each
+#   N=6 UPDATES=1000 scripts/swarm.sh
+#   SEEDSWARM_BIN=target/release/seedswarm scripts/swarm.sh
+#
+# Environment: N (nodes), UPDATES (own updates per node), CONFIG, TARGET_ACC
+# (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-4}
+UPDATES=${UPDATES:-2500}
+CONFIG=${CONFIG:-configs/demo.toml}
+TARGET_ACC=${TARGET_ACC:-0.9}
+RUN_DIR=${RUN_DIR:-runs/swarm-$(date +%Y%m%d-%H%M%S)}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}
+
+if [[ -z "${SEEDSWARM_BIN:-}" ]]; then
+  cargo build --quiet --bin seedswarm
+  SEEDSWARM_BIN="$CARGO_TARGET_DIR/debug/seedswarm"
+fi
+mkdir -p "$RUN_DIR"
+echo "swarm of $N nodes, $UPDATES updates each, config $CONFIG, logs in $RUN_DIR"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup INT TERM
+
+start_node() {
+  local i=$1; shift
+  local dir="$RUN_DIR/node-$i"
+  mkdir -p "$dir"
+  "$SEEDSWARM_BIN" node --config "$CONFIG" --data-dir "$dir" \
+    --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
+    --no-mdns --min-peers $((N - 1)) --max-updates "$UPDATES" \
+    --summary "$dir/summary.json" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+  pids+=($!)
+}
+
+start_node 0
+# Node 0's TCP address (with peer id) is the bootstrap address for the others.
+boot=""
+for _ in $(seq 1 100); do
+  boot=$(grep -m1 -o 'listening on /ip4/127.0.0.1/tcp/[0-9]*/p2p/[A-Za-z0-9]*' "$RUN_DIR/node-0/stdout.log" 2>/dev/null | sed 's/^listening on //' || true)
+  [[ -n "$boot" ]] && break
+  sleep 0.1
+done
+if [[ -z "$boot" ]]; then
+  echo "node 0 did not start; see $RUN_DIR/node-0/stderr.log" >&2
+  cleanup
+  exit 1
+fi
+for i in $(seq 1 $((N - 1))); do start_node "$i" --bootstrap "$boot"; done
+
+python3 scripts/swarm_table.py "$RUN_DIR" "$N" "${pids[@]}"
+failed=0
+for p in "${pids[@]}"; do wait "$p" || failed=1; done
+python3 scripts/swarm_table.py --verdict "$RUN_DIR" "$N" "$TARGET_ACC" || failed=1
+exit $failed

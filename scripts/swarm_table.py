@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Live table and final verdict for scripts/swarm.sh (reads each node's
+status.json while running and summary.json at the end)."""
+import json
+import os
+import sys
+import time
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def table(run_dir, n):
+    rows = []
+    for i in range(n):
+        s = load(f"{run_dir}/node-{i}/status.json") or {}
+        acc = s.get("accuracy")
+        rows.append(
+            f"node-{i}  peers {s.get('peers', '-'):>2}  own {s.get('own_updates', 0):>6}  "
+            f"applied {s.get('updates_applied', 0):>7}  backlog {s.get('backlog', 0):>5}  "
+            f"loss {s.get('loss') if s.get('loss') is None else round(s['loss'], 4)!s:>7}  "
+            f"acc {('%.1f%%' % (100 * acc)) if acc is not None else '-':>6}  "
+            f"digest {(s.get('digest') or '-')[:12]}"
+        )
+    return rows
+
+
+def live(run_dir, n, pids):
+    tty = sys.stdout.isatty()
+    last = 0.0
+    while any(alive(p) for p in pids):
+        rows = table(run_dir, n)
+        if tty:
+            sys.stdout.write("\x1b[2J\x1b[H" + "\n".join(rows) + "\n")
+            sys.stdout.flush()
+        elif time.time() - last > 5:
+            print("\n".join(rows), flush=True)
+            last = time.time()
+        time.sleep(0.5)
+    print("\n".join(table(run_dir, n)))
+
+
+def verdict(run_dir, n, target):
+    sums = [load(f"{run_dir}/node-{i}/summary.json") for i in range(n)]
+    missing = [i for i, s in enumerate(sums) if s is None]
+    if missing:
+        print(f"VERDICT: FAIL - nodes {missing} wrote no summary (see their stderr.log)")
+        return 1
+    digests = {s["digest"] for s in sums}
+    vvs = {json.dumps(s["version_vector"], sort_keys=True) for s in sums}
+    accs = [s["accuracy"] for s in sums]
+    wire = sum(s["wire_bytes_in_per_update"] for s in sums) / n
+    ok_bits = len(digests) == 1 and len(vvs) == 1
+    ok_acc = min(accs) >= target
+    print(
+        f"updates applied per node {sums[0]['updates_applied']}, accuracy "
+        f"{min(accs):.3f}..{max(accs):.3f}, {wire:.1f} wire bytes in per update, "
+        f"mean backlog {sum(s['mean_backlog'] for s in sums) / n:.1f}"
+    )
+    print(
+        "VERDICT: "
+        + ("PASS" if ok_bits and ok_acc else "FAIL")
+        + f" - digests {'all equal' if ok_bits else 'DIFFER'} ({next(iter(digests))[:16]}), "
+        + f"accuracy {'reached' if ok_acc else 'below'} {target}"
+    )
+    return 0 if ok_bits and ok_acc else 1
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--verdict":
+        sys.exit(verdict(sys.argv[2], int(sys.argv[3]), float(sys.argv[4])))
+    live(sys.argv[1], int(sys.argv[2]), [int(p) for p in sys.argv[3:]])
