@@ -104,6 +104,8 @@ pub struct NodeSettings {
     pub mdns: bool,
     /// Own updates are batched into one gossip message per this many milliseconds.
     pub publish_ms: u64,
+    /// ... or as soon as this many are waiting (bounds how stale peers' views get).
+    pub publish_max: usize,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
     /// After training, wait at most this many seconds for the swarm to agree.
@@ -127,6 +129,7 @@ impl Default for NodeSettings {
             bootstrap: Vec::new(),
             mdns: true,
             publish_ms: 250,
+            publish_max: 256,
             heartbeat_ms: 1000,
             settle_timeout_s: 120,
             min_peers: 0,
@@ -242,6 +245,13 @@ impl Config {
                 self.node.publish_ms
             ));
         }
+        if !(1..=crate::net::wire::MAX_BATCH).contains(&self.node.publish_max) {
+            return Err(format!(
+                "node.publish_max must be within 1..={}, got {}",
+                crate::net::wire::MAX_BATCH,
+                self.node.publish_max
+            ));
+        }
         if !(100..=60_000).contains(&self.node.heartbeat_ms) {
             return Err(format!(
                 "node.heartbeat_ms must be within 100..=60000, got {}",
@@ -306,7 +316,7 @@ mod tests {
     fn errors_name_the_field() {
         let cases = [
             ("eps = 0.01", "eps = -1.0", "run.eps"),
-            ("batch_size = 16", "batch_size = 0", "run.batch_size"),
+            ("batch_size = 64", "batch_size = 0", "run.batch_size"),
             (
                 "steps_per_octave = 8",
                 "steps_per_octave = 3",

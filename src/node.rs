@@ -70,8 +70,10 @@ pub struct Options {
     pub mdns: bool,
     /// After training, wait at most this long for the swarm to agree.
     pub settle_timeout: Duration,
-    /// Own updates are batched into one gossip message per interval.
+    /// Own updates are batched into one gossip message per interval...
     pub publish_interval: Duration,
+    /// ... or as soon as this many are waiting.
+    pub publish_max: usize,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Repair timing.
@@ -105,6 +107,7 @@ impl Options {
             mdns: n.mdns,
             settle_timeout: Duration::from_secs(n.settle_timeout_s),
             publish_interval: Duration::from_millis(n.publish_ms),
+            publish_max: n.publish_max,
             heartbeat_interval: Duration::from_millis(n.heartbeat_ms),
             timing: sync::Timing::default(),
             max_rate: n.max_rate,
@@ -132,6 +135,7 @@ impl Default for Options {
             mdns: true,
             settle_timeout: Duration::from_secs(120),
             publish_interval: Duration::from_millis(250),
+            publish_max: 256,
             heartbeat_interval: Duration::from_millis(1000),
             timing: sync::Timing::default(),
             max_rate: 50_000.0,
@@ -592,22 +596,6 @@ impl Actor {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                msg = from_compute.recv() => match msg {
-                    Some(FromCompute::Published { seq, code }) => self.on_published(seq, code),
-                    Some(FromCompute::State(st)) => {
-                        if initial_eval.is_none() {
-                            initial_eval = st.eval;
-                        }
-                        if st.training_done && done_since.is_none() {
-                            done_since = Some(Instant::now());
-                            self.flush_outbox();
-                        }
-                        self.state = Some(*st);
-                    }
-                    Some(FromCompute::Failed(e)) => { failure = Some(e); break; }
-                    None => { failure = Some("compute thread ended".into()); break; }
-                },
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if self.opts.min_peers > 0 {
@@ -616,10 +604,6 @@ impl Actor {
                             tracing::info!(peers = self.sync.peers().len(), "enough peers; training starts");
                             *g = true;
                         }
-                    }
-                    if now.duration_since(last_publish) >= self.opts.publish_interval {
-                        self.flush_outbox();
-                        last_publish = now;
                     }
                     self.feed_compute(&to_compute);
                     for gone in self.sync.expire(now) {
@@ -655,6 +639,30 @@ impl Actor {
                         }
                     }
                 }
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.feed_compute(&to_compute);
+                }
+                msg = from_compute.recv() => match msg {
+                    Some(FromCompute::Published { seq, code }) => self.on_published(seq, code),
+                    Some(FromCompute::State(st)) => {
+                        if initial_eval.is_none() {
+                            initial_eval = st.eval;
+                        }
+                        if st.training_done && done_since.is_none() {
+                            done_since = Some(Instant::now());
+                            self.flush_outbox();
+                        }
+                        self.state = Some(*st);
+                    }
+                    Some(FromCompute::Failed(e)) => { failure = Some(e); break; }
+                    None => { failure = Some("compute thread ended".into()); break; }
+                },
+            }
+            // Publishing is due by time, whichever branch ran.
+            if self.outbox.is_some() && last_publish.elapsed() >= self.opts.publish_interval {
+                self.flush_outbox();
+                last_publish = Instant::now();
             }
         }
         // Leave: announce, stop compute, collect the final evaluation.
@@ -746,15 +754,15 @@ impl Actor {
     fn on_published(&mut self, seq: u64, code: u8) {
         let _ = self.mirror.insert(self.origin, seq, &[code]);
         match &mut self.outbox {
-            Some((first, codes))
-                if *first + codes.len() as u64 == seq && codes.len() < wire::MAX_BATCH =>
-            {
-                codes.push(code)
-            }
+            Some((first, codes)) if *first + codes.len() as u64 == seq => codes.push(code),
             _ => {
                 self.flush_outbox();
                 self.outbox = Some((seq, vec![code]));
             }
+        }
+        let max = self.opts.publish_max.clamp(1, wire::MAX_BATCH);
+        if self.outbox.as_ref().is_some_and(|(_, c)| c.len() >= max) {
+            self.flush_outbox();
         }
     }
 

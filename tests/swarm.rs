@@ -22,7 +22,8 @@ fn options(max_updates: u64, min_peers: usize) -> Options {
         max_updates: Some(max_updates),
         min_peers,
         settle_timeout: Duration::from_secs(60),
-        publish_interval: Duration::from_millis(100),
+        publish_interval: Duration::from_millis(50),
+        publish_max: 64,
         heartbeat_interval: Duration::from_millis(300),
         ..Options::default()
     }
@@ -76,11 +77,22 @@ fn assert_identical(s: &[Summary]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_nodes_learn_together_and_agree_bit_for_bit() {
     let cfg = config();
-    let nodes = start(4, &cfg, 1200, |_, _| {}).await;
+    let nodes = start(4, &cfg, 2500, |_, _| {}).await;
     let s = finish(nodes).await;
+    for x in &s {
+        eprintln!(
+            "published {} msgs ({:.1}/msg), received {}, repaired {}, accuracy {}, wall {:.2}s",
+            x.gossip_messages_published,
+            x.mean_updates_per_message,
+            x.foreign_updates_received,
+            x.repaired_updates,
+            x.accuracy,
+            x.wall_seconds
+        );
+    }
     assert_identical(&s);
     let total: u64 = s.iter().map(|x| x.own_updates).sum();
-    assert_eq!(total, 4 * 1200);
+    assert_eq!(total, 4 * 2500);
     assert_eq!(
         s[0].updates_applied, total,
         "every update applied everywhere"
@@ -99,7 +111,7 @@ async fn four_nodes_learn_together_and_agree_bit_for_bit() {
             "{:?}",
             x.rejected
         );
-        assert!(x.foreign_updates_received >= 3 * 1200);
+        assert!(x.foreign_updates_received >= 3 * 2500);
     }
 }
 
