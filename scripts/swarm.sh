@@ -38,7 +38,7 @@ start_node() {
   mkdir -p "$dir"
   "$SEEDSWARM_BIN" node --config "$CONFIG" --data-dir "$dir" \
     --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
-    --no-mdns --min-peers $((N - 1)) --max-updates "$UPDATES" \
+    --no-mdns --min-peers $((N - 1)) --max-updates "$UPDATES" --http 127.0.0.1:0 \
     --summary "$dir/summary.json" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }
@@ -58,6 +58,16 @@ if [[ -z "$boot" ]]; then
 fi
 for i in $(seq 1 $((N - 1))); do start_node "$i" --bootstrap "$boot"; done
 
+# Each node serves /status, /metrics and a dashboard; the table polls /status.
+for i in $(seq 0 $((N - 1))); do
+  for _ in $(seq 1 100); do
+    url=$(grep -m1 -o 'dashboard http://[0-9.:]*' "$RUN_DIR/node-$i/stdout.log" 2>/dev/null | sed 's/^dashboard //' || true)
+    [[ -n "$url" ]] && break
+    sleep 0.1
+  done
+  echo "$url" >"$RUN_DIR/node-$i/url"
+  echo "node-$i dashboard $url/"
+done
 python3 scripts/swarm_table.py "$RUN_DIR" "$N" "${pids[@]}"
 failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 
 
 def load(path):
@@ -23,10 +24,27 @@ def alive(pid):
         return False
 
 
+def status(run_dir, i):
+    """The node's live /status, or its last status.json once it has exited."""
+    try:
+        with open(f"{run_dir}/node-{i}/url") as f:
+            url = f.read().strip()
+        if url:
+            with urllib.request.urlopen(url + "/status", timeout=1) as r:
+                return json.load(r)
+    except (OSError, ValueError):
+        pass
+    return load(f"{run_dir}/node-{i}/status.json") or {}
+
+
 def table(run_dir, n):
     rows = []
+    groups = {}
     for i in range(n):
-        s = load(f"{run_dir}/node-{i}/status.json") or {}
+        s = status(run_dir, i)
+        if s.get("digest"):
+            key = json.dumps(s.get("version_vector", {}), sort_keys=True)
+            groups.setdefault(key, set()).add(s["digest"])
         acc = s.get("accuracy")
         rows.append(
             f"node-{i}  peers {s.get('peers', '-'):>2}  own {s.get('own_updates', 0):>6}  "
@@ -35,6 +53,11 @@ def table(run_dir, n):
             f"acc {('%.1f%%' % (100 * acc)) if acc is not None else '-':>6}  "
             f"digest {(s.get('digest') or '-')[:12]}"
         )
+    bad = sum(1 for d in groups.values() if len(d) > 1)
+    rows.append(
+        f"{len(groups)} distinct version vector(s); "
+        + ("digests agree at equal version vectors" if bad == 0 else f"{bad} group(s) DISAGREE")
+    )
     return rows
 
 

@@ -114,6 +114,8 @@ pub struct NodeSettings {
     pub min_peers: usize,
     /// Most updates per second accepted from one origin.
     pub max_rate: f64,
+    /// Serve /metrics, /status and the dashboard on this address (off when absent).
+    pub http: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -134,6 +136,7 @@ impl Default for NodeSettings {
             settle_timeout_s: 120,
             min_peers: 0,
             max_rate: 50_000.0,
+            http: None,
         }
     }
 }
@@ -257,6 +260,13 @@ impl Config {
                 "node.heartbeat_ms must be within 100..=60000, got {}",
                 self.node.heartbeat_ms
             ));
+        }
+        if let Some(a) = &self.node.http {
+            if let Err(e) = a.parse::<std::net::SocketAddr>() {
+                return Err(format!(
+                    "node.http must be an address like 127.0.0.1:9000 ({a:?}): {e}"
+                ));
+            }
         }
         if !(self.node.max_rate.is_finite() && self.node.max_rate > 0.0) {
             return Err(format!(

@@ -7,12 +7,15 @@
 
 pub mod codec;
 pub mod config;
+pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;
 pub mod perturb;
 pub mod replica;
 pub mod seed;
+pub mod status;
 pub mod task;
 pub mod train;

@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         summary: Option<PathBuf>,
     },
+    /// Show one table for one or many nodes (their --http URLs).
+    Status {
+        /// Node URLs, e.g. http://127.0.0.1:9100
+        #[arg(required = true)]
+        urls: Vec<String>,
+        /// Refresh until interrupted.
+        #[arg(long)]
+        watch: bool,
+        /// Refresh period in seconds.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
     /// Run a swarm node: train, gossip one-byte updates, apply everyone's.
     Node {
         /// Run manifest and node settings (TOML).
@@ -68,6 +80,9 @@ enum Command {
         /// Keep serving after training instead of exiting once the swarm agrees.
         #[arg(long)]
         serve: bool,
+        /// Serve /metrics, /status and the dashboard on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        http: Option<String>,
         /// Write a JSON summary here.
         #[arg(long)]
         summary: Option<PathBuf>,
@@ -153,6 +168,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status {
+            urls,
+            watch,
+            interval,
+        } => loop {
+            let rep = seedswarm::status::poll(&urls, Duration::from_secs(3));
+            if watch {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", rep.table);
+            if !watch {
+                if !rep.unreachable.is_empty() {
+                    std::process::exit(1);
+                }
+                if rep.mismatches > 0 {
+                    std::process::exit(3);
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_secs_f64(interval.max(0.2)));
+        },
         Command::Node {
             config,
             listen,
@@ -163,9 +199,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             min_peers,
             no_mdns,
             serve,
+            http,
             summary,
         } => run_node(
             load(&config)?,
+            http,
             listen,
             bootstrap,
             data_dir,
@@ -182,6 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 #[allow(clippy::too_many_arguments)]
 fn run_node(
     mut cfg: Config,
+    http: Option<String>,
     listen: Vec<String>,
     bootstrap: Vec<String>,
     data_dir: Option<PathBuf>,
@@ -201,6 +240,9 @@ fn run_node(
     }
     if let Some(m) = min_peers {
         cfg.node.min_peers = m;
+    }
+    if http.is_some() {
+        cfg.node.http = http;
     }
     cfg.validate()
         .map_err(|message| seedswarm::config::Error::Invalid {
@@ -234,6 +276,9 @@ fn run_node(
         println!("peer id {}", n.peer_id);
         for a in &n.listen {
             println!("listening on {a}/p2p/{}", n.peer_id);
+        }
+        if let Some(h) = n.http {
+            println!("dashboard http://{h}/  metrics http://{h}/metrics  status http://{h}/status");
         }
         let mut watch = n.watch();
         let printer = tokio::spawn(async move {

@@ -9,7 +9,9 @@
 //! (model, replica, persisted log) and applies whatever becomes contiguous.
 
 use crate::config::Config;
+use crate::http;
 use crate::log::Log;
+use crate::metrics::Series;
 use crate::model::Eval;
 use crate::net::sync::{self, PeerView};
 use crate::net::wire::{self, Heartbeat};
@@ -84,6 +86,8 @@ pub struct Options {
     pub drop_incoming: f64,
     /// Exit once training is over and the swarm agrees (false: serve until stopped).
     pub exit_when_settled: bool,
+    /// Serve /metrics, /status and the dashboard here.
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl Options {
@@ -113,6 +117,7 @@ impl Options {
             max_rate: n.max_rate,
             drop_incoming: 0.0,
             exit_when_settled: !serve,
+            http: n.http.as_deref().and_then(|a| a.parse().ok()),
         }
     }
 }
@@ -141,6 +146,7 @@ impl Default for Options {
             max_rate: 50_000.0,
             drop_incoming: 0.0,
             exit_when_settled: true,
+            http: None,
         }
     }
 }
@@ -167,6 +173,12 @@ pub struct Status {
     pub repaired_updates: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub uptime_s: f64,
+    pub updates_per_s: f64,
+    pub bytes_in_per_s: f64,
+    pub bytes_out_per_s: f64,
+    pub mesh_peers: usize,
+    pub digest_mismatches: u64,
 }
 
 /// What a finished node measured.
@@ -208,6 +220,8 @@ pub struct Node {
     pub origin: Origin,
     /// Addresses it listens on (with the real ports).
     pub listen: Vec<Multiaddr>,
+    /// Where its HTTP server listens, when enabled.
+    pub http: Option<std::net::SocketAddr>,
     status: watch::Receiver<Status>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<Summary, Error>>,
@@ -231,6 +245,8 @@ impl Node {
         let mut registry = Registry::default();
         let mut swarm = net::build(key, &topics, opts.mdns, &mut registry)?;
         let metrics = Metrics::new(&mut registry);
+        let series = Series::register(&mut registry);
+        let registry = Arc::new(Mutex::new(registry));
         for addr in &opts.listen {
             swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
                 addr: addr.to_string(),
@@ -253,6 +269,27 @@ impl Node {
             let _ = mirror.insert(o, 0, &codes);
         }
         let (status_tx, status_rx) = watch::channel(Status::default());
+        let http_addr = match opts.http {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| Error::Listen {
+                            addr: format!("http://{addr}"),
+                            reason: e.to_string(),
+                        })?;
+                let local = listener.local_addr().ok();
+                tokio::spawn(http::serve(
+                    listener,
+                    http::Shared {
+                        registry: registry.clone(),
+                        status: status_rx.clone(),
+                    },
+                ));
+                local
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = oneshot::channel();
         let actor = Actor::new(
             cfg,
@@ -261,8 +298,7 @@ impl Node {
             swarm,
             topics,
             mirror,
-            registry,
-            metrics,
+            (registry, metrics, series),
             status_tx,
             listen.clone(),
         );
@@ -271,6 +307,7 @@ impl Node {
             peer_id,
             origin,
             listen,
+            http: http_addr,
             status: status_rx,
             stop: Some(stop_tx),
             task,
@@ -343,6 +380,7 @@ enum FromCompute {
 }
 
 struct ComputeLimits {
+    series: Series,
     max_updates: Option<u64>,
     deadline: Option<Instant>,
     start_gate: Arc<Mutex<bool>>,
@@ -400,13 +438,19 @@ fn compute_thread(
                     origin,
                     first_seq,
                     codes,
-                }) => match trainer.receive(origin, first_seq, &codes) {
-                    Ok(n) => dirty |= n > 0,
-                    Err(e) => {
-                        let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
-                        return eval;
+                }) => {
+                    let t = Instant::now();
+                    let r = trainer.receive(origin, first_seq, &codes);
+                    let secs = t.elapsed().as_secs_f64();
+                    limits.series.apply_seconds.observe(secs);
+                    match r {
+                        Ok(n) => dirty |= n > 0,
+                        Err(e) => {
+                            let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
+                            return eval;
+                        }
                     }
-                },
+                }
                 Ok(ToCompute::StopTraining) => training = false,
                 Ok(ToCompute::Stop) | Err(true) => {
                     return trainer.evaluate(&dev).ok().or(eval);
@@ -424,8 +468,16 @@ fn compute_thread(
                 dirty = true;
             } else {
                 let batch = data.train_batch(&origin, own, cfg.run.batch_size);
+                let t = Instant::now();
                 match trainer.step(&batch) {
                     Ok(s) => {
+                        limits
+                            .series
+                            .step_seconds
+                            .observe(t.elapsed().as_secs_f64());
+                        for f in s.forward_seconds {
+                            limits.series.forward_seconds.observe(f);
+                        }
                         let l = 0.5 * (s.loss_plus + s.loss_minus);
                         ema = if ema.is_nan() {
                             l
@@ -480,8 +532,12 @@ struct Actor {
     origin: Origin,
     mirror: Log,
     sync: sync::Sync<PeerId>,
-    registry: Registry,
+    registry: Arc<Mutex<Registry>>,
     metrics: Metrics,
+    series: Series,
+    started: Instant,
+    last_rate: Option<(Instant, u64, u64, u64)>,
+    digest_mismatches: u64,
     status_tx: watch::Sender<Status>,
     listen: Vec<Multiaddr>,
     trainer: Option<Trainer>,
@@ -513,8 +569,7 @@ impl Actor {
         swarm: Swarm<Behaviour>,
         topics: Topics,
         mirror: Log,
-        registry: Registry,
-        metrics: Metrics,
+        (registry, metrics, series): (Arc<Mutex<Registry>>, Metrics, Series),
         status_tx: watch::Sender<Status>,
         listen: Vec<Multiaddr>,
     ) -> Self {
@@ -530,6 +585,10 @@ impl Actor {
             mirror,
             registry,
             metrics,
+            series,
+            started: Instant::now(),
+            last_rate: None,
+            digest_mismatches: 0,
             status_tx,
             listen,
             trainer: Some(trainer),
@@ -574,6 +633,7 @@ impl Actor {
         let (compute_tx, mut from_compute) = mpsc::channel::<FromCompute>(4096);
         let gate = Arc::new(Mutex::new(self.opts.min_peers == 0));
         let limits = ComputeLimits {
+            series: self.series.clone(),
             max_updates: self.opts.max_updates,
             deadline: self.opts.duration.map(|d| Instant::now() + d),
             start_gate: gate.clone(),
@@ -692,7 +752,7 @@ impl Actor {
         }
         self.publish_status(settled, true);
         let st = self.state.clone();
-        let (bytes_in, bytes_out) = bandwidth(&self.registry);
+        let (bytes_in, bytes_out) = self.bandwidth();
         let applied = st.as_ref().map_or(0, |s| s.applied);
         Ok(Summary {
             peer_id: self.swarm.local_peer_id().to_string(),
@@ -724,6 +784,10 @@ impl Actor {
         })
     }
 
+    fn bandwidth(&self) -> (u64, u64) {
+        bandwidth(&self.registry.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     fn backlog(&self) -> u64 {
         let applied = self.state.as_ref().map_or(0, |s| s.applied);
         (self.mirror.len() + self.mirror.pending_updates()).saturating_sub(applied)
@@ -748,10 +812,12 @@ impl Actor {
     }
 
     fn reject(&mut self, reason: &str) {
+        self.series.reject(reason);
         *self.rejected.entry(reason.to_string()).or_insert(0) += 1;
     }
 
     fn on_published(&mut self, seq: u64, code: u8) {
+        self.series.updates_published.inc();
         let _ = self.mirror.insert(self.origin, seq, &[code]);
         match &mut self.outbox {
             Some((first, codes)) if *first + codes.len() as u64 == seq => codes.push(code),
@@ -771,6 +837,7 @@ impl Actor {
             return;
         };
         let data = wire::encode_updates(first, &codes);
+        self.series.bytes("gossip_updates", "out", data.len());
         match self
             .swarm
             .behaviour_mut()
@@ -796,11 +863,13 @@ impl Actor {
             loss: st.loss,
             backlog: self.backlog(),
         };
+        let data = hb.encode();
+        self.series.bytes("gossip_status", "out", data.len());
         let _ = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(self.topics.status.hash(), hb.encode());
+            .publish(self.topics.status.hash(), data);
     }
 
     fn feed_compute(&mut self, tx: &smpsc::SyncSender<ToCompute>) {
@@ -829,6 +898,7 @@ impl Actor {
         match self.mirror.insert(origin, first_seq, codes) {
             Ok(fresh) if !fresh.is_empty() => {
                 let n = fresh.len() as u64;
+                self.series.updates_received.inc_by(n);
                 let first = fresh[0].seq;
                 self.deliver
                     .push_back((origin, first, fresh.iter().map(|u| u.code).collect()));
@@ -927,6 +997,15 @@ impl Actor {
             return MessageAcceptance::Ignore;
         }
         self.peers_seen.insert(source);
+        if let Some(st) = &self.state {
+            let same_vv =
+                hb.vv.len() == st.vv.len() && hb.vv.iter().all(|(o, n)| st.vv.get(o) == Some(n));
+            if same_vv && hb.digest != st.digest {
+                self.digest_mismatches += 1;
+                self.series.digest_mismatches.inc();
+                tracing::error!(peer = %source, "digest mismatch at an equal version vector");
+            }
+        }
         if hb.leaving {
             tracing::info!(peer = %source, "peer left");
         }
@@ -957,8 +1036,11 @@ impl Actor {
                 } = ev
                 {
                     let verdict = if message.topic == self.topics.updates.hash() {
+                        self.series
+                            .bytes("gossip_updates", "in", message.data.len());
                         self.on_updates(&message)
                     } else if message.topic == self.topics.status.hash() {
+                        self.series.bytes("gossip_status", "in", message.data.len());
                         self.on_heartbeat_message(&message)
                     } else {
                         self.reject("wrong_run");
@@ -1043,6 +1125,9 @@ impl Actor {
                         },
                     },
                 };
+                if let wire::Response::Range { codes, .. } = &response {
+                    self.series.bytes("sync", "out", codes.0.len());
+                }
                 if self
                     .swarm
                     .behaviour_mut()
@@ -1089,7 +1174,9 @@ impl Actor {
                         if codes.0.is_empty() {
                             self.sync.on_failure(&origin);
                         }
+                        self.series.bytes("sync", "in", codes.0.len());
                         let n = self.accept_codes(origin, first_seq, &codes.0);
+                        self.series.updates_repaired.inc_by(n);
                         self.repaired += n;
                         self.foreign_received += n;
                     }
@@ -1117,8 +1204,44 @@ impl Actor {
     }
 
     fn publish_status(&mut self, settled: bool, training_done: bool) {
-        let (bytes_in, bytes_out) = bandwidth(&self.registry);
+        let (bytes_in, bytes_out) = self.bandwidth();
         let st = self.state.clone();
+        let now = Instant::now();
+        let applied = st.as_ref().map_or(0, |s| s.applied);
+        let (mut updates_per_s, mut bytes_in_per_s, mut bytes_out_per_s) = (0.0, 0.0, 0.0);
+        if let Some((t, a, bi, bo)) = self.last_rate {
+            let dt = now.duration_since(t).as_secs_f64().max(1e-3);
+            updates_per_s = applied.saturating_sub(a) as f64 / dt;
+            bytes_in_per_s = bytes_in.saturating_sub(bi) as f64 / dt;
+            bytes_out_per_s = bytes_out.saturating_sub(bo) as f64 / dt;
+        }
+        self.last_rate = Some((now, applied, bytes_in, bytes_out));
+        let mesh_peers = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .mesh_peers(&self.topics.updates.hash())
+            .count();
+        // Metrics that are sampled rather than counted.
+        let s = &self.series;
+        s.peers.set(self.sync.peers().len() as i64);
+        s.mesh_peers.set(mesh_peers as i64);
+        s.backlog.set(self.backlog() as i64);
+        s.updates_applied.set(applied as i64);
+        if let Some(st) = &st {
+            s.loss.set(f64::from(st.loss));
+            if let Some(e) = st.eval {
+                s.accuracy.set(e.accuracy());
+            }
+        }
+        let have = self.mirror.version_vector();
+        let lag: u64 = self
+            .sync
+            .best()
+            .iter()
+            .map(|(o, n)| n.saturating_sub(have.get(o).copied().unwrap_or(0)))
+            .sum();
+        s.version_vector_lag.set(lag as i64);
         let status = Status {
             peer_id: self.swarm.local_peer_id().to_string(),
             run_id: self.mirror.run().to_hex(),
@@ -1139,6 +1262,12 @@ impl Actor {
             repaired_updates: self.repaired,
             bytes_in,
             bytes_out,
+            uptime_s: now.duration_since(self.started).as_secs_f64(),
+            updates_per_s,
+            bytes_in_per_s,
+            bytes_out_per_s,
+            mesh_peers,
+            digest_mismatches: self.digest_mismatches,
         };
         if let Some(dir) = &self.opts.data_dir {
             if let Ok(text) = serde_json::to_string_pretty(&status) {
@@ -1163,7 +1292,7 @@ fn is_dialable(addr: &Multiaddr) -> bool {
 }
 
 /// Total inbound and outbound bytes from the libp2p bandwidth counters.
-pub fn bandwidth(registry: &Registry) -> (u64, u64) {
+fn bandwidth(registry: &Registry) -> (u64, u64) {
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
         return (0, 0);

@@ -46,6 +46,8 @@ pub struct Step {
     pub loss_minus: f32,
     /// Projected gradient before encoding.
     pub grad: f64,
+    /// Wall time of the two loss forwards, seconds.
+    pub forward_seconds: [f64; 2],
 }
 
 /// Data access for a run.
@@ -217,10 +219,16 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
         let seq = self.next_seq();
         let seed = seed::derive(&self.run(), &self.origin, seq);
+        let mut forward_seconds = [0.0; 2];
         let losses = self.perturb(&seed, self.eps).and_then(|()| {
+            let t = Instant::now();
             let plus = self.model.loss(batch)?;
+            forward_seconds[0] = t.elapsed().as_secs_f64();
             self.perturb(&seed, -self.eps)?;
-            Ok((plus, self.model.loss(batch)?))
+            let t = Instant::now();
+            let minus = self.model.loss(batch)?;
+            forward_seconds[1] = t.elapsed().as_secs_f64();
+            Ok((plus, minus))
         });
         let (loss_plus, loss_minus) = match losses {
             Ok(v) => v,
@@ -240,6 +248,7 @@ impl Trainer {
             loss_plus,
             loss_minus,
             grad,
+            forward_seconds,
         })
     }
 

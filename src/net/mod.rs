@@ -157,7 +157,8 @@ pub fn build(
                 let mut gossipsub = gossipsub::Behaviour::new(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     config,
-                )?;
+                )?
+                .with_metrics(registry, Default::default());
                 let mut params = gossipsub::PeerScoreParams {
                     ip_colocation_factor_weight: 0.0,
                     ..Default::default()

@@ -1,0 +1,148 @@
+//! `seedswarm status URL…`: one table for one or many nodes from their
+//! `/status`, flagging nodes whose digests disagree at equal version vectors.
+
+use crate::node::Status;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+/// The outcome of one poll of all nodes.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The rendered table.
+    pub table: String,
+    /// URLs that could not be read.
+    pub unreachable: Vec<String>,
+    /// Groups of nodes with equal version vectors but different digests.
+    pub mismatches: usize,
+}
+
+/// Polls every URL (a node's base URL or its `/status`) and renders the table.
+pub fn poll(urls: &[String], timeout: Duration) -> Report {
+    let mut rows: Vec<(String, Result<Status, String>)> = Vec::new();
+    for u in urls {
+        let base = u.trim_end_matches('/').trim_end_matches("/status");
+        let url = format!("{base}/status");
+        let r = crate::http::get(&url, timeout).and_then(|(code, body)| {
+            if code != 200 {
+                return Err(format!("{url}: HTTP {code}"));
+            }
+            serde_json::from_str::<serde_json::Value>(&body)
+                .map_err(|e| format!("{url}: {e}"))
+                .map(|v| status_from_json(&v))
+        });
+        rows.push((base.to_string(), r));
+    }
+    // Group reachable nodes by version vector; digests must agree within a group.
+    let mut groups: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (_, r) in &rows {
+        if let Ok(s) = r {
+            let key = serde_json::to_string(&s.version_vector).unwrap_or_default();
+            groups.entry(key).or_default().push(&s.digest);
+        }
+    }
+    let bad_vv: Vec<&String> = groups
+        .iter()
+        .filter(|(_, d)| d.iter().any(|x| x != &d[0]))
+        .map(|(k, _)| k)
+        .collect();
+    let mut rep = Report {
+        mismatches: bad_vv.len(),
+        ..Report::default()
+    };
+    let _ = writeln!(
+        rep.table,
+        "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8} {:>7} {:<14} state",
+        "node", "peer", "peers", "own", "applied", "backlog", "loss", "acc", "digest"
+    );
+    for (url, r) in &rows {
+        match r {
+            Ok(s) => {
+                let key = serde_json::to_string(&s.version_vector).unwrap_or_default();
+                let flag = if bad_vv.contains(&&key) {
+                    "DIGEST MISMATCH"
+                } else if s.settled {
+                    "settled"
+                } else if s.training_done {
+                    "settling"
+                } else {
+                    "training"
+                };
+                let _ = writeln!(
+                    rep.table,
+                    "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8.4} {:>7} {:<14} {}",
+                    truncate(url, 28),
+                    truncate(
+                        s.peer_id
+                            .get(s.peer_id.len().saturating_sub(8)..)
+                            .unwrap_or(""),
+                        10
+                    ),
+                    s.peers,
+                    s.own_updates,
+                    s.updates_applied,
+                    s.backlog,
+                    s.loss,
+                    s.accuracy
+                        .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+                    s.digest.get(..12).unwrap_or("-"),
+                    flag
+                );
+            }
+            Err(e) => {
+                rep.unreachable.push(url.clone());
+                let _ = writeln!(rep.table, "{:<28} UNREACHABLE: {e}", truncate(url, 28));
+            }
+        }
+    }
+    let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
+    let _ = writeln!(
+        rep.table,
+        "{reachable}/{} reachable; {} version vector(s); {}",
+        rows.len(),
+        groups.len(),
+        if rep.mismatches == 0 {
+            "digests agree wherever version vectors are equal".to_string()
+        } else {
+            format!(
+                "{} group(s) of nodes DISAGREE at equal version vectors",
+                rep.mismatches
+            )
+        }
+    );
+    rep
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
+}
+
+fn status_from_json(v: &serde_json::Value) -> Status {
+    let u = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    Status {
+        peer_id: s("peer_id"),
+        run_id: s("run_id"),
+        peers: u("peers") as usize,
+        own_updates: u("own_updates"),
+        updates_applied: u("updates_applied"),
+        backlog: u("backlog"),
+        loss: v.get("loss").and_then(|x| x.as_f64()).unwrap_or(f64::NAN) as f32,
+        accuracy: v.get("accuracy").and_then(|x| x.as_f64()),
+        digest: s("digest"),
+        version_vector: v
+            .get("version_vector")
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+            .unwrap_or_default(),
+        training_done: v
+            .get("training_done")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        settled: v.get("settled").and_then(|x| x.as_bool()).unwrap_or(false),
+        ..Status::default()
+    }
+}

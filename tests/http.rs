@@ -1,0 +1,248 @@
+//! The per-node HTTP server as users meet it: Prometheus `/metrics`, JSON
+//! `/status`, 404s, a slow client that must not block anything, the
+//! `seedswarm status` command, and the dashboard rendered in headless Chromium.
+
+use seedswarm::config::Config;
+use seedswarm::http::get;
+use seedswarm::node::{Node, Options};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+fn config() -> Config {
+    Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/demo.toml"
+    )))
+    .expect("demo config")
+}
+
+fn options(max_updates: u64) -> Options {
+    Options {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        max_updates: Some(max_updates),
+        heartbeat_interval: Duration::from_millis(300),
+        http: Some("127.0.0.1:0".parse().unwrap()),
+        exit_when_settled: false,
+        ..Options::default()
+    }
+}
+
+async fn until(node: &Node, what: impl Fn(&seedswarm::node::Status) -> bool) {
+    let mut w = node.watch();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !what(&w.borrow()) {
+            if w.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("condition reached in time");
+}
+
+async fn fetch(addr: SocketAddr, path: &str) -> (u16, String) {
+    let url = format!("http://{addr}{path}");
+    tokio::task::spawn_blocking(move || get(&url, Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .expect("http answer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_status_and_unknown_paths() {
+    let mut node = Node::start(config(), options(300)).await.unwrap();
+    let addr = node.http.expect("http bound");
+    let mut op = options(300);
+    op.http = None;
+    op.bootstrap = vec![node.listen[0].clone().with_p2p(node.peer_id).unwrap()];
+    let mut peer = Node::start(config(), op).await.unwrap();
+    until(&node, |s| s.settled && s.updates_applied == 600).await;
+    // A client that connects and never sends must not block anyone.
+    let idle = std::net::TcpStream::connect(addr).unwrap();
+    let (code, metrics) = fetch(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    for series in [
+        "seedswarm_updates_published_total 300",
+        "seedswarm_updates_applied 600",
+        "seedswarm_updates_received_total 300",
+        "seedswarm_payload_bytes_total{protocol=\"gossip_updates\",direction=\"in\"}",
+        "seedswarm_step_seconds_count 300",
+        "seedswarm_digest_mismatches_total 0",
+        "libp2p_bandwidth_bytes_total{",
+        "libp2p_swarm_",
+        "libp2p_gossipsub_",
+    ] {
+        assert!(metrics.contains(series), "missing {series} in /metrics");
+    }
+    let (code, body) = fetch(addr, "/status").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["own_updates"], 300);
+    assert_eq!(v["peer_id"], node.peer_id.to_string());
+    assert_eq!(v["digest"].as_str().unwrap().len(), 64);
+    assert_eq!(fetch(addr, "/nope").await.0, 404);
+    let (code, page) = fetch(addr, "/").await;
+    assert_eq!(code, 200);
+    assert!(page.contains("<canvas id=\"loss\"") && !page.contains("://cdn"));
+    drop(idle);
+    for n in [&mut node, &mut peer] {
+        n.stop();
+    }
+    node.wait().await.unwrap();
+    peer.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_command_checks_the_whole_swarm() {
+    let a = Node::start(config(), options(200)).await.unwrap();
+    let mut ob = options(200);
+    ob.bootstrap = vec![a.listen[0].clone().with_p2p(a.peer_id).unwrap()];
+    let b = Node::start(config(), ob).await.unwrap();
+    for n in [&a, &b] {
+        until(n, |s| s.settled && s.updates_applied == 400).await;
+    }
+    let urls: Vec<String> = [&a, &b]
+        .iter()
+        .map(|n| format!("http://{}", n.http.unwrap()))
+        .collect();
+    let bin = env!("CARGO_BIN_EXE_seedswarm");
+    let out = tokio::task::spawn_blocking({
+        let urls = urls.clone();
+        move || {
+            Command::new(bin)
+                .arg("status")
+                .args(&urls)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("2/2 reachable; 1 version vector(s); digests agree"),
+        "{text}"
+    );
+    // An unreachable node makes the command fail.
+    let dead = "http://127.0.0.1:1".to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .arg("status")
+            .args(&urls)
+            .arg(dead)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNREACHABLE"));
+    for mut n in [a, b] {
+        n.stop();
+        n.wait().await.unwrap();
+    }
+}
+
+fn chromium() -> Option<String> {
+    let candidates = [
+        std::env::var("CHROMIUM").unwrap_or_default(),
+        "chromium".into(),
+        "chromium-browser".into(),
+    ];
+    candidates.into_iter().filter(|c| !c.is_empty()).find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_renders_live_charts_in_headless_chromium() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("SEEDSWARM_REQUIRE_BROWSER").is_none(),
+            "chromium is required (SEEDSWARM_REQUIRE_BROWSER is set) but was not found"
+        );
+        eprintln!("SKIPPED: no chromium on PATH (install Debian's `chromium`; .ci/run does)");
+        return;
+    };
+    let a = Node::start(config(), options(1_000_000)).await.unwrap();
+    let mut ob = options(1_000_000);
+    ob.bootstrap = vec![a.listen[0].clone().with_p2p(a.peer_id).unwrap()];
+    let b = Node::start(config(), ob).await.unwrap();
+    until(&a, |s| s.peers >= 1 && s.updates_applied > 100).await;
+    let url = format!("http://{}/", a.http.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: Vec<String>, profile: &str| {
+        let mut c = Command::new(&browser);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,900",
+            "--virtual-time-budget=5000",
+        ]);
+        c.arg(format!(
+            "--user-data-dir={}",
+            dir.path().join(profile).display()
+        ));
+        c.args(extra).arg(&url);
+        c
+    };
+    let mut dump = run(vec!["--dump-dom".into()], "p1");
+    let shot_path = dir.path().join("dashboard.png");
+    let mut shot = run(vec![format!("--screenshot={}", shot_path.display())], "p2");
+    let (dom, shot_ok) = tokio::task::spawn_blocking(move || {
+        let dom = dump.output().unwrap();
+        let shot = shot.output().unwrap();
+        (
+            String::from_utf8_lossy(&dom.stdout).into_owned(),
+            shot.status.success(),
+        )
+    })
+    .await
+    .unwrap();
+    for id in ["loss", "rate", "bytes", "peers", "backlog", "acc"] {
+        let at = dom
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no canvas {id} in the rendered page"));
+        let tag_end = at + dom[at..].find('>').unwrap();
+        let tag = &dom[at..tag_end];
+        let points: usize = tag
+            .split("data-points=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(points >= 3, "chart {id} drew {points} points: {tag}");
+    }
+    let state = dom
+        .split("id=\"state\"")
+        .nth(1)
+        .and_then(|r| r.split('>').nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or("");
+    assert_eq!(state, "· training", "state line of the page");
+    assert!(dom.contains(&a.peer_id.to_string()), "peer id shown");
+    assert!(shot_ok);
+    let png = std::fs::read(&shot_path).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot of {} bytes",
+        png.len()
+    );
+    for mut n in [a, b] {
+        n.stop();
+        n.wait().await.unwrap();
+    }
+}
