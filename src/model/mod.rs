@@ -3,9 +3,11 @@
 //! A [`Model`] exposes its parameters as named flat f32 views (in a fixed
 //! order), lets the trainer overwrite a parameter in place, and computes the
 //! loss and predictions of a [`Batch`] at the current weights. The built-in
-//! [`tiny::Tiny`] classifier needs no download; a llama from
-//! candle-transformers fits the same trait.
+//! [`tiny::Tiny`] classifier needs no download; [`llama::Llama`] runs
+//! SmolLM2-class models (GGUF or Hugging Face directories) with
+//! candle-transformers as prompt classifiers.
 
+pub mod llama;
 pub mod tiny;
 
 use candle_core::{CpuStorage, InplaceOp1, Layout, Tensor};
@@ -23,6 +25,9 @@ pub enum Error {
     /// The batch does not fit the model.
     #[error("bad batch: {0}")]
     Batch(String),
+    /// A model file could not be loaded.
+    #[error("loading the model: {0}")]
+    Load(String),
 }
 
 /// Name and shape of a parameter.
