@@ -223,6 +223,7 @@ pub struct Node {
     /// Where its HTTP server listens, when enabled.
     pub http: Option<std::net::SocketAddr>,
     status: watch::Receiver<Status>,
+    control: mpsc::Sender<Control>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<Summary, Error>>,
 }
@@ -291,6 +292,7 @@ impl Node {
             None => None,
         };
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (control_tx, control_rx) = mpsc::channel(16);
         let actor = Actor::new(
             cfg,
             opts,
@@ -302,13 +304,14 @@ impl Node {
             status_tx,
             listen.clone(),
         );
-        let task = tokio::spawn(actor.run(stop_rx));
+        let task = tokio::spawn(actor.run(stop_rx, control_rx));
         Ok(Node {
             peer_id,
             origin,
             listen,
             http: http_addr,
             status: status_rx,
+            control: control_tx,
             stop: Some(stop_tx),
             task,
         })
@@ -344,10 +347,33 @@ impl Node {
         }
     }
 
-    /// Kills the node abruptly (no leave announcement), as a crash would.
-    pub fn abort(self) {
-        self.task.abort();
+    /// Stops the node abruptly, as a crash would: no leave announcement, no
+    /// flush of unpublished updates; returns once its files are closed.
+    pub async fn crash(mut self) {
+        let _ = self.control.send(Control::Crash).await;
+        let _ = self.wait_ref().await;
     }
+
+    /// Refuses connections with `peers` and drops current ones (a partition).
+    pub async fn block(&self, peers: Vec<PeerId>) {
+        let _ = self.control.send(Control::Block(peers)).await;
+    }
+
+    /// Lifts a [`Node::block`] and dials the peers again.
+    pub async fn unblock(&self, peers: Vec<PeerId>) {
+        let _ = self.control.send(Control::Unblock(peers)).await;
+    }
+}
+
+/// Commands to a running node.
+#[derive(Debug)]
+enum Control {
+    /// Refuse connections with these peers (and drop current ones).
+    Block(Vec<PeerId>),
+    /// Talk to these peers again (and dial them).
+    Unblock(Vec<PeerId>),
+    /// Stop at once without announcing anything, as a crash would.
+    Crash,
 }
 
 // ---------------------------------------------------------------- compute ---
@@ -611,7 +637,11 @@ impl Actor {
         }
     }
 
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<Summary, Error> {
+    async fn run(
+        mut self,
+        mut stop: oneshot::Receiver<()>,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<Summary, Error> {
         let start = Instant::now();
         let run_id = self.mirror.run();
         for addr in self.opts.bootstrap.clone() {
@@ -652,10 +682,31 @@ impl Actor {
         let mut settled = false;
         let mut failure: Option<String> = None;
         let mut initial_eval: Option<Eval> = None;
+        let mut crashed = false;
         loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
+                Some(cmd) = control.recv() => match cmd {
+                    Control::Crash => {
+                        crashed = true;
+                        break;
+                    }
+                    Control::Block(peers) => {
+                        for p in peers {
+                            self.swarm.behaviour_mut().blocked.block_peer(p);
+                            self.sync.forget(&p);
+                        }
+                    }
+                    Control::Unblock(peers) => {
+                        for p in peers {
+                            self.swarm.behaviour_mut().blocked.unblock_peer(p);
+                            if let Err(e) = self.swarm.dial(p) {
+                                tracing::debug!(peer = %p, error = %e, "redial failed");
+                            }
+                        }
+                    }
+                },
                 _ = tick.tick() => {
                     let now = Instant::now();
                     if self.opts.min_peers > 0 {
@@ -726,12 +777,17 @@ impl Actor {
             }
         }
         // Leave: announce, stop compute, collect the final evaluation.
-        self.flush_outbox();
-        self.heartbeat(true, true);
+        if crashed {
+            self.outbox = None;
+        } else {
+            self.flush_outbox();
+            self.heartbeat(true, true);
+        }
         let _ = to_compute.send(ToCompute::StopTraining);
         let _ = to_compute.send(ToCompute::Stop);
         // Keep the swarm polled briefly so the leave message goes out.
-        let flush_until = tokio::time::Instant::now() + Duration::from_millis(300);
+        let linger = Duration::from_millis(if crashed { 0 } else { 300 });
+        let flush_until = tokio::time::Instant::now() + linger;
         while let Ok(event) =
             tokio::time::timeout_at(flush_until, self.swarm.select_next_some()).await
         {

@@ -14,7 +14,9 @@ use libp2p::identity::{self, Keypair};
 use libp2p::metrics::Registry;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux};
+use libp2p::{
+    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+};
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use std::path::Path;
 use std::time::Duration;
@@ -52,6 +54,8 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Wider discovery from bootstrap addresses.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Peers this node refuses to talk to (operators; partition tests).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
 /// The gossip topics of a run.
@@ -224,6 +228,7 @@ pub fn build(
                     ping,
                     mdns: Toggle::from(mdns),
                     kad,
+                    blocked: Default::default(),
                 })
             },
         )

@@ -1,0 +1,218 @@
+//! Dynamic membership over real libp2p on loopback: a node joins mid-run and
+//! catches up by replaying the log from peers; a node crashes and restarts
+//! from its data dir; a partition heals. Each ends in equal digests.
+
+use seedswarm::config::Config;
+use seedswarm::net::sync::Timing;
+use seedswarm::node::{Node, Options, Status, Summary};
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn config() -> Config {
+    Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/demo.toml"
+    )))
+    .expect("demo config")
+}
+
+fn options(max_updates: u64, bootstrap: &[&Node]) -> Options {
+    Options {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: bootstrap
+            .iter()
+            .map(|p| p.listen[0].clone().with_p2p(p.peer_id).unwrap())
+            .collect(),
+        mdns: false,
+        max_updates: Some(max_updates),
+        settle_timeout: Duration::from_secs(60),
+        publish_interval: Duration::from_millis(50),
+        publish_max: 64,
+        heartbeat_interval: Duration::from_millis(300),
+        timing: Timing {
+            repair_delay: Duration::from_millis(600),
+            peer_timeout: Duration::from_secs(3),
+            ..Timing::default()
+        },
+        ..Options::default()
+    }
+}
+
+async fn until(node: &Node, what: impl Fn(&Status) -> bool) {
+    let mut w = node.watch();
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while !what(&w.borrow()) {
+            if w.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("condition reached in time");
+}
+
+async fn finish(nodes: Vec<Node>) -> Vec<Summary> {
+    let waits = nodes.into_iter().map(|n| n.wait());
+    tokio::time::timeout(Duration::from_secs(180), futures::future::join_all(waits))
+        .await
+        .expect("nodes finished in time")
+        .into_iter()
+        .map(|r| r.expect("node ran"))
+        .collect()
+}
+
+fn assert_identical(s: &[Summary]) {
+    for x in s {
+        assert!(x.settled, "node {} did not see agreement", x.peer_id);
+        assert_eq!(
+            x.version_vector, s[0].version_vector,
+            "version vectors differ"
+        );
+        assert_eq!(
+            x.digest, s[0].digest,
+            "digests differ at equal version vectors"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_mid_run_catches_up_by_replay() {
+    let cfg = config();
+    let a = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 1,
+            ..options(2500, &[])
+        },
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 1,
+            ..options(2500, &[&a])
+        },
+    )
+    .await
+    .unwrap();
+    until(&a, |s| s.updates_applied >= 1500).await;
+    let c = Node::start(cfg, options(200, &[&b])).await.unwrap();
+    let s = finish(vec![a, b, c]).await;
+    assert_identical(&s);
+    assert_eq!(s[2].updates_applied, 2500 + 2500 + 200);
+    assert!(
+        s[2].repaired_updates >= 1000,
+        "the joiner replayed history from peers: {:?}",
+        s[2]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_restarts_from_its_data_dir_and_nothing_is_lost() {
+    let cfg = config();
+    let dir = tempfile::tempdir().unwrap();
+    let data = |n: &str| -> Option<PathBuf> { Some(dir.path().join(n)) };
+    let a = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 2,
+            data_dir: data("a"),
+            ..options(2500, &[])
+        },
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 2,
+            data_dir: data("b"),
+            ..options(2500, &[&a])
+        },
+    )
+    .await
+    .unwrap();
+    let c = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 2,
+            data_dir: data("c"),
+            ..options(2500, &[&a, &b])
+        },
+    )
+    .await
+    .unwrap();
+    until(&b, |s| s.own_updates >= 800).await;
+    let b_peer = b.peer_id;
+    b.crash().await;
+    // The others keep going; B comes back with the same identity and log.
+    let b = Node::start(
+        cfg,
+        Options {
+            data_dir: data("b"),
+            ..options(2500, &[&a, &c])
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.peer_id, b_peer,
+        "the node key in the data dir keeps the identity"
+    );
+    assert!(b.status().own_updates == 0 || b.status().own_updates >= 800);
+    let s = finish(vec![a, b, c]).await;
+    assert_identical(&s);
+    // Every update any origin published is in every replica: 3 × 2500.
+    assert_eq!(s[0].updates_applied, 3 * 2500);
+    assert!(
+        s.iter().all(|x| x.rejected.get("equivocation").is_none()),
+        "{:?}",
+        s[1].rejected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_into_equal_digests() {
+    let cfg = config();
+    let mut nodes: Vec<Node> = Vec::new();
+    for _ in 0..4 {
+        let peers: Vec<&Node> = nodes.iter().collect();
+        let o = Options {
+            min_peers: 3,
+            ..options(3000, &peers)
+        };
+        nodes.push(Node::start(cfg.clone(), o).await.unwrap());
+    }
+    until(&nodes[0], |s| s.updates_applied >= 2000).await;
+    let (left, right): (Vec<_>, Vec<_>) = (
+        vec![nodes[0].peer_id, nodes[1].peer_id],
+        vec![nodes[2].peer_id, nodes[3].peer_id],
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        n.block(if i < 2 { right.clone() } else { left.clone() })
+            .await;
+    }
+    // Both sides keep training apart: node 2 advances, node 0 hears nothing of it.
+    let o2 = nodes[2].origin.to_hex();
+    let seen = |n: &Node| n.status().version_vector.get(&o2).copied().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(400)).await; // let in-flight messages land
+    let (seen_start, own2_start) = (seen(&nodes[0]), nodes[2].status().own_updates);
+    until(&nodes[2], |s| {
+        s.own_updates >= own2_start + 300 || s.training_done
+    })
+    .await;
+    let (seen_end, own2_end) = (seen(&nodes[0]), nodes[2].status().own_updates);
+    assert!(own2_end >= own2_start + 300, "node 2 kept training");
+    assert!(
+        seen_end == seen_start,
+        "node 0 received node 2's updates across the partition ({seen_start} -> {seen_end})"
+    );
+    for (i, n) in nodes.iter().enumerate() {
+        n.unblock(if i < 2 { right.clone() } else { left.clone() })
+            .await;
+    }
+    let s = finish(nodes).await;
+    assert_identical(&s);
+    assert_eq!(s[0].updates_applied, 4 * 3000);
+}
