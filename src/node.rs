@@ -155,11 +155,14 @@ impl Default for Options {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub peer_id: String,
+    pub origin: String,
     pub run_id: String,
     pub listen: Vec<String>,
     pub peers: usize,
     pub connected: usize,
     pub own_updates: u64,
+    /// Own updates handed to gossipsub (published), a prefix of `own_updates`.
+    pub published_through: u64,
     pub updates_applied: u64,
     pub updates_received: u64,
     pub backlog: u64,
@@ -575,6 +578,7 @@ struct Actor {
     requests: HashMap<request_response::OutboundRequestId, wire::Request>,
     dropped: u64,
     drop_rng: u64,
+    published_through: u64,
     repaired: u64,
     foreign_received: u64,
     published_messages: u64,
@@ -625,6 +629,7 @@ impl Actor {
             rejected: BTreeMap::new(),
             requests: HashMap::new(),
             dropped: 0,
+            published_through: 0,
             repaired: 0,
             foreign_received: 0,
             published_messages: 0,
@@ -901,6 +906,7 @@ impl Actor {
             .publish(self.topics.updates.hash(), data)
         {
             Ok(_) => {
+                self.published_through = self.published_through.max(first + codes.len() as u64);
                 self.published_messages += 1;
                 self.published_updates += codes.len() as u64;
             }
@@ -1300,7 +1306,9 @@ impl Actor {
         s.version_vector_lag.set(lag as i64);
         let status = Status {
             peer_id: self.swarm.local_peer_id().to_string(),
+            origin: self.origin.to_hex(),
             run_id: self.mirror.run().to_hex(),
+            published_through: self.published_through,
             listen: self.listen.iter().map(|a| a.to_string()).collect(),
             peers: self.sync.peers().len(),
             connected: self.swarm.connected_peers().count(),
