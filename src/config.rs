@@ -37,6 +37,19 @@ pub enum Error {
 pub enum ModelSpec {
     /// The built-in candle classifier.
     Tiny(tiny::Settings),
+    /// A llama-family GGUF file (e.g. SmolLM2), dequantized to f32.
+    Gguf(ModelFile),
+    /// A Hugging Face directory: config.json, *.safetensors, tokenizer.json.
+    Hf(ModelFile),
+}
+
+/// Where a pretrained model lives (every node needs identical weights: the
+/// base model hash enters the run id).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// File (GGUF) or directory (Hugging Face), relative to the working directory.
+    pub path: String,
 }
 
 /// Which data a run trains on.
@@ -45,6 +58,8 @@ pub enum ModelSpec {
 pub enum TaskSpec {
     /// The built-in synthetic counting task.
     Synthetic(task::Synthetic),
+    /// Prompt-based classification of labeled sentences (needs a language model).
+    Prompt(task::Prompt),
 }
 
 /// The run manifest: everything that must be identical on every node.
@@ -228,6 +243,21 @@ impl Config {
                     ));
                 }
             }
+            (ModelSpec::Gguf(f) | ModelSpec::Hf(f), TaskSpec::Prompt(t)) => {
+                if f.path.trim().is_empty() {
+                    return Err("run.model.path must name the model file or directory".into());
+                }
+                t.validate("run.task")?;
+            }
+            (ModelSpec::Tiny(_), TaskSpec::Prompt(_)) => {
+                return Err(
+                    "run.task.kind = \"prompt\" needs a language model (run.model.kind = \"gguf\" or \"hf\")"
+                        .into(),
+                );
+            }
+            (ModelSpec::Gguf(_) | ModelSpec::Hf(_), TaskSpec::Synthetic(_)) => {
+                return Err("run.task.kind = \"synthetic\" needs run.model.kind = \"tiny\"".into());
+            }
         }
         if self.node.eval_batch == 0 {
             return Err("node.eval_batch must be at least 1".into());
@@ -357,6 +387,38 @@ mod tests {
         assert_ne!(a.run_id(&[0; 32]), b.run_id(&[0; 32]));
         assert_ne!(a.run_id(&[0; 32]), a.run_id(&[1; 32]));
         assert_eq!(a.run_id(&[0; 32]), a.clone().run_id(&[0; 32]));
+    }
+
+    #[test]
+    fn smollm2_config_is_valid_and_checked() {
+        const SMOL: &str = include_str!("../configs/smollm2-sst2.toml");
+        let c = Config::parse(SMOL, "smollm2-sst2.toml").unwrap();
+        assert!(matches!(c.run.model, ModelSpec::Gguf(_)));
+        assert!(matches!(c.run.task, TaskSpec::Prompt(_)));
+        for (from, to, field) in [
+            (
+                "assets/SmolLM2-135M-Instruct.Q4_1.gguf",
+                "",
+                "run.model.path",
+            ),
+            (
+                "labels = [\" terrible\", \" great\"]",
+                "labels = [\" great\"]",
+                "run.task.labels",
+            ),
+            (
+                "template = \"{sentence} It was\"",
+                "template = \"It was\"",
+                "run.task.template",
+            ),
+            ("k_per_class = ", "shots = 3\nk_per_class = ", "shots"),
+        ] {
+            assert!(SMOL.contains(from), "{from}");
+            let err = Config::parse(&SMOL.replacen(from, to, 1), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -39,6 +39,34 @@ enum Command {
         #[arg(long)]
         summary: Option<PathBuf>,
     },
+    /// Accuracy of a replica (base model + the update log in --data-dir) on a
+    /// labeled file (TSV/JSONL) or, without --data, the task's dev set.
+    Eval {
+        /// Run manifest and node settings (TOML).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// Labeled file (sentence/label TSV with a header, or JSONL).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Node or train data directory whose update log to replay (base model without).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Write a JSON summary here (accuracy, n, loss, digest).
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Write the fine-tuned weights (base + update log) as safetensors.
+    Export {
+        /// Run manifest and node settings (TOML).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// Node or train data directory whose update log to replay.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Output file (.safetensors), parameter names as in the model.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show one table for one or many nodes (their --http URLs).
     Status {
         /// Node URLs, e.g. http://127.0.0.1:9100
@@ -166,6 +194,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = summary {
                 write_json(&path, &s)?;
             }
+            Ok(())
+        }
+        Command::Eval {
+            config,
+            data,
+            data_dir,
+            summary,
+        } => {
+            let cfg = load(&config)?;
+            let s = train::evaluate(&cfg, data.as_deref(), data_dir.as_deref())?;
+            println!(
+                "accuracy {:.1}% ({} of {}), loss {:.4} on {}; {} updates replayed, digest {}, {:.1}s",
+                100.0 * s.accuracy,
+                (s.accuracy * s.n as f64).round(),
+                s.n,
+                s.loss,
+                s.data,
+                s.updates,
+                s.digest.get(..16).unwrap_or("-"),
+                s.wall_seconds
+            );
+            if let Some(path) = summary {
+                write_json(&path, &s)?;
+            }
+            Ok(())
+        }
+        Command::Export {
+            config,
+            data_dir,
+            out,
+        } => {
+            let cfg = load(&config)?;
+            let n = train::export(&cfg, Some(&data_dir), &out)?;
+            println!("wrote {n} tensors to {}", out.display());
             Ok(())
         }
         Command::Status {

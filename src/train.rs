@@ -9,11 +9,13 @@
 use crate::codec::Codec;
 use crate::config::{self, Config, ModelSpec, TaskSpec};
 use crate::log::{self, Log};
+use crate::model::llama::{self, Llama};
 use crate::model::{self, tiny::Tiny, Batch, Eval, Model};
 use crate::replica::{self, Replica, Rules, Update};
 use crate::seed::{self, Origin, RunId, Seed};
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Errors of training.
@@ -28,6 +30,12 @@ pub enum Error {
     /// Replica failure.
     #[error(transparent)]
     Replica(#[from] replica::Error),
+    /// Task data could not be read.
+    #[error(transparent)]
+    Task(#[from] crate::task::Error),
+    /// The model and the task do not fit together.
+    #[error("{0}")]
+    Mismatch(String),
     /// The trainable patterns matched nothing.
     #[error("run.trainable matches no parameter of the model (patterns: {0:?})")]
     NothingTrainable(Vec<String>),
@@ -57,6 +65,11 @@ pub enum Data {
         task: crate::task::Synthetic,
         seed: u64,
     },
+    /// Tokenized prompt-classification data.
+    Prompt(Arc<crate::task::PromptData>),
+    /// The data could not be loaded ([`build_data`] cannot fail): every batch
+    /// is empty, so the first step or evaluation reports this message.
+    Failed(String),
 }
 
 impl Data {
@@ -64,6 +77,8 @@ impl Data {
     pub fn train_batch(&self, origin: &Origin, seq: u64, size: usize) -> Batch {
         match self {
             Data::Synthetic { task, seed } => task.train_batch(*seed, origin, seq, size),
+            Data::Prompt(d) => d.train_batch(origin, seq, size),
+            Data::Failed(_) => Batch::default(),
         }
     }
 
@@ -71,8 +86,37 @@ impl Data {
     pub fn dev(&self, batch: usize) -> Vec<Batch> {
         match self {
             Data::Synthetic { task, seed } => task.dev(*seed, batch),
+            Data::Prompt(d) => d.dev(batch),
+            Data::Failed(_) => vec![Batch::default()],
         }
     }
+}
+
+/// The model file of a language-model manifest.
+pub fn model_source(manifest: &config::Manifest) -> Option<llama::Source<'_>> {
+    match &manifest.model {
+        ModelSpec::Tiny(_) => None,
+        ModelSpec::Gguf(f) => Some(llama::Source::Gguf(Path::new(&f.path))),
+        ModelSpec::Hf(f) => Some(llama::Source::HfDir(Path::new(&f.path))),
+    }
+}
+
+/// The first token of each label word (they must differ).
+pub fn label_ids(tok: &tokenizers::Tokenizer, labels: &[String]) -> Result<Vec<u32>, Error> {
+    let mut ids = Vec::with_capacity(labels.len());
+    for (i, w) in labels.iter().enumerate() {
+        let t = llama::encode(tok, w)?;
+        let first = *t.first().ok_or_else(|| {
+            Error::Mismatch(format!("run.task.labels[{i}] ({w:?}) has no tokens"))
+        })?;
+        if let Some(j) = ids.iter().position(|&x| x == first) {
+            return Err(Error::Mismatch(format!(
+                "run.task.labels[{j}] and [{i}] start with the same token {first}; choose distinct words"
+            )));
+        }
+        ids.push(first);
+    }
+    Ok(ids)
 }
 
 /// Builds the base model of a manifest.
@@ -84,16 +128,48 @@ pub fn build_model(manifest: &config::Manifest) -> Result<Box<dyn Model>, Error>
             h.update(&manifest.seed.to_le_bytes());
             Ok(Box::new(Tiny::new(s, &Seed(*h.finalize().as_bytes()))?))
         }
+        ModelSpec::Gguf(_) | ModelSpec::Hf(_) => {
+            let TaskSpec::Prompt(task) = &manifest.task else {
+                return Err(Error::Mismatch(
+                    "a language model needs run.task.kind = \"prompt\"".into(),
+                ));
+            };
+            let src = model_source(manifest)
+                .ok_or_else(|| Error::Mismatch("run.model is not a language model".into()))?;
+            let tok = llama::tokenizer(src)?;
+            let ids = label_ids(&tok, &task.labels)?;
+            Ok(Box::new(Llama::load(src, ids)?))
+        }
     }
 }
 
-/// Builds the data of a manifest.
+/// Builds the data of a manifest; a failure to read prompt data is logged and
+/// gives [`Data::Failed`] (use [`try_build_data`] to get the error).
 pub fn build_data(manifest: &config::Manifest) -> Data {
+    match try_build_data(manifest) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("cannot load the task data: {e}");
+            Data::Failed(e.to_string())
+        }
+    }
+}
+
+/// Builds the data of a manifest (reads, samples and tokenizes prompt data).
+pub fn try_build_data(manifest: &config::Manifest) -> Result<Data, Error> {
     match &manifest.task {
-        TaskSpec::Synthetic(t) => Data::Synthetic {
+        TaskSpec::Synthetic(t) => Ok(Data::Synthetic {
             task: t.clone(),
             seed: manifest.seed,
-        },
+        }),
+        TaskSpec::Prompt(t) => {
+            let src = model_source(manifest).ok_or_else(|| {
+                Error::Mismatch("run.task.kind = \"prompt\" needs a language model".into())
+            })?;
+            let tok = llama::tokenizer(src)?;
+            let tokenize = |s: &str| llama::encode(&tok, s).map_err(|e| e.to_string());
+            Ok(Data::Prompt(Arc::new(t.load(manifest.seed, &tokenize)?)))
+        }
     }
 }
 
@@ -316,7 +392,7 @@ pub fn run_single(
     let start = Instant::now();
     let origin = local_origin(cfg);
     let mut trainer = Trainer::new(cfg, origin, data_dir)?;
-    let data = build_data(&cfg.run);
+    let data = try_build_data(&cfg.run)?;
     let dev = data.dev(cfg.node.eval_batch);
     let initial = trainer.evaluate(&dev)?;
     progress(0, cfg.node.steps, initial.loss(), Some(initial));
@@ -356,4 +432,85 @@ pub fn run_single(
             Some(len as f64 / updates.max(1) as f64)
         }),
     })
+}
+
+/// JSON summary of an `eval` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalSummary {
+    pub run_id: String,
+    /// Updates in the replayed log.
+    pub updates: u64,
+    pub digest: String,
+    /// What was evaluated (a file, or the task's dev set).
+    pub data: String,
+    pub accuracy: f64,
+    pub loss: f64,
+    pub n: usize,
+    pub wall_seconds: f64,
+}
+
+/// Accuracy of the replica (base model + the update log in `data_dir`) on a
+/// labeled file (TSV/JSONL, prompt tasks) or, without one, the task's dev set.
+pub fn evaluate(
+    cfg: &Config,
+    data_file: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<EvalSummary, Error> {
+    let start = Instant::now();
+    let trainer = Trainer::new(cfg, local_origin(cfg), data_dir)?;
+    let batch = cfg.node.eval_batch;
+    let (batches, what) = match (data_file, &cfg.run.task) {
+        (None, _) => (try_build_data(&cfg.run)?.dev(batch), "dev set".to_string()),
+        (Some(f), TaskSpec::Prompt(t)) => {
+            let src = model_source(&cfg.run)
+                .ok_or_else(|| Error::Mismatch("prompt task without a language model".into()))?;
+            let tok = llama::tokenizer(src)?;
+            let rows = crate::task::read_labeled(f, t.labels.len())?;
+            let mut examples = Vec::with_capacity(rows.len());
+            for (x, y) in &rows {
+                examples.push((llama::encode(&tok, &t.render(x))?, *y));
+            }
+            (
+                crate::task::batches(&examples, batch),
+                f.display().to_string(),
+            )
+        }
+        (Some(_), TaskSpec::Synthetic(_)) => {
+            return Err(Error::Mismatch(
+                "--data needs a prompt task; the synthetic task has only its dev set".into(),
+            ))
+        }
+    };
+    let e = trainer.evaluate(&batches)?;
+    Ok(EvalSummary {
+        run_id: trainer.run().to_hex(),
+        updates: trainer.replica().applied(),
+        digest: trainer.replica().digest(),
+        data: what,
+        accuracy: e.accuracy(),
+        loss: e.loss(),
+        n: e.n,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Writes the replica's weights (base + the update log in `data_dir`) as
+/// safetensors under the model's parameter names; returns the tensor count.
+pub fn export(cfg: &Config, data_dir: Option<&Path>, out: &Path) -> Result<usize, Error> {
+    let trainer = Trainer::new(cfg, local_origin(cfg), data_dir)?;
+    let m = trainer.model();
+    let mut tensors = std::collections::HashMap::new();
+    for (i, p) in m.params().into_iter().enumerate() {
+        let t = candle_core::Tensor::from_vec(
+            m.read(i)?,
+            p.shape.as_slice(),
+            &candle_core::Device::Cpu,
+        )
+        .map_err(model::Error::from)?;
+        tensors.insert(p.name, t);
+    }
+    let n = tensors.len();
+    candle_core::safetensors::save(&tensors, out)
+        .map_err(|e| model::Error::Load(format!("writing {}: {e}", out.display())))?;
+    Ok(n)
 }

@@ -121,13 +121,15 @@ impl Shape {
     }
 
     fn validate(&self) -> Result<(), String> {
-        if self.heads == 0 || self.kv_heads == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || self.kv_heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(format!(
                 "hidden size {} is not a multiple of the {} heads",
                 self.hidden, self.heads
             ));
         }
-        if self.heads % self.kv_heads != 0 || (self.hidden / self.heads) % 2 != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads)
+            || !(self.hidden / self.heads).is_multiple_of(2)
+        {
             return Err(format!(
                 "unsupported head layout: {} heads, {} key/value heads, head size {}",
                 self.heads,
