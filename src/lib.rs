@@ -16,6 +16,7 @@ pub mod node;
 pub mod perturb;
 pub mod replica;
 pub mod seed;
+pub mod snapshot;
 pub mod status;
 pub mod task;
 pub mod train;

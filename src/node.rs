@@ -13,11 +13,13 @@ use crate::http;
 use crate::log::Log;
 use crate::metrics::Series;
 use crate::model::Eval;
+use crate::net::join;
 use crate::net::sync::{self, PeerView};
 use crate::net::wire::{self, Heartbeat};
 use crate::net::{self, Behaviour, BehaviourEvent, Topics};
 use crate::replica::VersionVector;
 use crate::seed::{hex, Origin};
+use crate::snapshot::Snapshot;
 use crate::train::{self, Trainer};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
@@ -88,6 +90,8 @@ pub struct Options {
     pub exit_when_settled: bool,
     /// Serve /metrics, /status and the dashboard here.
     pub http: Option<std::net::SocketAddr>,
+    /// How a node with an empty log catches up.
+    pub join: join::Mode,
 }
 
 impl Options {
@@ -118,6 +122,7 @@ impl Options {
             drop_incoming: 0.0,
             exit_when_settled: !serve,
             http: n.http.as_deref().and_then(|a| a.parse().ok()),
+            join: join::Mode::Auto,
         }
     }
 }
@@ -147,6 +152,7 @@ impl Default for Options {
             drop_incoming: 0.0,
             exit_when_settled: true,
             http: None,
+            join: join::Mode::Auto,
         }
     }
 }
@@ -213,6 +219,11 @@ pub struct Summary {
     pub mean_updates_per_message: f64,
     pub max_backlog: u64,
     pub mean_backlog: f64,
+    /// How this node caught up: "snapshot", "replay" or "none".
+    pub join: String,
+    pub join_seconds: Option<f64>,
+    pub snapshot_bytes_fetched: u64,
+    pub snapshot_raw_bytes: u64,
 }
 
 /// A running node.
@@ -387,6 +398,8 @@ enum ToCompute {
         first_seq: u64,
         codes: Vec<u8>,
     },
+    Snapshot,
+    Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
     StopTraining,
     Stop,
 }
@@ -404,6 +417,8 @@ struct ComputeState {
 
 enum FromCompute {
     Published { seq: u64, code: u8 },
+    Snapshot(Arc<Snapshot>),
+    Installed(Result<join::Codes, String>),
     State(Box<ComputeState>),
     Failed(String),
 }
@@ -478,6 +493,19 @@ fn compute_thread(
                             let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
                             return eval;
                         }
+                    }
+                }
+                Ok(ToCompute::Snapshot) => {
+                    let s = Arc::new(trainer.snapshot());
+                    if tx.blocking_send(FromCompute::Snapshot(s)).is_err() {
+                        return eval;
+                    }
+                }
+                Ok(ToCompute::Install(chunks, hashes)) => {
+                    let r = trainer.install(&chunks, &hashes);
+                    dirty = true;
+                    if tx.blocking_send(FromCompute::Installed(r)).is_err() {
+                        return eval;
                     }
                 }
                 Ok(ToCompute::StopTraining) => training = false,
@@ -576,6 +604,12 @@ struct Actor {
     buckets: HashMap<Origin, Bucket>,
     rejected: BTreeMap<String, u64>,
     requests: HashMap<request_response::OutboundRequestId, wire::Request>,
+    join: join::Join,
+    params: usize,
+    served: VecDeque<(Arc<Snapshot>, Instant)>,
+    offer_waiting: Vec<request_response::ResponseChannel<wire::Response>>,
+    want_snapshot: bool,
+    snapshot_inflight: bool,
     dropped: u64,
     drop_rng: u64,
     published_through: u64,
@@ -604,7 +638,15 @@ impl Actor {
         listen: Vec<Multiaddr>,
     ) -> Self {
         let origin = trainer.origin();
+        let params = trainer.replica().num_params();
+        let join = join::Join::new(opts.join, mirror.is_empty(), Instant::now());
         Self {
+            join,
+            params,
+            served: VecDeque::new(),
+            offer_waiting: Vec::new(),
+            want_snapshot: false,
+            snapshot_inflight: false,
             sync: sync::Sync::new(opts.timing),
             drop_rng: u64::from_le_bytes(origin.0[..8].try_into().unwrap_or([1; 8])) | 1,
             cfg,
@@ -666,7 +708,7 @@ impl Actor {
             .ok_or_else(|| Error::Compute("no trainer".into()))?;
         let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(1024);
         let (compute_tx, mut from_compute) = mpsc::channel::<FromCompute>(4096);
-        let gate = Arc::new(Mutex::new(self.opts.min_peers == 0));
+        let gate = Arc::new(Mutex::new(self.opts.min_peers == 0 && !self.join.active()));
         let limits = ComputeLimits {
             series: self.series.clone(),
             max_updates: self.opts.max_updates,
@@ -714,9 +756,11 @@ impl Actor {
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if self.opts.min_peers > 0 {
+                    self.drive_join(now, &to_compute);
+                    self.serve_snapshots(&to_compute);
+                    {
                         let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
-                        if !*g && self.sync.peers().len() >= self.opts.min_peers {
+                        if !*g && self.sync.peers().len() >= self.opts.min_peers && !self.join.active() {
                             tracing::info!(peers = self.sync.peers().len(), "enough peers; training starts");
                             *g = true;
                         }
@@ -725,7 +769,11 @@ impl Actor {
                     for gone in self.sync.expire(now) {
                         tracing::info!(peer = %gone, "peer went silent; no longer waited on");
                     }
-                    let asks = self.sync.plan(&self.mirror.version_vector(), &self.mirror.gaps(), now);
+                    let asks = if self.join.active() {
+                        Vec::new()
+                    } else {
+                        self.sync.plan(&self.mirror.version_vector(), &self.mirror.gaps(), now)
+                    };
                     for ask in asks {
                         let req = wire::Request::Range { origin: ask.origin, from: ask.from, to: ask.to };
                         let id = self.swarm.behaviour_mut().sync.send_request(&ask.peer, req.clone());
@@ -770,6 +818,21 @@ impl Actor {
                             self.flush_outbox();
                         }
                         self.state = Some(*st);
+                    }
+                    Some(FromCompute::Snapshot(s)) => {
+                        self.snapshot_inflight = false;
+                        self.served.push_front((s, Instant::now()));
+                        self.served.truncate(2);
+                        self.answer_offers();
+                    }
+                    Some(FromCompute::Installed(r)) => {
+                        let ok = r.is_ok();
+                        match r {
+                            Ok(codes) => self.installed(codes),
+                            Err(e) => tracing::warn!(error = %e, "snapshot install failed"),
+                        }
+                        self.join.on_installed(ok, Instant::now());
+                        self.feed_compute(&to_compute);
                     }
                     Some(FromCompute::Failed(e)) => { failure = Some(e); break; }
                     None => { failure = Some("compute thread ended".into()); break; }
@@ -842,6 +905,10 @@ impl Actor {
                 / self.published_messages.max(1) as f64,
             max_backlog: self.backlog_max,
             mean_backlog: self.backlog_sum / self.backlog_samples.max(1) as f64,
+            join: self.join.chosen.to_string(),
+            join_seconds: self.join.seconds(),
+            snapshot_bytes_fetched: self.join.fetched_bytes,
+            snapshot_raw_bytes: self.join.raw_bytes,
         })
     }
 
@@ -935,6 +1002,9 @@ impl Actor {
     }
 
     fn feed_compute(&mut self, tx: &smpsc::SyncSender<ToCompute>) {
+        if self.join.active() {
+            return; // held until the snapshot is installed
+        }
         while let Some((origin, first_seq, codes)) = self.deliver.pop_front() {
             match tx.try_send(ToCompute::Updates {
                 origin,
@@ -1185,10 +1255,35 @@ impl Actor {
                             first_seq: from,
                             codes: wire::Blob(self.mirror.range(&origin, from, to).to_vec()),
                         },
+                        wire::Request::Offer => {
+                            // Answered once the compute thread has made a snapshot.
+                            self.offer_waiting.push(channel);
+                            self.want_snapshot = true;
+                            return;
+                        }
+                        wire::Request::Chunk { id, index } => self
+                            .served
+                            .iter()
+                            .find(|(s, _)| s.id == id)
+                            .and_then(|(s, _)| s.chunks.get(index as usize))
+                            .map_or_else(
+                                || wire::Response::Refused("no such snapshot chunk".into()),
+                                |c| wire::Response::Chunk {
+                                    id,
+                                    index,
+                                    data: wire::Blob(c.clone()),
+                                },
+                            ),
                     },
                 };
-                if let wire::Response::Range { codes, .. } = &response {
-                    self.series.bytes("sync", "out", codes.0.len());
+                match &response {
+                    wire::Response::Range { codes, .. } => {
+                        self.series.bytes("sync", "out", codes.0.len())
+                    }
+                    wire::Response::Chunk { data, .. } => {
+                        self.series.bytes("snapshot", "out", data.0.len())
+                    }
+                    _ => {}
                 }
                 if self
                     .swarm
@@ -1215,8 +1310,7 @@ impl Actor {
                 if let Err(e) = response.validate(&req) {
                     tracing::warn!(%peer, error = %e, "invalid sync response");
                     self.reject("bad_response");
-                    let wire::Request::Range { origin, .. } = req;
-                    self.sync.on_failure(&origin);
+                    self.request_failed(peer, &req);
                     return;
                 }
                 match response {
@@ -1242,10 +1336,19 @@ impl Actor {
                         self.repaired += n;
                         self.foreign_received += n;
                     }
+                    offer @ wire::Response::Offer { .. } => self.join.on_offer(peer, offer),
+                    wire::Response::Chunk { index, data, .. } => {
+                        self.series.bytes("snapshot", "in", data.0.len());
+                        if !self
+                            .join
+                            .on_chunk(peer, index, data.0, self.opts.data_dir.as_deref())
+                        {
+                            self.reject("bad_chunk");
+                        }
+                    }
                     wire::Response::Refused(reason) => {
                         tracing::debug!(%peer, %reason, "sync request refused");
-                        let wire::Request::Range { origin, .. } = req;
-                        self.sync.on_failure(&origin);
+                        self.request_failed(peer, &req);
                     }
                 }
             }
@@ -1256,12 +1359,101 @@ impl Actor {
                 ..
             } => {
                 tracing::debug!(%peer, %error, "sync request failed");
-                if let Some(wire::Request::Range { origin, .. }) = self.requests.remove(&request_id)
-                {
-                    self.sync.on_failure(&origin);
+                if let Some(req) = self.requests.remove(&request_id) {
+                    self.request_failed(peer, &req);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Mirrors an installed snapshot's log; queues what arrived meanwhile.
+    fn installed(&mut self, codes: join::Codes) {
+        for (o, c) in codes {
+            let n = c.len() as u64;
+            if let Ok(fresh) = self.mirror.insert(o, 0, &c) {
+                let beyond: Vec<u8> = fresh
+                    .iter()
+                    .filter(|u| u.seq >= n)
+                    .map(|u| u.code)
+                    .collect();
+                if !beyond.is_empty() {
+                    self.deliver.push_back((o, n, beyond));
+                }
+            }
+        }
+    }
+
+    /// Makes a snapshot when peers asked for one; answers waiting offers.
+    fn serve_snapshots(&mut self, to_compute: &smpsc::SyncSender<ToCompute>) {
+        if !self.want_snapshot || self.snapshot_inflight {
+            return;
+        }
+        let current = self.state.as_ref().map(|s| &s.vv);
+        let fresh = self
+            .served
+            .front()
+            .is_some_and(|(s, at)| Some(&s.vv) == current || at.elapsed() < Duration::from_secs(5));
+        self.want_snapshot = false;
+        if fresh {
+            self.answer_offers();
+        } else if to_compute.send(ToCompute::Snapshot).is_ok() {
+            self.snapshot_inflight = true;
+        }
+    }
+
+    fn answer_offers(&mut self) {
+        let Some((s, _)) = self.served.front().cloned() else {
+            return;
+        };
+        for channel in std::mem::take(&mut self.offer_waiting) {
+            let offer = wire::Response::Offer {
+                id: s.id,
+                vv: s.vv.iter().map(|(o, n)| (*o, *n)).collect(),
+                digest: s.digest,
+                raw_len: s.raw_len,
+                hashes: wire::Blob(s.hashes.concat()),
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, offer);
+        }
+    }
+
+    fn request_failed(&mut self, peer: PeerId, req: &wire::Request) {
+        match req {
+            wire::Request::Range { origin, .. } => self.sync.on_failure(origin),
+            wire::Request::Offer => self.join.on_offer_failed(peer),
+            wire::Request::Chunk { index, .. } => self.join.on_chunk_failed(peer, *index),
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, req: wire::Request) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, req.clone());
+        self.requests.insert(id, req);
+    }
+
+    /// Drives the join: decide, ask for offers, fetch chunks, hand them to compute.
+    fn drive_join(&mut self, now: Instant, to_compute: &smpsc::SyncSender<ToCompute>) {
+        let params = self.params;
+        let peers: Vec<PeerId> = self.sync.peers().keys().copied().collect();
+        let best: u64 = self.sync.best().values().sum();
+        let dir = self.opts.data_dir.clone();
+        for action in self.join.tick(now, &peers, best, params, dir.as_deref()) {
+            match action {
+                join::Action::Ask(p, req) => self.send(p, req),
+                join::Action::Install(chunks, hashes) => {
+                    if to_compute.send(ToCompute::Install(chunks, hashes)).is_err() {
+                        tracing::warn!("compute thread gone; cannot install the snapshot");
+                    }
+                }
+            }
         }
     }
 

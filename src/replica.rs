@@ -338,20 +338,7 @@ impl Replica {
 
     /// BLAKE3 digest of `δ` (tensor lengths and little-endian values).
     pub fn digest_bytes(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        h.update(b"seedswarm/delta/1");
-        let mut buf = Vec::with_capacity(4 * CHUNK);
-        for s in &self.slots {
-            h.update(&(s.delta.len() as u64).to_le_bytes());
-            for chunk in s.delta.chunks(CHUNK) {
-                buf.clear();
-                for v in chunk {
-                    buf.extend_from_slice(&v.to_le_bytes());
-                }
-                h.update(&buf);
-            }
-        }
-        *h.finalize().as_bytes()
+        digest_of(self.slots.iter().map(|s| s.delta.as_slice()))
     }
 
     /// Replaces `δ` and the version vector (snapshot install).
@@ -375,6 +362,24 @@ impl Replica {
         self.vv = vv;
         Ok(())
     }
+}
+
+/// BLAKE3 digest of accumulators, tensor by tensor (lengths and LE values).
+pub fn digest_of<'a>(deltas: impl IntoIterator<Item = &'a [i32]>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"seedswarm/delta/1");
+    let mut buf = Vec::with_capacity(4 * CHUNK);
+    for delta in deltas {
+        h.update(&(delta.len() as u64).to_le_bytes());
+        for chunk in delta.chunks(CHUNK) {
+            buf.clear();
+            for v in chunk {
+                buf.extend_from_slice(&v.to_le_bytes());
+            }
+            h.update(&buf);
+        }
+    }
+    *h.finalize().as_bytes()
 }
 
 /// Elements per parallel segment (a multiple of [`CHUNK`]).

@@ -328,6 +328,47 @@ impl Trainer {
         })
     }
 
+    /// A snapshot of `δ` and the log at the replica's version vector.
+    pub fn snapshot(&self) -> crate::snapshot::Snapshot {
+        let deltas: Vec<&[i32]> = self
+            .replica
+            .slots()
+            .iter()
+            .map(|s| s.delta.as_slice())
+            .collect();
+        let vv = self.replica.version_vector();
+        let codes = vv
+            .iter()
+            .map(|(o, n)| (*o, self.log.range(o, 0, *n).to_vec()))
+            .collect();
+        crate::snapshot::encode(&deltas, vv, self.replica.digest_bytes(), codes)
+    }
+
+    /// Installs a snapshot into a node that holds no update yet; checks the
+    /// digest of the received `δ` first. Returns the log codes installed.
+    pub fn install(
+        &mut self,
+        chunks: &[Vec<u8>],
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<(Origin, Vec<u8>)>, String> {
+        if !self.log.is_empty() {
+            return Err("this node already holds updates; a snapshot is only for joining".into());
+        }
+        let lens: Vec<usize> = self.replica.slots().iter().map(|s| s.delta.len()).collect();
+        let d = crate::snapshot::decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
+        if replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
+            return Err("snapshot digest does not match its contents".into());
+        }
+        self.replica
+            .install(d.deltas, d.vv)
+            .map_err(|e| e.to_string())?;
+        for (o, codes) in &d.codes {
+            self.log.insert(*o, 0, codes).map_err(|e| e.to_string())?;
+        }
+        self.materialize().map_err(|e| e.to_string())?;
+        Ok(d.codes)
+    }
+
     /// Accepts a batch of codes from `origin`; applies whatever became contiguous.
     pub fn receive(
         &mut self,

@@ -106,6 +106,52 @@ async fn a_node_joining_mid_run_catches_up_by_replay() {
         "the joiner replayed history from peers: {:?}",
         s[2]
     );
+    assert_eq!(s[2].join, "replay", "a tiny model is cheaper to replay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
+    let cfg = config();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 1,
+            ..options(3000, &[])
+        },
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        cfg.clone(),
+        Options {
+            min_peers: 1,
+            ..options(3000, &[&a])
+        },
+    )
+    .await
+    .unwrap();
+    until(&a, |s| s.updates_applied >= 2000).await;
+    let c = Node::start(
+        cfg,
+        Options {
+            join: seedswarm::net::join::Mode::Snapshot,
+            data_dir: Some(dir.path().join("c")),
+            ..options(200, &[&a, &b])
+        },
+    )
+    .await
+    .unwrap();
+    let s = finish(vec![a, b, c]).await;
+    assert_identical(&s);
+    assert_eq!(s[2].updates_applied, 3000 + 3000 + 200);
+    assert_eq!(s[2].join, "snapshot");
+    assert!(s[2].snapshot_bytes_fetched > 0);
+    assert!(
+        s[2].repaired_updates < 2000,
+        "most history came in the snapshot, not by replay: {:?}",
+        s[2]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

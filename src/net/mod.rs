@@ -6,6 +6,7 @@
 //! Kademlia fed by identify and bootstrap addresses. Transports: TCP (noise,
 //! yamux) and QUIC, with bandwidth metrics.
 
+pub mod join;
 pub mod sync;
 pub mod wire;
 

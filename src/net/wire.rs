@@ -184,6 +184,10 @@ impl<'de> Deserialize<'de> for Blob {
 pub enum Request {
     /// Codes of `origin` for seqs `[from, to)`.
     Range { origin: Origin, from: u64, to: u64 },
+    /// Describe a snapshot of your current state.
+    Offer,
+    /// Chunk `index` of snapshot `id`.
+    Chunk { id: [u8; 32], index: u32 },
 }
 
 /// A sync response.
@@ -195,8 +199,36 @@ pub enum Response {
         first_seq: u64,
         codes: Blob,
     },
+    /// A snapshot on offer: chunk hashes concatenated in `hashes`.
+    Offer {
+        id: [u8; 32],
+        vv: Vec<(Origin, u64)>,
+        digest: [u8; 32],
+        raw_len: u64,
+        hashes: Blob,
+    },
+    /// One chunk of a snapshot.
+    Chunk {
+        id: [u8; 32],
+        index: u32,
+        data: Blob,
+    },
     /// The request was refused.
     Refused(String),
+}
+
+impl Response {
+    /// The chunk hashes of an offer.
+    pub fn hashes(&self) -> Vec<[u8; 32]> {
+        match self {
+            Response::Offer { hashes, .. } => hashes
+                .0
+                .chunks_exact(32)
+                .map(|c| c.try_into().unwrap_or([0; 32]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Request {
@@ -209,7 +241,7 @@ impl Request {
             Request::Range { from, to, .. } if to - from > MAX_RANGE => {
                 Err(Error::Oversized(format!("range of {}", to - from)))
             }
-            Request::Range { .. } => Ok(()),
+            Request::Range { .. } | Request::Offer | Request::Chunk { .. } => Ok(()),
         }
     }
 }
@@ -245,6 +277,41 @@ impl Response {
                 }
                 Ok(())
             }
+            (
+                Response::Offer {
+                    id,
+                    vv,
+                    digest,
+                    hashes,
+                    ..
+                },
+                Request::Offer,
+            ) => {
+                if hashes.0.len() % 32 != 0 || hashes.0.len() / 32 > crate::snapshot::MAX_CHUNKS {
+                    return Err(Error::Malformed("chunk hash list".into()));
+                }
+                if vv.len() > MAX_ORIGINS || vv.windows(2).any(|w| w[0].0 >= w[1].0) {
+                    return Err(Error::Malformed("offer version vector".into()));
+                }
+                if crate::snapshot::id_of(vv, digest, &self.hashes()) != *id {
+                    return Err(Error::Malformed(
+                        "offer id does not match its contents".into(),
+                    ));
+                }
+                Ok(())
+            }
+            (Response::Chunk { id, index, data }, Request::Chunk { id: rid, index: ri }) => {
+                if id != rid || index != ri {
+                    return Err(Error::Malformed("chunk of another request".into()));
+                }
+                if data.0.len() > crate::snapshot::CHUNK {
+                    return Err(Error::Oversized(format!("chunk of {} bytes", data.0.len())));
+                }
+                Ok(())
+            }
+            _ => Err(Error::Malformed(
+                "response does not answer the request".into(),
+            )),
         }
     }
 }

@@ -1,0 +1,393 @@
+//! Joining a running swarm, as a state machine (no IO; time passed in).
+//!
+//! A node that starts with an empty log decides, once it has heard from
+//! peers, whether to replay the log from genesis (ordinary repair) or to fetch
+//! a snapshot, by estimate: replay costs `updates × parameters` of
+//! regenerate-and-apply work, a snapshot costs its bytes over the network plus
+//! decoding. For a snapshot it asks every known peer for an offer, picks the
+//! newest snapshot offered by the most peers, and fetches its chunks from all
+//! of those peers in parallel, checking every chunk against its hash and
+//! keeping verified chunks on disk so an interrupted join resumes.
+
+use crate::net::wire::{Request, Response};
+use crate::seed::{hex, Origin};
+use libp2p::PeerId;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How a joining node catches up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Mode {
+    /// Whichever is cheaper by estimate.
+    #[default]
+    Auto,
+    /// Replay the log from genesis through range repair.
+    Replay,
+    /// Download a snapshot plus the log suffix.
+    Snapshot,
+}
+
+/// Regenerate-and-apply throughput assumed for the estimate (param-updates/s).
+const APPLY_RATE: f64 = 2e9;
+/// Network throughput assumed for the estimate (bytes/s).
+const LINK_RATE: f64 = 50e6;
+/// Requests in flight per peer while fetching chunks.
+const PER_PEER: usize = 4;
+
+/// What the node should do.
+#[derive(Debug)]
+pub enum Action {
+    /// Send this request to this peer.
+    Ask(PeerId, Request),
+    /// Hand the verified chunks to the compute thread.
+    Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
+}
+
+#[derive(Clone, Debug)]
+struct Offer {
+    id: [u8; 32],
+    vv_total: u64,
+    raw_len: u64,
+    hashes: Vec<[u8; 32]>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Off,
+    Waiting {
+        since: Instant,
+    },
+    Offers {
+        since: Instant,
+        asked: HashSet<PeerId>,
+        got: Vec<(PeerId, Offer)>,
+    },
+    Fetching {
+        offer: Offer,
+        holders: Vec<PeerId>,
+        chunks: Vec<Option<Vec<u8>>>,
+        inflight: HashMap<u32, (PeerId, Instant)>,
+        turn: usize,
+    },
+    Installing,
+}
+
+/// The join state.
+#[derive(Debug)]
+pub struct Join {
+    mode: Mode,
+    phase: Phase,
+    /// How the node caught up: "snapshot", "replay" or "none".
+    pub chosen: &'static str,
+    started: Instant,
+    /// When the join finished.
+    pub finished: Option<Instant>,
+    /// Compressed snapshot bytes received.
+    pub fetched_bytes: u64,
+    /// Raw i32 size of the installed snapshot's `δ`.
+    pub raw_bytes: u64,
+}
+
+impl Join {
+    /// A node with an empty log joins; one with state does not.
+    pub fn new(mode: Mode, empty: bool, now: Instant) -> Self {
+        let (phase, chosen) = match (empty, mode) {
+            (false, _) => (Phase::Off, "none"),
+            (true, Mode::Replay) => (Phase::Off, "replay"),
+            (true, _) => (Phase::Waiting { since: now }, "none"),
+        };
+        Self {
+            mode,
+            phase,
+            chosen,
+            started: now,
+            finished: None,
+            fetched_bytes: 0,
+            raw_bytes: 0,
+        }
+    }
+
+    /// True while joining: hold training, repairs and deliveries to compute.
+    pub fn active(&self) -> bool {
+        !matches!(self.phase, Phase::Off)
+    }
+
+    /// Seconds the join took (None while running or when there was none).
+    pub fn seconds(&self) -> Option<f64> {
+        self.finished
+            .map(|f| f.duration_since(self.started).as_secs_f64())
+    }
+
+    fn finish(&mut self, chosen: &'static str, now: Instant) {
+        self.phase = Phase::Off;
+        self.chosen = chosen;
+        self.finished = Some(now);
+    }
+
+    /// Advances the join. `best` is the total of the highest version vector
+    /// peers announce; `params` the trainable parameter count.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        peers: &[PeerId],
+        best: u64,
+        params: usize,
+        dir: Option<&Path>,
+    ) -> Vec<Action> {
+        let mut out = Vec::new();
+        let mut started_fetching = false;
+        match &mut self.phase {
+            Phase::Off | Phase::Installing => {}
+            Phase::Waiting { since } => {
+                let waited = now.duration_since(*since);
+                if peers.is_empty() {
+                    if waited > Duration::from_secs(2) {
+                        self.finish("none", now);
+                    }
+                } else if waited > Duration::from_millis(1200) || best > 0 {
+                    let replay = best as f64 * params as f64 / APPLY_RATE;
+                    let snapshot = 0.5 + params as f64 * 1.5 / LINK_RATE + params as f64 / 5e8;
+                    let want = match self.mode {
+                        Mode::Snapshot => best > 0,
+                        Mode::Auto => best > 0 && snapshot < replay,
+                        Mode::Replay => false,
+                    };
+                    tracing::info!(
+                        updates = best,
+                        params,
+                        replay_s = replay,
+                        snapshot_s = snapshot,
+                        choice = if want { "snapshot" } else { "replay" },
+                        "joining a running swarm"
+                    );
+                    if want {
+                        for p in peers {
+                            out.push(Action::Ask(*p, Request::Offer));
+                        }
+                        self.phase = Phase::Offers {
+                            since: now,
+                            asked: peers.iter().copied().collect(),
+                            got: Vec::new(),
+                        };
+                    } else {
+                        self.finish("replay", now);
+                    }
+                }
+            }
+            Phase::Offers { since, asked, got } => {
+                if asked.is_empty() || now.duration_since(*since) > Duration::from_secs(5) {
+                    // The newest snapshot; among equals, the one most peers hold.
+                    let mut groups: HashMap<[u8; 32], (Offer, Vec<PeerId>)> = HashMap::new();
+                    for (p, o) in got.drain(..) {
+                        groups
+                            .entry(o.id)
+                            .or_insert_with(|| (o.clone(), Vec::new()))
+                            .1
+                            .push(p);
+                    }
+                    let best = groups
+                        .into_values()
+                        .max_by_key(|(o, holders)| (o.vv_total, holders.len()));
+                    match best {
+                        None => {
+                            tracing::warn!("no peer offered a snapshot; replaying instead");
+                            self.finish("replay", now);
+                        }
+                        Some((offer, holders)) => {
+                            let n = offer.hashes.len();
+                            tracing::info!(
+                                id = %hex(&offer.id[..8]),
+                                chunks = n,
+                                holders = holders.len(),
+                                "fetching snapshot"
+                            );
+                            self.raw_bytes = offer.raw_len;
+                            self.phase = Phase::Fetching {
+                                offer,
+                                holders,
+                                chunks: vec![None; n],
+                                inflight: HashMap::new(),
+                                turn: 0,
+                            };
+                            started_fetching = true;
+                        }
+                    }
+                }
+            }
+            Phase::Fetching {
+                offer,
+                holders,
+                chunks,
+                inflight,
+                turn,
+            } => {
+                inflight.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(30));
+                if holders.is_empty() {
+                    tracing::warn!("every snapshot holder failed; replaying instead");
+                    self.finish("replay", now);
+                    return out;
+                }
+                if chunks.iter().all(Option::is_some) {
+                    let data = chunks
+                        .iter_mut()
+                        .map(|c| c.take().unwrap_or_default())
+                        .collect();
+                    out.push(Action::Install(data, offer.hashes.clone()));
+                    self.phase = Phase::Installing;
+                    return out;
+                }
+                let mut load: HashMap<PeerId, usize> = HashMap::new();
+                for (p, _) in inflight.values() {
+                    *load.entry(*p).or_default() += 1;
+                }
+                for (i, chunk) in chunks.iter().enumerate() {
+                    if chunk.is_some() || inflight.contains_key(&(i as u32)) {
+                        continue;
+                    }
+                    let Some(p) = (0..holders.len())
+                        .map(|k| holders[(*turn + k) % holders.len()])
+                        .find(|p| load.get(p).copied().unwrap_or(0) < PER_PEER)
+                    else {
+                        break;
+                    };
+                    *turn += 1;
+                    *load.entry(p).or_default() += 1;
+                    inflight.insert(i as u32, (p, now));
+                    out.push(Action::Ask(
+                        p,
+                        Request::Chunk {
+                            id: offer.id,
+                            index: i as u32,
+                        },
+                    ));
+                }
+            }
+        }
+        if started_fetching {
+            if let Some(d) = dir {
+                let n = self.resume_from(d);
+                if n > 0 {
+                    tracing::info!(chunks = n, "resuming an interrupted snapshot download");
+                }
+            }
+        }
+        out
+    }
+
+    /// An offer arrived.
+    pub fn on_offer(&mut self, peer: PeerId, response: Response) {
+        let hashes = response.hashes();
+        if let (
+            Phase::Offers { asked, got, .. },
+            Response::Offer {
+                id, vv, raw_len, ..
+            },
+        ) = (&mut self.phase, response)
+        {
+            asked.remove(&peer);
+            let vv_total = vv.iter().map(|(_, n)| n).sum();
+            got.push((
+                peer,
+                Offer {
+                    id,
+                    vv_total,
+                    raw_len,
+                    hashes,
+                },
+            ));
+        }
+    }
+
+    /// A peer did not answer the offer request.
+    pub fn on_offer_failed(&mut self, peer: PeerId) {
+        if let Phase::Offers { asked, .. } = &mut self.phase {
+            asked.remove(&peer);
+        }
+    }
+
+    /// A chunk arrived; false when it failed its check (the peer is dropped).
+    pub fn on_chunk(
+        &mut self,
+        peer: PeerId,
+        index: u32,
+        data: Vec<u8>,
+        dir: Option<&Path>,
+    ) -> bool {
+        let Phase::Fetching {
+            offer,
+            holders,
+            chunks,
+            inflight,
+            ..
+        } = &mut self.phase
+        else {
+            return true;
+        };
+        inflight.remove(&index);
+        let Some(expected) = offer.hashes.get(index as usize) else {
+            return false;
+        };
+        if blake3::hash(&data).as_bytes() != expected {
+            tracing::warn!(%peer, index, "snapshot chunk failed its check; dropping that peer");
+            holders.retain(|p| *p != peer);
+            return false;
+        }
+        self.fetched_bytes += data.len() as u64;
+        if let Some(dir) = dir {
+            let d = dir.join("snapshot").join(hex(&offer.id));
+            if std::fs::create_dir_all(&d).is_ok() {
+                let _ = std::fs::write(d.join(index.to_string()), &data);
+            }
+        }
+        chunks[index as usize] = Some(data);
+        true
+    }
+
+    /// Loads chunks of the chosen snapshot kept on disk by an interrupted join.
+    pub fn resume_from(&mut self, dir: &Path) -> usize {
+        let Phase::Fetching { offer, chunks, .. } = &mut self.phase else {
+            return 0;
+        };
+        let d = dir.join("snapshot").join(hex(&offer.id));
+        let mut n = 0;
+        for (i, h) in offer.hashes.iter().enumerate() {
+            if chunks[i].is_some() {
+                continue;
+            }
+            if let Ok(data) = std::fs::read(d.join(i.to_string())) {
+                if blake3::hash(&data).as_bytes() == h {
+                    chunks[i] = Some(data);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// A chunk request failed: it will be asked of another holder.
+    pub fn on_chunk_failed(&mut self, peer: PeerId, index: u32) {
+        if let Phase::Fetching {
+            holders, inflight, ..
+        } = &mut self.phase
+        {
+            inflight.remove(&index);
+            if holders.len() > 1 {
+                holders.retain(|p| *p != peer);
+            }
+        }
+    }
+
+    /// The compute thread installed the snapshot (or could not).
+    pub fn on_installed(&mut self, ok: bool, now: Instant) {
+        if ok {
+            self.finish("snapshot", now);
+        } else {
+            tracing::warn!("snapshot could not be installed; replaying instead");
+            self.finish("replay", now);
+        }
+    }
+}
+
+/// Origins and their counts in an installed snapshot's log.
+pub type Codes = Vec<(Origin, Vec<u8>)>;
