@@ -266,9 +266,12 @@ impl PromptData {
         b
     }
 
-    /// The dev set in batches of at most `batch` examples.
+    /// The dev set in batches of at most `batch` examples, ordered by token
+    /// length (a model without padding masks runs each length separately).
     pub fn dev(&self, batch: usize) -> Vec<Batch> {
-        batches(&self.dev, batch)
+        let mut sorted = self.dev.clone();
+        sorted.sort_by_key(|(x, _)| x.len());
+        batches(&sorted, batch)
     }
 }
 
