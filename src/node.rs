@@ -496,7 +496,13 @@ fn compute_thread(
                     }
                 }
                 Ok(ToCompute::Snapshot) => {
+                    let t = Instant::now();
                     let s = Arc::new(trainer.snapshot());
+                    tracing::info!(
+                        seconds = t.elapsed().as_secs_f64(),
+                        chunks = s.chunks.len(),
+                        "snapshot made"
+                    );
                     if tx.blocking_send(FromCompute::Snapshot(s)).is_err() {
                         return eval;
                     }
@@ -826,6 +832,7 @@ impl Actor {
                         self.answer_offers();
                     }
                     Some(FromCompute::Installed(r)) => {
+                        tracing::info!(ok = r.is_ok(), "snapshot installed");
                         let ok = r.is_ok();
                         match r {
                             Ok(codes) => self.installed(codes),
@@ -1449,6 +1456,7 @@ impl Actor {
             match action {
                 join::Action::Ask(p, req) => self.send(p, req),
                 join::Action::Install(chunks, hashes) => {
+                    tracing::info!(chunks = chunks.len(), "snapshot fetched; installing");
                     if to_compute.send(ToCompute::Install(chunks, hashes)).is_err() {
                         tracing::warn!("compute thread gone; cannot install the snapshot");
                     }

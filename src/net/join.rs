@@ -33,7 +33,7 @@ const APPLY_RATE: f64 = 2e9;
 /// Network throughput assumed for the estimate (bytes/s).
 const LINK_RATE: f64 = 50e6;
 /// Requests in flight per peer while fetching chunks.
-const PER_PEER: usize = 4;
+const PER_PEER: usize = 16;
 
 /// What the node should do.
 #[derive(Debug)]
