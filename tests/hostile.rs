@@ -1,0 +1,140 @@
+//! A hostile peer on the run's own topics: a real libp2p swarm (same
+//! behaviour, its own key) publishes malformed, oversized, equivocating,
+//! replayed and over-rate update batches to a running node. Each is refused,
+//! counted by reason, and the node keeps working.
+
+use futures::StreamExt;
+use libp2p::gossipsub;
+use libp2p::swarm::SwarmEvent;
+use seedswarm::config::Config;
+use seedswarm::net::{self, wire, BehaviourEvent, Topics};
+use seedswarm::node::{Node, Options};
+use seedswarm::seed::RunId;
+use std::time::Duration;
+
+fn config() -> Config {
+    Config::load(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/demo.toml"
+    )))
+    .expect("demo config")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_messages_are_refused_counted_and_harmless() {
+    let victim = Node::start(
+        config(),
+        Options {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            max_updates: Some(200),
+            max_rate: 2000.0,
+            heartbeat_interval: Duration::from_millis(200),
+            exit_when_settled: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut w = victim.watch();
+    while w.borrow().run_id.is_empty() {
+        w.changed().await.unwrap();
+    }
+    let run = RunId::from_hex(&w.borrow().run_id).unwrap();
+    let topics = Topics::new(&run);
+    let mut liar = attacker(&topics, &victim).await;
+    let mut vandal = attacker(&topics, &victim).await;
+    let t = topics.updates.hash();
+    let publish = |s: &mut libp2p::Swarm<net::Behaviour>, data: Vec<u8>| {
+        s.behaviour_mut()
+            .gossipsub
+            .publish(t.clone(), data)
+            .expect("published");
+    };
+    // The liar: a valid batch, the same batch again, another code for a seq
+    // it already signed, then far more updates than the rate limit allows.
+    publish(&mut liar, wire::encode_updates(0, &[5, 6, 7]));
+    publish(&mut liar, wire::encode_updates(0, &[5, 6, 7]));
+    publish(&mut liar, wire::encode_updates(1, &[9]));
+    for i in 0..8u64 {
+        publish(&mut liar, wire::encode_updates(3 + 1000 * i, &[1; 1000]));
+    }
+    // The vandal: garbage and a batch over the size limit.
+    publish(&mut vandal, vec![9, 9, 9]);
+    publish(
+        &mut vandal,
+        wire::encode_updates(0, &vec![1; wire::MAX_BATCH + 1]),
+    );
+    let want = [
+        "malformed",
+        "oversized",
+        "replayed",
+        "equivocation",
+        "over_rate",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = liar.select_next_some() => {}
+            _ = vandal.select_next_some() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                let s = victim.status();
+                if want.iter().all(|r| s.rejected.contains_key(*r)) {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "rejections seen: {:?}", s.rejected);
+            }
+        }
+    }
+    // The node goes on with its own work regardless.
+    let mut w = victim.watch();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !w.borrow().training_done {
+            w.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("victim finished training");
+    let mut victim = victim;
+    victim.stop();
+    let summary = victim.wait().await.unwrap();
+    assert_eq!(summary.own_updates, 200, "the node kept training");
+    // Only the liar's updates that passed validation were taken, none beyond a refusal.
+    let liar_origin = net::origin_of_peer(liar.local_peer_id()).unwrap().to_hex();
+    let held = summary
+        .version_vector
+        .get(&liar_origin)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        (3..3 + 8000).contains(&held),
+        "took {held} of the liar's updates"
+    );
+    let vandal_origin = net::origin_of_peer(vandal.local_peer_id())
+        .unwrap()
+        .to_hex();
+    assert!(!summary.version_vector.contains_key(&vandal_origin));
+}
+
+/// A real libp2p peer on the run's topics, connected to `victim`.
+async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviour> {
+    let mut registry = libp2p::metrics::Registry::default();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let mut evil = net::build(key, topics, false, &mut registry).unwrap();
+    evil.dial(victim.listen[0].clone()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = evil.select_next_some().await
+            {
+                if topic == topics.updates.hash() {
+                    break;
+                }
+            }
+        }
+    })
+    .await
+    .expect("victim subscribed");
+    evil
+}
