@@ -31,7 +31,9 @@ fn options(max_updates: u64, bootstrap: &[&Node]) -> Options {
         heartbeat_interval: Duration::from_millis(300),
         timing: Timing {
             repair_delay: Duration::from_millis(600),
-            peer_timeout: Duration::from_secs(3),
+            // Long enough that a slow machine never forgets a live or
+            // restarting peer mid-test (which would let others finish without it).
+            peer_timeout: Duration::from_secs(15),
             ..Timing::default()
         },
         ..Options::default()

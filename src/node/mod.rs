@@ -257,8 +257,10 @@ impl Node {
         let origin = net::origin_of_key(&key)
             .ok_or_else(|| net::Error::Build("node key is not ed25519".into()))?;
         let peer_id = key.public().to_peer_id();
-        // Build the trainer here so setup errors surface before anything runs.
+        // Build the trainer and load the data here so setup errors surface
+        // before anything runs.
         let trainer = Trainer::new(&cfg, origin, opts.data_dir.as_deref())?;
+        train::try_build_data(&cfg.run)?;
         let run = trainer.run();
         let topics = Topics::new(&run);
         let mut registry = Registry::default();
