@@ -487,14 +487,7 @@ impl Actor {
         };
         let (first, codes) = match wire::decode_updates(&message.data) {
             Ok(v) => v,
-            Err(wire::Error::Oversized(_)) => {
-                self.reject("oversized");
-                return MessageAcceptance::Reject;
-            }
-            Err(_) => {
-                self.reject("malformed");
-                return MessageAcceptance::Reject;
-            }
+            Err(e) => return self.refuse_decode(&e),
         };
         if origin == self.origin {
             // Our own updates echoed back by someone: we know them.
@@ -540,6 +533,15 @@ impl Actor {
         MessageAcceptance::Accept
     }
 
+    /// Counts a payload that did not decode and rejects it (penalizing the sender).
+    fn refuse_decode(&mut self, e: &wire::Error) -> MessageAcceptance {
+        self.reject(match e {
+            wire::Error::Oversized(_) => "oversized",
+            _ => "malformed",
+        });
+        MessageAcceptance::Reject
+    }
+
     fn on_heartbeat_message(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
         let Some(source) = message.source else {
             self.reject("unsigned");
@@ -547,14 +549,7 @@ impl Actor {
         };
         let hb = match Heartbeat::decode(&message.data) {
             Ok(hb) => hb,
-            Err(wire::Error::Oversized(_)) => {
-                self.reject("oversized");
-                return MessageAcceptance::Reject;
-            }
-            Err(_) => {
-                self.reject("malformed");
-                return MessageAcceptance::Reject;
-            }
+            Err(e) => return self.refuse_decode(&e),
         };
         if source == *self.swarm.local_peer_id() {
             return MessageAcceptance::Ignore;
