@@ -3,22 +3,17 @@
 //! replayed and over-rate update batches to a running node. Each is refused,
 //! counted by reason, and the node keeps working.
 
+mod common;
+
+use common::config;
+
 use futures::StreamExt;
 use libp2p::gossipsub;
 use libp2p::swarm::SwarmEvent;
-use seedswarm::config::Config;
 use seedswarm::net::{self, wire, BehaviourEvent, Topics};
 use seedswarm::node::{Node, Options};
 use seedswarm::seed::RunId;
 use std::time::Duration;
-
-fn config() -> Config {
-    Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/demo.toml"
-    )))
-    .expect("demo config")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_messages_are_refused_counted_and_harmless() {

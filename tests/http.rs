@@ -2,20 +2,15 @@
 //! `/status`, 404s, a slow client that must not block anything, the
 //! `seedswarm status` command, and the dashboard rendered in headless Chromium.
 
-use seedswarm::config::Config;
+mod common;
+
+use common::{config, until};
+
 use seedswarm::http::get;
 use seedswarm::node::{Node, Options};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-
-fn config() -> Config {
-    Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/demo.toml"
-    )))
-    .expect("demo config")
-}
 
 fn options(max_updates: u64) -> Options {
     Options {
@@ -27,19 +22,6 @@ fn options(max_updates: u64) -> Options {
         exit_when_settled: false,
         ..Options::default()
     }
-}
-
-async fn until(node: &Node, what: impl Fn(&seedswarm::node::Status) -> bool) {
-    let mut w = node.watch();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while !what(&w.borrow()) {
-            if w.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("condition reached in time");
 }
 
 async fn fetch(addr: SocketAddr, path: &str) -> (u16, String) {

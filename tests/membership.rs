@@ -2,19 +2,14 @@
 //! catches up by replaying the log from peers; a node crashes and restarts
 //! from its data dir; a partition heals. Each ends in equal digests.
 
-use seedswarm::config::Config;
+mod common;
+
+use common::{assert_identical, config, finish, until};
+
 use seedswarm::net::sync::Timing;
-use seedswarm::node::{Node, Options, Status, Summary};
+use seedswarm::node::{Node, Options};
 use std::path::PathBuf;
 use std::time::Duration;
-
-fn config() -> Config {
-    Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/demo.toml"
-    )))
-    .expect("demo config")
-}
 
 fn options(max_updates: u64, bootstrap: &[&Node]) -> Options {
     Options {
@@ -37,43 +32,6 @@ fn options(max_updates: u64, bootstrap: &[&Node]) -> Options {
             ..Timing::default()
         },
         ..Options::default()
-    }
-}
-
-async fn until(node: &Node, what: impl Fn(&Status) -> bool) {
-    let mut w = node.watch();
-    tokio::time::timeout(Duration::from_secs(90), async {
-        while !what(&w.borrow()) {
-            if w.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("condition reached in time");
-}
-
-async fn finish(nodes: Vec<Node>) -> Vec<Summary> {
-    let waits = nodes.into_iter().map(|n| n.wait());
-    tokio::time::timeout(Duration::from_secs(180), futures::future::join_all(waits))
-        .await
-        .expect("nodes finished in time")
-        .into_iter()
-        .map(|r| r.expect("node ran"))
-        .collect()
-}
-
-fn assert_identical(s: &[Summary]) {
-    for x in s {
-        assert!(x.settled, "node {} did not see agreement", x.peer_id);
-        assert_eq!(
-            x.version_vector, s[0].version_vector,
-            "version vectors differ"
-        );
-        assert_eq!(
-            x.digest, s[0].digest,
-            "digests differ at equal version vectors"
-        );
     }
 }
 

@@ -3,17 +3,13 @@
 //! loses a fifth of its incoming update messages; nodes of different runs
 //! never mix. mDNS is off, so test cases never discover each other.
 
-use seedswarm::config::Config;
-use seedswarm::node::{Node, Options, Summary};
-use std::time::Duration;
+mod common;
 
-fn config() -> Config {
-    Config::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/configs/demo.toml"
-    )))
-    .expect("demo config")
-}
+use common::{assert_identical, config, finish};
+
+use seedswarm::config::Config;
+use seedswarm::node::{Node, Options};
+use std::time::Duration;
 
 fn options(max_updates: u64, min_peers: usize) -> Options {
     Options {
@@ -47,31 +43,6 @@ async fn start(
         nodes.push(Node::start(cfg.clone(), o).await.expect("node starts"));
     }
     nodes
-}
-
-async fn finish(nodes: Vec<Node>) -> Vec<Summary> {
-    let waits = nodes.into_iter().map(|n| n.wait());
-    tokio::time::timeout(Duration::from_secs(180), futures::future::join_all(waits))
-        .await
-        .expect("swarm finished within the timeout")
-        .into_iter()
-        .map(|r| r.expect("node ran"))
-        .collect()
-}
-
-fn assert_identical(s: &[Summary]) {
-    for x in s {
-        assert!(x.settled, "node {} did not see agreement: {x:?}", x.peer_id);
-        assert_eq!(
-            x.version_vector, s[0].version_vector,
-            "version vectors differ"
-        );
-        assert_eq!(
-            x.digest, s[0].digest,
-            "digests differ at equal version vectors"
-        );
-        assert_eq!(x.updates_applied, s[0].updates_applied);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
