@@ -133,3 +133,30 @@ async fn nodes_of_different_runs_never_apply_each_others_updates() {
     assert_eq!(s[0].updates_applied, 300);
     assert_eq!(s[1].updates_applied, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_agree_over_quic_with_a_time_limit() {
+    let cfg = config();
+    let quic = |bootstrap: Vec<libp2p::Multiaddr>| Options {
+        listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()],
+        bootstrap,
+        max_updates: None,
+        duration: Some(Duration::from_millis(1500)),
+        ..options(0, 1)
+    };
+    let a = Node::start(cfg.clone(), quic(vec![])).await.unwrap();
+    assert!(a.listen[0].to_string().contains("quic-v1"));
+    let b = Node::start(
+        cfg,
+        quic(vec![a.listen[0].clone().with_p2p(a.peer_id).unwrap()]),
+    )
+    .await
+    .unwrap();
+    let s = finish(vec![a, b]).await;
+    assert_identical(&s);
+    assert!(
+        s.iter().all(|x| x.own_updates > 0),
+        "both trained until the deadline"
+    );
+    assert_eq!(s[0].updates_applied, s[0].own_updates + s[1].own_updates);
+}
