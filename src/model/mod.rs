@@ -134,6 +134,26 @@ pub fn base_hash(model: &dyn Model) -> Result<[u8; 32], Error> {
     Ok(*h.finalize().as_bytes())
 }
 
+/// A copy of parameter `i` of a model that keeps its parameters as tensors.
+pub fn read_param(tensors: &[Tensor], i: usize) -> Result<Vec<f32>, Error> {
+    let t = tensors
+        .get(i)
+        .ok_or_else(|| Error::NoParam(i.to_string()))?;
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// Overwrites parameter `i` of such a model in place.
+pub fn write_param(
+    tensors: &[Tensor],
+    i: usize,
+    f: &mut dyn FnMut(&mut [f32]),
+) -> Result<(), Error> {
+    let t = tensors
+        .get(i)
+        .ok_or_else(|| Error::NoParam(i.to_string()))?;
+    write_tensor(t, f)
+}
+
 /// Runs `f` on the contiguous f32 storage of a CPU tensor, in place.
 pub fn write_tensor(t: &Tensor, f: &mut dyn FnMut(&mut [f32])) -> Result<(), Error> {
     type Writer<'a> = &'a mut dyn FnMut(&mut [f32]);

@@ -156,19 +156,11 @@ impl Model for Tiny {
     }
 
     fn read(&self, i: usize) -> Result<Vec<f32>, Error> {
-        let t = self
-            .tensors
-            .get(i)
-            .ok_or_else(|| Error::NoParam(i.to_string()))?;
-        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        super::read_param(&self.tensors, i)
     }
 
     fn write(&mut self, i: usize, f: &mut dyn FnMut(&mut [f32])) -> Result<(), Error> {
-        let t = self
-            .tensors
-            .get(i)
-            .ok_or_else(|| Error::NoParam(i.to_string()))?;
-        super::write_tensor(t, f)
+        super::write_param(&self.tensors, i, f)
     }
 
     fn loss(&self, batch: &Batch) -> Result<f32, Error> {
