@@ -1,25 +1,31 @@
 //! Llama-family language models (SmolLM2 and kin) from GGUF files or Hugging
-//! Face directories, run by candle-transformers, as prompt classifiers.
+//! Face directories, as prompt classifiers or causal language models.
 //!
 //! All weights are dequantized to f32 and kept under Hugging Face names
 //! (`model.embed_tokens.weight`, `model.layers.3.mlp.down_proj.weight`, …).
-//! The model is built through `VarBuilder::from_tensors` from those very
-//! tensors, and candle's layers keep handles to the same storage, so
-//! [`Model::write`] (an in-place candle op) changes what the forward pass
-//! computes. GGUF stores the Q/K projections permuted for interleaved rotary
-//! embeddings; they are un-permuted here because candle-transformers rotates
-//! halves (the Hugging Face layout). SmolLM2 ties the output layer to the
-//! token embedding.
+//! The forward pass is our own, over those very tensors (embedding → blocks
+//! of RMS norm, rotary causal attention with grouped key/value heads and a
+//! SwiGLU MLP → final norm → output layer), so [`Model::write`] (an in-place
+//! candle op) changes what it computes. It matches candle-transformers'
+//! `Llama::forward` (kept as [`Llama::reference_last_logits`] for
+//! cross-checks) but returns logits at every position, and runs a batch of
+//! different lengths in one forward: sequences are right-padded and each
+//! row's logits are taken at its own last token. GGUF stores the Q/K
+//! projections permuted for interleaved rotary embeddings; they are
+//! un-permuted here because we rotate halves (the Hugging Face layout).
+//! SmolLM2 ties the output layer to the token embedding.
 //!
-//! The classification loss is the cross-entropy over the label words' logits
-//! at the last position. candle-transformers' `Llama::forward` takes no
-//! attention mask, so a batch is run in buckets of equal token length.
+//! [`Head::Classify`]: the loss is the cross-entropy over the label words'
+//! logits at the last position. [`Head::NextToken`]: the mean next-token
+//! cross-entropy over every position, and "accuracy" is top-1 next-token
+//! accuracy.
 
 use super::{Batch, Error, Eval, Model, ParamSpec};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::llama as cl;
-use std::collections::{BTreeMap, HashMap};
+use rayon::prelude::*;
+use std::collections::HashMap;
 use std::path::Path;
 use tokenizers::Tokenizer;
 
@@ -144,14 +150,57 @@ impl Shape {
     }
 }
 
-/// A llama as a prompt classifier over fixed label tokens.
+/// What the model's loss scores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Head {
+    /// Prompt classification: cross-entropy over these label tokens' logits
+    /// at each example's last position (class i = token i).
+    Classify(Vec<u32>),
+    /// Causal language modelling: mean next-token cross-entropy over every
+    /// position; a batch's labels are ignored.
+    NextToken,
+}
+
+impl From<Vec<u32>> for Head {
+    fn from(label_ids: Vec<u32>) -> Self {
+        Head::Classify(label_ids)
+    }
+}
+
+/// Handles to one block's weights (the same storage as `Llama::tensors`).
+struct Block {
+    attn_norm: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    mlp_norm: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+/// A llama run by our own forward pass over candle tensors.
 pub struct Llama {
-    inner: cl::Llama,
-    cache: cl::Cache,
     shape: Shape,
     specs: Vec<ParamSpec>,
     tensors: Vec<Tensor>,
-    label_ids: Vec<u32>,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// Rotary tables, `[context, head_dim / 2]`.
+    cos: Tensor,
+    sin: Tensor,
+    head: Head,
+}
+
+/// Right-padded token ids of a batch: `[rows, len]` with each row's length.
+struct Padded {
+    ids: Tensor,
+    rows: usize,
+    len: usize,
+    lens: Vec<usize>,
 }
 
 /// Reads the tokenizer of a model (GGUF metadata or tokenizer.json).
@@ -355,31 +404,35 @@ fn load_hf(dir: &Path) -> Result<(Shape, HashMap<String, Tensor>), Error> {
 }
 
 impl Llama {
-    /// Loads a model and fixes the label tokens the classifier scores.
-    pub fn load(source: Source<'_>, label_ids: Vec<u32>) -> Result<Self, Error> {
+    /// Loads a model with the given head (a `Vec<u32>` of label tokens
+    /// converts into [`Head::Classify`]).
+    pub fn load(source: Source<'_>, head: impl Into<Head>) -> Result<Self, Error> {
         let (shape, ts) = match source {
             Source::Gguf(p) => load_gguf(p)?,
             Source::HfDir(p) => load_hf(p)?,
         };
-        Self::from_tensors(shape, ts, label_ids)
+        Self::from_tensors(shape, ts, head)
     }
 
     /// Builds the model from f32 tensors under Hugging Face names.
     pub fn from_tensors(
         shape: Shape,
-        mut ts: HashMap<String, Tensor>,
-        label_ids: Vec<u32>,
+        ts: HashMap<String, Tensor>,
+        head: impl Into<Head>,
     ) -> Result<Self, Error> {
-        if label_ids.len() < 2 {
-            return Err(Error::Load(
-                "a classifier needs at least 2 label tokens".into(),
-            ));
-        }
-        if let Some(&bad) = label_ids.iter().find(|&&t| t as usize >= shape.vocab) {
-            return Err(Error::Load(format!(
-                "label token {bad} outside the vocabulary ({})",
-                shape.vocab
-            )));
+        let head = head.into();
+        if let Head::Classify(label_ids) = &head {
+            if label_ids.len() < 2 {
+                return Err(Error::Load(
+                    "a classifier needs at least 2 label tokens".into(),
+                ));
+            }
+            if let Some(&bad) = label_ids.iter().find(|&&t| t as usize >= shape.vocab) {
+                return Err(Error::Load(format!(
+                    "label token {bad} outside the vocabulary ({})",
+                    shape.vocab
+                )));
+            }
         }
         let specs = shape.params();
         let mut tensors = Vec::with_capacity(specs.len());
@@ -395,23 +448,61 @@ impl Llama {
                     s.shape
                 )));
             }
-            tensors.push(t.clone());
+            tensors.push(t.contiguous()?);
         }
-        // Only the tensors the model uses; the VarBuilder hands out clones of
-        // these very handles (same storage).
-        let used: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-        ts.retain(|k, _| used.contains(k.as_str()));
-        let cfg = shape.config();
-        let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
-        let inner = cl::Llama::load(vb, &cfg)?;
-        let cache = cl::Cache::new(false, DType::F32, &cfg, &Device::Cpu)?;
+        // Clones of tensor handles share their storage, so writes through
+        // `tensors` are seen by the forward pass.
+        let by_name: HashMap<&str, &Tensor> = specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .zip(tensors.iter())
+            .collect();
+        let get = |n: &str| -> Tensor { by_name[n].clone() };
+        let blocks = (0..shape.layers)
+            .map(|l| {
+                let p = |n: &str| get(&format!("model.layers.{l}.{n}.weight"));
+                Block {
+                    attn_norm: p("input_layernorm"),
+                    q: p("self_attn.q_proj"),
+                    k: p("self_attn.k_proj"),
+                    v: p("self_attn.v_proj"),
+                    o: p("self_attn.o_proj"),
+                    mlp_norm: p("post_attention_layernorm"),
+                    gate: p("mlp.gate_proj"),
+                    up: p("mlp.up_proj"),
+                    down: p("mlp.down_proj"),
+                }
+            })
+            .collect();
+        let embed = get("model.embed_tokens.weight");
+        let lm_head = if shape.tied {
+            embed.clone()
+        } else {
+            get("lm_head.weight")
+        };
+        let norm = get("model.norm.weight");
+        // Rotary tables as in Hugging Face / candle-transformers (rotate halves).
+        let hd = shape.hidden / shape.heads;
+        let inv: Vec<f32> = (0..hd)
+            .step_by(2)
+            .map(|i| 1f32 / shape.rope_theta.powf(i as f32 / hd as f32))
+            .collect();
+        let inv = Tensor::new(inv, &Device::Cpu)?.reshape((1, hd / 2))?;
+        let pos = Tensor::arange(0, shape.context as u32, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .reshape((shape.context, 1))?;
+        let angles = pos.matmul(&inv)?;
         Ok(Self {
-            inner,
-            cache,
+            cos: angles.cos()?,
+            sin: angles.sin()?,
             shape,
             specs,
             tensors,
-            label_ids,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            head,
         })
     }
 
@@ -420,16 +511,21 @@ impl Llama {
         &self.shape
     }
 
+    /// The head the loss uses.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
     /// The parameter tensors (shared with the forward pass), in `params()` order.
     pub fn tensors(&self) -> &[Tensor] {
         &self.tensors
     }
 
-    /// Last-position logits over the whole vocabulary for equal-length sequences.
-    pub fn last_logits(&self, inputs: &[Vec<u32>]) -> Result<Tensor, Error> {
-        let b = inputs.len();
-        let len = inputs.first().map_or(0, Vec::len);
-        if b == 0 || len == 0 {
+    /// Checks token ids and right-pads them (with token 0) to the longest.
+    fn pad(&self, inputs: &[Vec<u32>]) -> Result<Padded, Error> {
+        let rows = inputs.len();
+        let len = inputs.iter().map(Vec::len).max().unwrap_or(0);
+        if rows == 0 || inputs.iter().any(Vec::is_empty) {
             return Err(Error::Batch("empty batch or empty sequence".into()));
         }
         if len > self.shape.context {
@@ -438,51 +534,199 @@ impl Llama {
                 self.shape.context
             )));
         }
-        let mut ids = Vec::with_capacity(b * len);
+        let mut ids = Vec::with_capacity(rows * len);
         for x in inputs {
-            if x.len() != len {
-                return Err(Error::Batch("sequences of unequal length".into()));
-            }
             if let Some(&bad) = x.iter().find(|&&t| t as usize >= self.shape.vocab) {
                 return Err(Error::Batch(format!("token {bad} outside the vocabulary")));
             }
             ids.extend_from_slice(x);
+            ids.resize(ids.len() + len - x.len(), 0);
         }
-        let ids = Tensor::from_vec(ids, (b, len), &Device::Cpu)?;
-        let mut cache = self.cache.clone();
-        Ok(self.inner.forward(&ids, 0, &mut cache)?)
+        Ok(Padded {
+            ids: Tensor::from_vec(ids, rows * len, &Device::Cpu)?,
+            rows,
+            len,
+            lens: inputs.iter().map(Vec::len).collect(),
+        })
     }
 
-    /// Label-token logits per example, `[example][class]`, in batch order.
-    fn label_logits(&self, batch: &Batch) -> Result<Vec<Vec<f32>>, Error> {
+    /// Hidden states after the last block (before the final norm),
+    /// `[rows · len, hidden]`. Right padding needs no key mask: with the
+    /// causal mask, position i only attends to positions ≤ i, which are real
+    /// tokens wherever i is.
+    fn hidden(&self, p: &Padded) -> Result<Tensor, Error> {
+        let s = &self.shape;
+        let (b, t) = (p.rows, p.len);
+        let hd = s.hidden / s.heads;
+        let groups = s.heads / s.kv_heads;
+        let eps = s.rms_eps as f32;
+        let mask: Vec<f32> = (0..t)
+            .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)?;
+        let cos = self.cos.narrow(0, 0, t)?;
+        let sin = self.sin.narrow(0, 0, t)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let linear = |x: &Tensor, w: &Tensor| x.matmul(&w.t()?);
+        let heads = |x: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let mut x = self.embed.index_select(&p.ids, 0)?;
+        for blk in &self.blocks {
+            let h = candle_nn::ops::rms_norm(&x, &blk.attn_norm, eps)?;
+            let q = heads(linear(&h, &blk.q)?, s.heads)?;
+            let k = heads(linear(&h, &blk.k)?, s.kv_heads)?;
+            let v = heads(linear(&h, &blk.v)?, s.kv_heads)?;
+            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            // Grouped-query attention without copying keys: the query heads
+            // sharing a key/value head are stacked along the rows.
+            let q = q.reshape((b, s.kv_heads, groups * t, hd))?;
+            let att = (q.matmul(&k.t()?)? * scale)?
+                .reshape((b, s.kv_heads, groups, t, t))?
+                .broadcast_add(&mask)?
+                .reshape((b, s.kv_heads, groups * t, t))?;
+            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let y = att
+                .matmul(&v)?
+                .reshape((b, s.heads, t, hd))?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * t, s.hidden))?;
+            x = (linear(&y, &blk.o)? + x)?;
+            let h = candle_nn::ops::rms_norm(&x, &blk.mlp_norm, eps)?;
+            let g = candle_nn::ops::silu(&linear(&h, &blk.gate)?)?;
+            let u = linear(&h, &blk.up)?;
+            x = (linear(&(g * u)?, &blk.down)? + x)?;
+        }
+        Ok(x)
+    }
+
+    /// Final norm then output layer on hidden-state rows `at` (flat indices).
+    fn logits_at(
+        &self,
+        hidden: &Tensor,
+        at: &[u32],
+        vocab: Option<&Tensor>,
+    ) -> Result<Tensor, Error> {
+        let idx = Tensor::from_slice(at, at.len(), &Device::Cpu)?;
+        let h = hidden.index_select(&idx, 0)?;
+        let h = candle_nn::ops::rms_norm(&h, &self.norm, self.shape.rms_eps as f32)?;
+        let w = match vocab {
+            Some(ids) => self.lm_head.index_select(ids, 0)?,
+            None => self.lm_head.clone(),
+        };
+        Ok(h.matmul(&w.t()?)?)
+    }
+
+    /// Logits over the whole vocabulary at every position of equal-length
+    /// sequences, `[rows, len, vocab]`.
+    pub fn logits(&self, inputs: &[Vec<u32>]) -> Result<Tensor, Error> {
+        let p = self.pad(inputs)?;
+        if p.lens.iter().any(|&l| l != p.len) {
+            return Err(Error::Batch("sequences of unequal length".into()));
+        }
+        let h = self.hidden(&p)?;
+        let all: Vec<u32> = (0..(p.rows * p.len) as u32).collect();
+        Ok(self
+            .logits_at(&h, &all, None)?
+            .reshape((p.rows, p.len, self.shape.vocab))?)
+    }
+
+    /// Logits over the whole vocabulary at each sequence's own last token,
+    /// `[rows, vocab]`; sequences may differ in length (one padded forward).
+    pub fn last_logits(&self, inputs: &[Vec<u32>]) -> Result<Tensor, Error> {
+        let p = self.pad(inputs)?;
+        let h = self.hidden(&p)?;
+        self.logits_at(&h, &last_rows(&p), None)
+    }
+
+    /// candle-transformers' `Llama::forward` over the same tensors (last
+    /// position of equal-length sequences): the cross-check of our forward.
+    pub fn reference_last_logits(&self, inputs: &[Vec<u32>]) -> Result<Tensor, Error> {
+        let p = self.pad(inputs)?;
+        if p.lens.iter().any(|&l| l != p.len) {
+            return Err(Error::Batch("sequences of unequal length".into()));
+        }
+        let ts: HashMap<String, Tensor> = self
+            .specs
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(self.tensors.iter().cloned())
+            .collect();
+        let cfg = self.shape.config();
+        let vb = candle_nn::VarBuilder::from_tensors(ts, DType::F32, &Device::Cpu);
+        let inner = cl::Llama::load(vb, &cfg)?;
+        let mut cache = cl::Cache::new(false, DType::F32, &cfg, &Device::Cpu)?;
+        let ids = p.ids.reshape((p.rows, p.len))?;
+        Ok(inner.forward(&ids, 0, &mut cache)?)
+    }
+
+    /// Label-token logits per example, `[example][class]`, in batch order,
+    /// from one padded forward.
+    fn label_logits(&self, batch: &Batch, label_ids: &[u32]) -> Result<Vec<Vec<f32>>, Error> {
         if batch.labels.len() != batch.inputs.len() {
             return Err(Error::Batch("labels and inputs differ in number".into()));
-        }
-        if batch.is_empty() {
-            return Err(Error::Batch("empty batch".into()));
         }
         if let Some(&bad) = batch
             .labels
             .iter()
-            .find(|&&l| l as usize >= self.label_ids.len())
+            .find(|&&l| l as usize >= label_ids.len())
         {
             return Err(Error::Batch(format!("label {bad} outside the classes")));
         }
-        let mut buckets: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, x) in batch.inputs.iter().enumerate() {
-            buckets.entry(x.len()).or_default().push(i);
-        }
-        let idx = Tensor::from_vec(self.label_ids.clone(), self.label_ids.len(), &Device::Cpu)?;
-        let mut out = vec![Vec::new(); batch.len()];
-        for members in buckets.values() {
-            let inputs: Vec<Vec<u32>> = members.iter().map(|&i| batch.inputs[i].clone()).collect();
-            let logits = self.last_logits(&inputs)?.index_select(&idx, 1)?;
-            for (row, &i) in logits.to_vec2::<f32>()?.into_iter().zip(members) {
-                out[i] = row;
+        let p = self.pad(&batch.inputs)?;
+        let h = self.hidden(&p)?;
+        let ids = Tensor::from_slice(label_ids, label_ids.len(), &Device::Cpu)?;
+        Ok(self.logits_at(&h, &last_rows(&p), Some(&ids))?.to_vec2()?)
+    }
+
+    /// Next-token cross-entropy summed over every predicted position, with
+    /// the number of positions and of top-1 hits.
+    fn next_token(&self, batch: &Batch) -> Result<Eval, Error> {
+        let p = self.pad(&batch.inputs)?;
+        let mut at = Vec::new();
+        let mut targets = Vec::new();
+        for (r, x) in batch.inputs.iter().enumerate() {
+            for i in 0..x.len() - 1 {
+                at.push((r * p.len + i) as u32);
+                targets.push(x[i + 1]);
             }
         }
-        Ok(out)
+        if at.is_empty() {
+            return Err(Error::Batch(
+                "no next-token targets (every sequence has a single token)".into(),
+            ));
+        }
+        let h = self.hidden(&p)?;
+        let mut e = Eval::default();
+        // Bounded memory: at most CHUNK × vocab logits at once.
+        const CHUNK: usize = 256;
+        for (rows, ys) in at.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
+            let logits = self.logits_at(&h, rows, None)?;
+            let flat = logits.flatten_all()?.to_vec1::<f32>()?;
+            let scored: Vec<(f64, bool)> = flat
+                .par_chunks(self.shape.vocab)
+                .zip(ys.par_iter())
+                .map(|(row, &y)| score(row, y))
+                .collect();
+            for (loss, ok) in scored {
+                e.loss_sum += loss;
+                e.correct += usize::from(ok);
+                e.n += 1;
+            }
+        }
+        Ok(e)
     }
+}
+
+/// Flat row index of each sequence's last real token.
+fn last_rows(p: &Padded) -> Vec<u32> {
+    p.lens
+        .iter()
+        .enumerate()
+        .map(|(r, &l)| (r * p.len + l - 1) as u32)
+        .collect()
 }
 
 /// Cross-entropy of class `label` and whether the argmax is `label`.
@@ -520,8 +764,14 @@ impl Model for Llama {
         Ok(e.loss() as f32)
     }
 
+    /// Classification: per-example loss and accuracy. Next-token: `n` counts
+    /// predicted positions, `correct` the top-1 hits among them.
     fn evaluate(&self, batch: &Batch) -> Result<Eval, Error> {
-        let rows = self.label_logits(batch)?;
+        let label_ids = match &self.head {
+            Head::NextToken => return self.next_token(batch),
+            Head::Classify(ids) => ids,
+        };
+        let rows = self.label_logits(batch, label_ids)?;
         let mut e = Eval {
             n: batch.len(),
             ..Eval::default()
@@ -599,24 +849,120 @@ mod tests {
         }
     }
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
-    fn buckets_match_single_forwards() {
+    fn forward_matches_candle_transformers() {
+        let m = random_model();
+        let x = vec![vec![1, 2, 3, 4, 5, 6, 7], vec![9, 8, 7, 6, 5, 4, 3]];
+        let ours = m.last_logits(&x).unwrap();
+        let theirs = m.reference_last_logits(&x).unwrap();
+        assert_eq!(ours.dims(), &[2, 50]);
+        let d = max_diff(&ours, &theirs);
+        assert!(d < 1e-5, "max |Δ| {d}");
+        // Every position of the all-position logits is the last position of
+        // the prefix ending there.
+        let all = m.logits(&x).unwrap();
+        assert_eq!(all.dims(), &[2, 7, 50]);
+        for i in 0..7 {
+            let prefix: Vec<Vec<u32>> = x.iter().map(|r| r[..=i].to_vec()).collect();
+            let want = m.reference_last_logits(&prefix).unwrap();
+            let got = all.narrow(1, i, 1).unwrap().squeeze(1).unwrap();
+            let d = max_diff(&got, &want);
+            assert!(d < 1e-5, "position {i}: max |Δ| {d}");
+        }
+    }
+
+    #[test]
+    fn padded_batch_matches_buckets_of_equal_length() {
         let m = random_model();
         let b = Batch {
-            inputs: vec![vec![1, 2, 3], vec![4, 5], vec![6, 7, 8]],
-            labels: vec![0, 1, 0],
+            inputs: vec![
+                vec![1, 2, 3],
+                vec![4, 5],
+                vec![6, 7, 8],
+                vec![9],
+                vec![10, 11, 12, 13, 14, 15, 16, 17],
+            ],
+            labels: vec![0, 1, 0, 1, 1],
         };
-        let all = m.label_logits(&b).unwrap();
+        let Head::Classify(ids) = m.head().clone() else {
+            unreachable!()
+        };
+        let padded = m.label_logits(&b, &ids).unwrap();
+        let mut buckets: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
         for (i, x) in b.inputs.iter().enumerate() {
-            let one = Batch {
-                inputs: vec![x.clone()],
-                labels: vec![b.labels[i]],
-            };
-            let single = m.label_logits(&one).unwrap();
-            for (a, s) in all[i].iter().zip(&single[0]) {
-                assert!((a - s).abs() < 1e-5, "{a} vs {s}");
+            buckets.entry(x.len()).or_default().push(i);
+        }
+        for members in buckets.values() {
+            let xs: Vec<Vec<u32>> = members.iter().map(|&i| b.inputs[i].clone()).collect();
+            let full = m
+                .reference_last_logits(&xs)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            for (row, &i) in full.iter().zip(members) {
+                for (c, &t) in ids.iter().enumerate() {
+                    let (a, s) = (padded[i][c], row[t as usize]);
+                    assert!((a - s).abs() < 1e-4, "example {i} class {c}: {a} vs {s}");
+                }
             }
         }
+    }
+
+    #[test]
+    fn next_token_loss_is_the_mean_cross_entropy_of_every_position() {
+        let mut ts = HashMap::new();
+        let base = random_model();
+        for (p, t) in base.params().into_iter().zip(base.tensors()) {
+            ts.insert(p.name, t.copy().unwrap());
+        }
+        let mut m = Llama::from_tensors(tiny_shape(), ts, Head::NextToken).unwrap();
+        let b = Batch {
+            inputs: vec![vec![1, 2, 3, 4, 5], vec![6, 7, 8]],
+            labels: vec![0, 0],
+        };
+        let e = m.evaluate(&b).unwrap();
+        assert_eq!(e.n, 4 + 2);
+        // By hand, from the all-position logits of each sequence alone.
+        let (mut sum, mut hits) = (0.0, 0);
+        for x in &b.inputs {
+            let l = m.logits(std::slice::from_ref(x)).unwrap();
+            let l = l.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            for i in 0..x.len() - 1 {
+                let row = &l[i];
+                let lse = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+                sum += lse - f64::from(row[x[i + 1] as usize]);
+                let best = (0..row.len())
+                    .max_by(|&a, &c| row[a].total_cmp(&row[c]))
+                    .unwrap();
+                hits += usize::from(best == x[i + 1] as usize);
+            }
+        }
+        assert!((e.loss_sum - sum).abs() < 1e-4, "{} vs {sum}", e.loss_sum);
+        assert_eq!(e.correct, hits);
+        let mean = m.loss(&b).unwrap();
+        assert!((f64::from(mean) - sum / 6.0).abs() < 1e-5);
+        // A uniform guess over 50 tokens costs ln 50 ≈ 3.9; random weights are
+        // near it.
+        assert!((2.0..6.0).contains(&mean), "{mean}");
+        m.write(0, &mut |w| w.iter_mut().for_each(|x| *x *= 2.0))
+            .unwrap();
+        assert_ne!(m.loss(&b).unwrap(), mean);
+        let one = Batch {
+            inputs: vec![vec![3]],
+            labels: vec![0],
+        };
+        assert!(m.loss(&one).is_err());
     }
 
     #[test]
