@@ -60,6 +60,8 @@ pub enum TaskSpec {
     Synthetic(task::Synthetic),
     /// Prompt-based classification of labeled sentences (needs a language model).
     Prompt(task::Prompt),
+    /// Causal language modelling on plain text (needs a language model).
+    Text(task::Text),
 }
 
 /// The run manifest: everything that must be identical on every node.
@@ -249,9 +251,15 @@ impl Config {
                 }
                 t.validate("run.task")?;
             }
-            (ModelSpec::Tiny(_), TaskSpec::Prompt(_)) => {
+            (ModelSpec::Gguf(f) | ModelSpec::Hf(f), TaskSpec::Text(t)) => {
+                if f.path.trim().is_empty() {
+                    return Err("run.model.path must name the model file or directory".into());
+                }
+                t.validate("run.task")?;
+            }
+            (ModelSpec::Tiny(_), TaskSpec::Prompt(_) | TaskSpec::Text(_)) => {
                 return Err(
-                    "run.task.kind = \"prompt\" needs a language model (run.model.kind = \"gguf\" or \"hf\")"
+                    "run.task.kind = \"prompt\" or \"text\" needs a language model (run.model.kind = \"gguf\" or \"hf\")"
                         .into(),
                 );
             }

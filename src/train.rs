@@ -129,16 +129,21 @@ pub fn build_model(manifest: &config::Manifest) -> Result<Box<dyn Model>, Error>
             Ok(Box::new(Tiny::new(s, &Seed(*h.finalize().as_bytes()))?))
         }
         ModelSpec::Gguf(_) | ModelSpec::Hf(_) => {
-            let TaskSpec::Prompt(task) = &manifest.task else {
-                return Err(Error::Mismatch(
-                    "a language model needs run.task.kind = \"prompt\"".into(),
-                ));
-            };
             let src = model_source(manifest)
                 .ok_or_else(|| Error::Mismatch("run.model is not a language model".into()))?;
-            let tok = llama::tokenizer(src)?;
-            let ids = label_ids(&tok, &task.labels)?;
-            Ok(Box::new(Llama::load(src, ids)?))
+            let head = match &manifest.task {
+                TaskSpec::Prompt(task) => {
+                    let tok = llama::tokenizer(src)?;
+                    llama::Head::Classify(label_ids(&tok, &task.labels)?)
+                }
+                TaskSpec::Text(_) => llama::Head::NextToken,
+                TaskSpec::Synthetic(_) => {
+                    return Err(Error::Mismatch(
+                        "a language model needs run.task.kind = \"prompt\" or \"text\"".into(),
+                    ))
+                }
+            };
+            Ok(Box::new(Llama::load(src, head)?))
         }
     }
 }
@@ -162,13 +167,18 @@ pub fn try_build_data(manifest: &config::Manifest) -> Result<Data, Error> {
             task: t.clone(),
             seed: manifest.seed,
         }),
-        TaskSpec::Prompt(t) => {
+        TaskSpec::Prompt(_) | TaskSpec::Text(_) => {
             let src = model_source(manifest).ok_or_else(|| {
-                Error::Mismatch("run.task.kind = \"prompt\" needs a language model".into())
+                Error::Mismatch("a prompt or text task needs a language model".into())
             })?;
             let tok = llama::tokenizer(src)?;
             let tokenize = |s: &str| llama::encode(&tok, s).map_err(|e| e.to_string());
-            Ok(Data::Prompt(Arc::new(t.load(manifest.seed, &tokenize)?)))
+            let data = match &manifest.task {
+                TaskSpec::Text(t) => t.load(manifest.seed, &tokenize)?,
+                TaskSpec::Prompt(t) => t.load(manifest.seed, &tokenize)?,
+                TaskSpec::Synthetic(_) => unreachable!("matched above"),
+            };
+            Ok(Data::Prompt(Arc::new(data)))
         }
     }
 }
@@ -506,11 +516,23 @@ pub fn evaluate(
             let src = model_source(&cfg.run)
                 .ok_or_else(|| Error::Mismatch("prompt task without a language model".into()))?;
             let tok = llama::tokenizer(src)?;
-            let rows = crate::task::read_labeled(f, t.labels.len())?;
+            let rows = t.read(f)?;
             let mut examples = Vec::with_capacity(rows.len());
             for (x, y) in &rows {
                 examples.push((llama::encode(&tok, &t.render(x))?, *y));
             }
+            (
+                crate::task::batches(&examples, batch),
+                f.display().to_string(),
+            )
+        }
+        (Some(f), TaskSpec::Text(t)) => {
+            let src = model_source(&cfg.run)
+                .ok_or_else(|| Error::Mismatch("text task without a language model".into()))?;
+            let tok = llama::tokenizer(src)?;
+            let tokenize = |s: &str| llama::encode(&tok, s).map_err(|e| e.to_string());
+            let windows = t.windows(&t.read(f)?, &tokenize)?;
+            let examples: Vec<_> = windows.into_iter().map(|x| (x, 0)).collect();
             (
                 crate::task::batches(&examples, batch),
                 f.display().to_string(),
