@@ -584,7 +584,7 @@ fn huffman_lengths(freq: &[u64]) -> Vec<u8> {
     loop {
         let lengths = huffman_once(&freq);
         if lengths.iter().all(|&l| l <= MAX_CODE_LEN) {
-            return lengths.iter().map(|&l| l as u8).collect();
+            return lengths;
         }
         // Flatten the distribution and retry; keeps used symbols used.
         for f in freq.iter_mut().filter(|f| **f > 0) {
@@ -850,7 +850,7 @@ fn decode_tensor(
                 bits.len()
             )));
         }
-        if br.pos % 8 != 0 && bits[bits.len() - 1] >> (br.pos % 8) != 0 {
+        if !br.pos.is_multiple_of(8) && bits[bits.len() - 1] >> (br.pos % 8) != 0 {
             return Err(bad("nonzero padding bits".into()));
         }
     } else if bits_len != 0 {
