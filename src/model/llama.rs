@@ -9,8 +9,9 @@
 //! candle op) changes what it computes. It matches candle-transformers'
 //! `Llama::forward` (kept as [`Llama::reference_last_logits`] for
 //! cross-checks) but returns logits at every position, and runs a batch of
-//! different lengths in one forward: sequences are right-padded and each
-//! row's logits are taken at its own last token. GGUF stores the Q/K
+//! different lengths in one forward: per-token work runs on the real tokens
+//! only (packed row after row), attention on the right-padded layout, and
+//! each row's logits are taken at its own last token. GGUF stores the Q/K
 //! projections permuted for interleaved rotary embeddings; they are
 //! un-permuted here because we rotate halves (the Hugging Face layout).
 //! SmolLM2 ties the output layer to the token embedding.
@@ -195,12 +196,21 @@ pub struct Llama {
     head: Head,
 }
 
-/// Right-padded token ids of a batch: `[rows, len]` with each row's length.
+/// The token ids of a batch, packed (real tokens only, row after row), with
+/// the maps between packed rows and the right-padded `[rows, len]` layout
+/// that attention uses (absent when every sequence has the same length).
 struct Padded {
+    /// Packed token ids, `[Σ lens]`.
     ids: Tensor,
     rows: usize,
     len: usize,
     lens: Vec<usize>,
+    /// Packed index of each row's first token.
+    offsets: Vec<usize>,
+    /// Packed row of each padded position (a padding slot repeats its row's
+    /// last token, whose output nothing real reads), and padded position of
+    /// each packed row.
+    maps: Option<(Tensor, Tensor)>,
 }
 
 /// Reads the tokenizer of a model (GGUF metadata or tokenizer.json).
@@ -521,7 +531,7 @@ impl Llama {
         &self.tensors
     }
 
-    /// Checks token ids and right-pads them (with token 0) to the longest.
+    /// Checks token ids and packs them; see [`Padded`].
     fn pad(&self, inputs: &[Vec<u32>]) -> Result<Padded, Error> {
         let rows = inputs.len();
         let len = inputs.iter().map(Vec::len).max().unwrap_or(0);
@@ -534,26 +544,47 @@ impl Llama {
                 self.shape.context
             )));
         }
-        let mut ids = Vec::with_capacity(rows * len);
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let mut ids = Vec::with_capacity(lens.iter().sum());
+        let mut offsets = Vec::with_capacity(rows);
         for x in inputs {
             if let Some(&bad) = x.iter().find(|&&t| t as usize >= self.shape.vocab) {
                 return Err(Error::Batch(format!("token {bad} outside the vocabulary")));
             }
+            offsets.push(ids.len());
             ids.extend_from_slice(x);
-            ids.resize(ids.len() + len - x.len(), 0);
         }
+        let maps = if lens.iter().all(|&l| l == len) {
+            None
+        } else {
+            let mut to_padded = Vec::with_capacity(rows * len);
+            let mut to_packed = Vec::with_capacity(ids.len());
+            for (r, (&off, &l)) in offsets.iter().zip(&lens).enumerate() {
+                to_padded.extend((0..len).map(|i| (off + i.min(l - 1)) as u32));
+                to_packed.extend((0..l).map(|i| (r * len + i) as u32));
+            }
+            let n = to_packed.len();
+            Some((
+                Tensor::from_vec(to_padded, rows * len, &Device::Cpu)?,
+                Tensor::from_vec(to_packed, n, &Device::Cpu)?,
+            ))
+        };
+        let n = ids.len();
         Ok(Padded {
-            ids: Tensor::from_vec(ids, rows * len, &Device::Cpu)?,
+            ids: Tensor::from_vec(ids, n, &Device::Cpu)?,
             rows,
             len,
-            lens: inputs.iter().map(Vec::len).collect(),
+            lens,
+            offsets,
+            maps,
         })
     }
 
-    /// Hidden states after the last block (before the final norm),
-    /// `[rows · len, hidden]`. Right padding needs no key mask: with the
-    /// causal mask, position i only attends to positions ≤ i, which are real
-    /// tokens wherever i is.
+    /// Hidden states after the last block (before the final norm), packed:
+    /// `[Σ lens, hidden]`. Per-token work (norms, projections, MLP) runs on
+    /// real tokens only; attention runs on the right-padded layout, which
+    /// needs no key mask: with the causal mask, position i only attends to
+    /// positions ≤ i, which are real tokens wherever i is.
     fn hidden(&self, p: &Padded) -> Result<Tensor, Error> {
         let s = &self.shape;
         let (b, t) = (p.rows, p.len);
@@ -569,6 +600,10 @@ impl Llama {
         let scale = 1.0 / (hd as f64).sqrt();
         let linear = |x: &Tensor, w: &Tensor| x.matmul(&w.t()?);
         let heads = |x: Tensor, n: usize| -> candle_core::Result<Tensor> {
+            let x = match &p.maps {
+                Some((to_padded, _)) => x.index_select(to_padded, 0)?,
+                None => x,
+            };
             x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
         let mut x = self.embed.index_select(&p.ids, 0)?;
@@ -593,6 +628,10 @@ impl Llama {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * t, s.hidden))?;
+            let y = match &p.maps {
+                Some((_, to_packed)) => y.index_select(to_packed, 0)?,
+                None => y,
+            };
             x = (linear(&y, &blk.o)? + x)?;
             let h = candle_nn::ops::rms_norm(&x, &blk.mlp_norm, eps)?;
             let g = candle_nn::ops::silu(&linear(&h, &blk.gate)?)?;
@@ -689,7 +728,7 @@ impl Llama {
         let mut targets = Vec::new();
         for (r, x) in batch.inputs.iter().enumerate() {
             for i in 0..x.len() - 1 {
-                at.push((r * p.len + i) as u32);
+                at.push((p.offsets[r] + i) as u32);
                 targets.push(x[i + 1]);
             }
         }
@@ -720,12 +759,12 @@ impl Llama {
     }
 }
 
-/// Flat row index of each sequence's last real token.
+/// Packed row of each sequence's last token.
 fn last_rows(p: &Padded) -> Vec<u32> {
     p.lens
         .iter()
         .enumerate()
-        .map(|(r, &l)| (r * p.len + l - 1) as u32)
+        .map(|(r, &l)| (p.offsets[r] + l - 1) as u32)
         .collect()
 }
 
