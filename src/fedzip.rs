@@ -659,8 +659,9 @@ struct BitWriter {
 }
 
 impl BitWriter {
-    /// Appends the low `bits` (≤ 32) bits of `v`, LSB first.
+    /// Appends the low `bits` (≤ 32; more are cut to 32) bits of `v`, LSB first.
     fn write(&mut self, v: u64, bits: u32) {
+        let bits = bits.min(32);
         if bits == 0 {
             return;
         }
@@ -1122,6 +1123,22 @@ mod tests {
             compress(&[("w", &[1.0])], &bad),
             Err(Error::Settings(_))
         ));
+    }
+
+    #[test]
+    fn invalid_delta_encodes_without_panic_and_is_refused() {
+        let t = SparseTensor {
+            name: "w".into(),
+            len: 1 << 40,
+            centroids: vec![1.0],
+            positions: vec![5, 3],
+            ids: vec![0, 7],
+        };
+        let d = Delta { tensors: vec![t] };
+        assert!(d.validate().is_err());
+        for coding in [Positions::Diff, Positions::Plain] {
+            assert!(decode(&encode(&d, coding), u64::MAX).is_err());
+        }
     }
 
     #[test]
