@@ -94,6 +94,80 @@ pub struct Manifest {
     /// The one-byte codec.
     #[serde(default)]
     pub codec: codec::Settings,
+    /// Rules for delta updates (compressed sparse weight deltas). Left out of
+    /// the canonical manifest while at their defaults.
+    #[serde(default, skip_serializing_if = "DeltaRules::is_default")]
+    pub delta: DeltaRules,
+}
+
+/// What every node accepts and how it applies delta updates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeltaRules {
+    /// A delta is scaled down to at most this L2 norm before it enters `δ`.
+    pub max_norm: f64,
+    /// Largest encoded delta accepted, bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for DeltaRules {
+    fn default() -> Self {
+        Self {
+            max_norm: 1.0,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+impl DeltaRules {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How a node contributes to the run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// SPSA steps published as one-byte updates.
+    #[default]
+    ZerothOrder,
+    /// Local backprop steps published as compressed sparse deltas.
+    FirstOrder,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::ZerothOrder => "zeroth-order",
+            Mode::FirstOrder => "first-order",
+        })
+    }
+}
+
+/// Settings of a first-order contributor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirstOrder {
+    /// Local SGD steps per published delta.
+    pub local_steps: usize,
+    /// SGD learning rate.
+    pub lr: f64,
+    /// Examples per local step (0 = run.batch_size).
+    pub batch_size: usize,
+    /// How the delta is compressed.
+    pub compression: crate::fedzip::Settings,
+}
+
+impl Default for FirstOrder {
+    fn default() -> Self {
+        Self {
+            local_steps: 10,
+            lr: 0.5,
+            batch_size: 0,
+            compression: crate::fedzip::Settings::default(),
+        }
+    }
 }
 
 fn default_trainable() -> Vec<String> {
@@ -133,6 +207,10 @@ pub struct NodeSettings {
     pub max_rate: f64,
     /// Serve /metrics, /status and the dashboard on this address (off when absent).
     pub http: Option<String>,
+    /// How this node contributes: "zeroth-order" or "first-order".
+    pub mode: Mode,
+    /// First-order settings (used in that mode).
+    pub first_order: FirstOrder,
 }
 
 impl Default for NodeSettings {
@@ -154,6 +232,8 @@ impl Default for NodeSettings {
             min_peers: 0,
             max_rate: 50_000.0,
             http: None,
+            mode: Mode::ZerothOrder,
+            first_order: FirstOrder::default(),
         }
     }
 }
@@ -306,6 +386,46 @@ impl Config {
                 ));
             }
         }
+        let d = &r.delta;
+        if !(d.max_norm.is_finite() && d.max_norm > 0.0) {
+            return Err(format!(
+                "run.delta.max_norm must be positive and finite, got {}",
+                d.max_norm
+            ));
+        }
+        if !(64..=crate::log::MAX_DELTA_BYTES).contains(&d.max_bytes) {
+            return Err(format!(
+                "run.delta.max_bytes must be within 64..={}, got {}",
+                crate::log::MAX_DELTA_BYTES,
+                d.max_bytes
+            ));
+        }
+        let fo = &self.node.first_order;
+        if self.node.mode == Mode::FirstOrder && !matches!(r.model, ModelSpec::Tiny(_)) {
+            return Err(
+                "node.mode = \"first-order\" needs a model with gradients (run.model.kind = \"tiny\")"
+                    .into(),
+            );
+        }
+        if !(1..=100_000).contains(&fo.local_steps) {
+            return Err(format!(
+                "node.first_order.local_steps must be within 1..=100000, got {}",
+                fo.local_steps
+            ));
+        }
+        if !(fo.lr.is_finite() && fo.lr > 0.0) {
+            return Err(format!(
+                "node.first_order.lr must be positive and finite, got {}",
+                fo.lr
+            ));
+        }
+        if fo.batch_size > 65_536 {
+            return Err(format!(
+                "node.first_order.batch_size must be within 0..=65536, got {}",
+                fo.batch_size
+            ));
+        }
+        fo.compression.validate("node.first_order.compression")?;
         if !(self.node.max_rate.is_finite() && self.node.max_rate > 0.0) {
             return Err(format!(
                 "node.max_rate must be positive, got {}",

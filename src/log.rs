@@ -7,7 +7,15 @@
 //! ```text
 //! header:  "SEEDSWARMLOG\0\0\0\x01" (16 bytes) ‖ run_id (32 bytes)
 //! record:  len: u32 LE ‖ origin (32) ‖ first_seq: u64 LE ‖ codes (len − 40) ‖ check (8)
+//! delta:   (len | 2^31): u32 LE ‖ origin (32) ‖ seq: u64 LE ‖ payload (len − 40) ‖ check (8)
 //! ```
+//!
+//! A compressed sparse delta (the second update kind, [`crate::fedzip`])
+//! occupies one seq of its origin like a one-byte update: its code is the
+//! marker [`DELTA`] (`0x80`, "negative zero", which the one-byte codec never
+//! produces and which contributes nothing as a one-byte update), and its
+//! payload is held next to the codes. A delta record carries the payload, so
+//! the log alone still replays the whole state.
 //!
 //! `check` is the first 8 bytes of BLAKE3 over the record's payload. On open, a
 //! torn or corrupt tail is detected, every complete record before it is kept,
@@ -21,6 +29,15 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x01";
+/// The code that marks a delta update (its payload is held beside the codes).
+pub const DELTA: u8 = 0x80;
+/// Largest delta payload a log record may hold.
+pub const MAX_DELTA_BYTES: usize = 64 << 20;
+/// Flag bit of a delta record's length field.
+const DELTA_FLAG: u32 = 1 << 31;
+
+/// A delta payload (the encoded compressed sparse delta), shared cheaply.
+pub type Payload = std::sync::Arc<Vec<u8>>;
 const HEADER: usize = 48;
 /// Largest batch accepted in one record.
 pub const MAX_RECORD_CODES: usize = 1 << 20;
@@ -40,6 +57,9 @@ pub enum Error {
     /// A batch was too large.
     #[error("batch of {0} codes exceeds the limit of {MAX_RECORD_CODES}")]
     TooLarge(usize),
+    /// Delta markers and payloads do not correspond.
+    #[error("batch has {markers} delta markers but {payloads} delta payloads")]
+    Payloads { markers: usize, payloads: usize },
 }
 
 /// What opening a log found.
@@ -61,6 +81,8 @@ pub struct Log {
     file: Option<BufWriter<File>>,
     origins: BTreeMap<Origin, Vec<u8>>,
     pending: BTreeMap<Origin, BTreeMap<u64, Vec<u8>>>,
+    /// Payloads of delta updates, held or pending, by `(origin, seq)`.
+    payloads: BTreeMap<(Origin, u64), Payload>,
 }
 
 impl Log {
@@ -72,6 +94,7 @@ impl Log {
             file: None,
             origins: BTreeMap::new(),
             pending: BTreeMap::new(),
+            payloads: BTreeMap::new(),
         }
     }
 
@@ -115,10 +138,17 @@ impl Log {
                 });
             }
             let mut pos = HEADER;
-            while let Some((origin, first, codes, next)) = parse_record(&bytes, pos) {
-                log.accept(origin, first, codes.to_vec());
+            while let Some((origin, first, record, next)) = parse_record(&bytes, pos) {
+                match record {
+                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec()),
+                    Record::Delta(payload) => {
+                        log.payloads
+                            .insert((origin, first), Payload::new(payload.to_vec()));
+                        log.accept(origin, first, vec![DELTA]);
+                    }
+                }
                 rec.records += 1;
-                rec.updates += codes.len() as u64;
+                rec.updates = log.len();
                 pos = next;
             }
             if pos < bytes.len() {
@@ -134,6 +164,7 @@ impl Log {
             }
             // Buffered data is not persisted; anything recovered is contiguous.
             log.pending.clear();
+            log.drop_stray_payloads();
         }
         log.file = Some(BufWriter::new(file));
         Ok((log, rec))
@@ -144,18 +175,48 @@ impl Log {
         self.run
     }
 
-    /// Accepts a batch `codes` for `origin` starting at `first_seq`; returns the
-    /// updates that became contiguous (to apply, in order) and persists them.
+    /// Accepts a batch of one-byte `codes` for `origin` starting at
+    /// `first_seq`; returns the updates that became contiguous (to apply, in
+    /// order) and persists them. The batch may not hold delta markers.
     pub fn insert(
         &mut self,
         origin: Origin,
         first_seq: u64,
         codes: &[u8],
     ) -> Result<Vec<Update>, Error> {
+        self.insert_with(origin, first_seq, codes, &[])
+    }
+
+    /// Like [`Log::insert`], for a batch that may hold delta updates:
+    /// `payloads` are the payloads of its [`DELTA`] codes, in order.
+    pub fn insert_with(
+        &mut self,
+        origin: Origin,
+        first_seq: u64,
+        codes: &[u8],
+        payloads: &[Payload],
+    ) -> Result<Vec<Update>, Error> {
         if codes.len() > MAX_RECORD_CODES {
             return Err(Error::TooLarge(codes.len()));
         }
+        let markers = codes.iter().filter(|&&c| c == DELTA).count();
+        if markers != payloads.len() || payloads.iter().any(|p| p.len() > MAX_DELTA_BYTES) {
+            return Err(Error::Payloads {
+                markers,
+                payloads: payloads.len(),
+            });
+        }
         let before = self.next_seq(&origin);
+        let mut next = payloads.iter();
+        for (i, &c) in codes.iter().enumerate() {
+            if c == DELTA {
+                let seq = first_seq + i as u64;
+                let p = next.next().cloned().unwrap_or_default();
+                if seq >= before {
+                    self.payloads.entry((origin, seq)).or_insert(p);
+                }
+            }
+        }
         self.accept(origin, first_seq, codes.to_vec());
         let after = self.next_seq(&origin);
         if after == before {
@@ -165,11 +226,29 @@ impl Log {
         let new = &all[before as usize..after as usize];
         if let Some(file) = self.file.as_mut() {
             let path = self.path.clone().unwrap_or_default();
-            write_record(file, &origin, before, new)
-                .and_then(|()| file.flush())
-                .map_err(|source| Error::Io { path, source })?;
+            let mut write = || -> std::io::Result<()> {
+                // Runs of one-byte codes, and one record per delta.
+                let mut start = 0;
+                for (i, &c) in new.iter().enumerate() {
+                    if c != DELTA {
+                        continue;
+                    }
+                    if start < i {
+                        write_record(file, &origin, before + start as u64, &new[start..i])?;
+                    }
+                    let seq = before + i as u64;
+                    let p = self.payloads.get(&(origin, seq)).map_or(&[][..], |p| p);
+                    write_delta_record(file, &origin, seq, p)?;
+                    start = i + 1;
+                }
+                if start < new.len() {
+                    write_record(file, &origin, before + start as u64, &new[start..])?;
+                }
+                file.flush()
+            };
+            write().map_err(|source| Error::Io { path, source })?;
         }
-        Ok(new
+        let out = new
             .iter()
             .enumerate()
             .map(|(i, &code)| Update {
@@ -177,7 +256,56 @@ impl Log {
                 seq: before + i as u64,
                 code,
             })
-            .collect())
+            .collect();
+        self.drop_stray_payloads_of(origin);
+        Ok(out)
+    }
+
+    /// The payload of delta update `seq` of `origin`, held or pending.
+    pub fn payload(&self, origin: &Origin, seq: u64) -> Option<&Payload> {
+        self.payloads.get(&(*origin, seq))
+    }
+
+    /// Payloads of the delta updates among the held codes of `origin` in
+    /// `[from, to)`, in seq order.
+    pub fn payloads_in(&self, origin: &Origin, from: u64, to: u64) -> Vec<Payload> {
+        let codes = self.range(origin, from, to);
+        codes
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == DELTA)
+            .filter_map(|(i, _)| self.payload(origin, from + i as u64).cloned())
+            .collect()
+    }
+
+    /// Forgets payloads whose seq is neither held as a delta nor pending.
+    fn drop_stray_payloads_of(&mut self, origin: Origin) {
+        let held = self.origins.get(&origin);
+        let pending = self.pending.get(&origin);
+        self.payloads
+            .range((origin, 0)..=(origin, u64::MAX))
+            .map(|(k, _)| *k)
+            .filter(|&(_, seq)| {
+                let is_held = held.is_some_and(|c| c.get(seq as usize) == Some(&DELTA));
+                let is_pending = pending.is_some_and(|p| {
+                    p.range(..=seq)
+                        .next_back()
+                        .is_some_and(|(&f, c)| seq < f + c.len() as u64)
+                });
+                !is_held && !is_pending
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .for_each(|k| {
+                self.payloads.remove(&k);
+            });
+    }
+
+    fn drop_stray_payloads(&mut self) {
+        let origins: Vec<Origin> = self.payloads.keys().map(|(o, _)| *o).collect();
+        for o in origins {
+            self.drop_stray_payloads_of(o);
+        }
     }
 
     /// Merges a batch into memory without persisting.
@@ -309,10 +437,40 @@ fn write_record(
     w.write_all(&check(&payload))
 }
 
-/// Parses the record at `pos`: `(origin, first_seq, codes, next_pos)`.
-fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, &[u8], usize)> {
-    let len = u32::from_le_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?) as usize;
-    if !(40..=40 + MAX_RECORD_CODES).contains(&len) {
+fn write_delta_record(
+    w: &mut impl Write,
+    origin: &Origin,
+    seq: u64,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut rec = Vec::with_capacity(40 + payload.len());
+    rec.extend_from_slice(&origin.0);
+    rec.extend_from_slice(&seq.to_le_bytes());
+    rec.extend_from_slice(payload);
+    w.write_all(&(rec.len() as u32 | DELTA_FLAG).to_le_bytes())?;
+    w.write_all(&rec)?;
+    w.write_all(&check(&rec))
+}
+
+/// What a record holds.
+enum Record<'a> {
+    /// One-byte codes from `first_seq` on.
+    Codes(&'a [u8]),
+    /// The payload of one delta update at `first_seq`.
+    Delta(&'a [u8]),
+}
+
+/// Parses the record at `pos`: `(origin, first_seq, record, next_pos)`.
+fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, usize)> {
+    let word = u32::from_le_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?);
+    let delta = word & DELTA_FLAG != 0;
+    let len = (word & !DELTA_FLAG) as usize;
+    let max = if delta {
+        MAX_DELTA_BYTES
+    } else {
+        MAX_RECORD_CODES
+    };
+    if !(40..=40 + max).contains(&len) {
         return None;
     }
     let payload = bytes.get(pos + 4..pos + 4 + len)?;
@@ -322,7 +480,16 @@ fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, &[u8], usize)>
     }
     let origin = Origin(payload[..32].try_into().ok()?);
     let first = u64::from_le_bytes(payload[32..40].try_into().ok()?);
-    Some((origin, first, &payload[40..], pos + 12 + len))
+    let body = &payload[40..];
+    if !delta && body.contains(&DELTA) {
+        return None;
+    }
+    let record = if delta {
+        Record::Delta(body)
+    } else {
+        Record::Codes(body)
+    };
+    Some((origin, first, record, pos + 12 + len))
 }
 
 #[cfg(test)]
@@ -405,6 +572,59 @@ mod tests {
         let (log, rec) = Log::open(&path, run).unwrap();
         assert_eq!(rec.records, 1);
         assert_eq!(log.range(&o, 0, 10), &[1, 2]);
+    }
+
+    #[test]
+    fn delta_updates_persist_with_their_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("updates.log");
+        let run = RunId([5; 32]);
+        let o = Origin([1; 32]);
+        let p1 = Payload::new(vec![1, 2, 3]);
+        let p2 = Payload::new(vec![4; 100]);
+        {
+            let (mut log, _) = Log::open(&path, run).unwrap();
+            // A delta ahead of a gap waits with its payload.
+            assert!(log
+                .insert_with(o, 3, &[DELTA], std::slice::from_ref(&p2))
+                .unwrap()
+                .is_empty());
+            assert_eq!(log.payload(&o, 3), Some(&p2));
+            let got = log
+                .insert_with(o, 0, &[7, DELTA, 9], std::slice::from_ref(&p1))
+                .unwrap();
+            assert_eq!(
+                got.iter().map(|u| u.code).collect::<Vec<_>>(),
+                [7, DELTA, 9, DELTA]
+            );
+            assert_eq!(log.payloads_in(&o, 0, 10), vec![p1.clone(), p2.clone()]);
+            assert_eq!(log.payloads_in(&o, 2, 10), vec![p2.clone()]);
+            // Markers and payloads must correspond.
+            assert!(matches!(
+                log.insert(o, 4, &[DELTA]),
+                Err(Error::Payloads { .. })
+            ));
+            assert!(matches!(
+                log.insert_with(o, 4, &[1], std::slice::from_ref(&p1)),
+                Err(Error::Payloads { .. })
+            ));
+            log.insert(o, 4, &[11]).unwrap();
+        }
+        let (log, rec) = Log::open(&path, run).unwrap();
+        assert_eq!(rec.updates, 5);
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(log.range(&o, 0, 10), &[7, DELTA, 9, DELTA, 11]);
+        assert_eq!(log.payload(&o, 1), Some(&p1));
+        assert_eq!(log.payload(&o, 3), Some(&p2));
+        // A corrupt delta record is cut off like any torn tail.
+        drop(log);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 20] ^= 0xff; // inside the last record (code 11)
+        std::fs::write(&path, &bytes).unwrap();
+        let (log, rec) = Log::open(&path, run).unwrap();
+        assert_eq!(rec.updates, 4);
+        assert_eq!(log.payload(&o, 3), Some(&p2));
     }
 
     #[test]

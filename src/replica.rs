@@ -109,6 +109,8 @@ pub struct Rules {
     pub schedule: Schedule,
     /// The unit of tensor `t` is `2^(exponent(max|θ₀_t|) − unit_bits)`.
     pub unit_bits: u32,
+    /// Delta updates are scaled down to at most this L2 norm.
+    pub max_delta_norm: f64,
 }
 
 /// A trainable tensor of the replica.
@@ -140,6 +142,26 @@ pub enum Error {
     /// A tensor name or length did not match.
     #[error("tensor mismatch: {0}")]
     Mismatch(String),
+    /// A delta update's payload is missing or does not decode for this model.
+    #[error("delta update {seq} of origin {origin}: {reason}")]
+    BadDelta {
+        origin: String,
+        seq: u64,
+        reason: String,
+    },
+}
+
+/// The integer contributions of one delta update to one tensor: `δ[p] += c[id]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SparseContribution {
+    /// Replica slot.
+    pub slot: usize,
+    /// Element indices, strictly increasing.
+    pub positions: Vec<u32>,
+    /// Cluster id of each position.
+    pub ids: Vec<u8>,
+    /// Integer contribution of each cluster, in units of the slot.
+    pub values: Vec<i32>,
 }
 
 /// The replicated model state.
@@ -239,10 +261,98 @@ impl Replica {
         c as i32
     }
 
-    /// Applies updates. Each must be the next `seq` of its origin (duplicates of
-    /// already-applied seqs are skipped); all are applied in one pass per tensor.
+    /// The integer contributions of a decoded delta, norm-clipped by the
+    /// rules: the L2 norm (f64, in the delta's tensor and position order) is
+    /// scaled down to at most `max_delta_norm`, and each cluster value becomes
+    /// `round_ties_even(value · scale / u_t)`. Only IEEE-exact operations
+    /// (`*`, `/`, `sqrt`, rounding), so every node gets the same integers.
+    pub fn delta_contributions(
+        &self,
+        d: &crate::fedzip::Delta,
+    ) -> Result<Vec<SparseContribution>, String> {
+        let mut out = Vec::with_capacity(d.tensors.len());
+        let mut sq = 0f64;
+        for t in &d.tensors {
+            let slot = self
+                .slots
+                .iter()
+                .position(|s| s.name == t.name)
+                .ok_or_else(|| format!("tensor {} is not trainable in this run", t.name))?;
+            if self.slots[slot].base.len() as u64 != t.len {
+                return Err(format!(
+                    "tensor {} has {} elements here, {} in the delta",
+                    t.name,
+                    self.slots[slot].base.len(),
+                    t.len
+                ));
+            }
+            if out.iter().any(|c: &SparseContribution| c.slot == slot) {
+                return Err(format!("tensor {} appears twice", t.name));
+            }
+            for &id in &t.ids {
+                let v = f64::from(
+                    *t.centroids
+                        .get(id as usize)
+                        .ok_or("cluster id out of range")?,
+                );
+                sq += v * v;
+            }
+            out.push(SparseContribution {
+                slot,
+                positions: t.positions.clone(),
+                ids: t.ids.clone(),
+                values: Vec::new(),
+            });
+        }
+        let norm = sq.sqrt();
+        let max = self.rules.max_delta_norm;
+        let scale = if norm > max && norm > 0.0 {
+            max / norm
+        } else {
+            1.0
+        };
+        if !scale.is_finite() {
+            return Err("delta norm is not finite".into());
+        }
+        for (c, t) in out.iter_mut().zip(&d.tensors) {
+            let inv_unit = pow2(-self.slots[c.slot].unit_exp);
+            c.values = t
+                .centroids
+                .iter()
+                .map(|&v| {
+                    let x = (f64::from(v) * scale * inv_unit).round_ties_even();
+                    x.clamp(-1_073_741_824.0, 1_073_741_824.0) as i32
+                })
+                .collect();
+        }
+        Ok(out)
+    }
+
+    /// Decodes a delta payload for this replica and computes its contributions.
+    pub fn decode_delta(&self, payload: &[u8]) -> Result<Vec<SparseContribution>, String> {
+        let d =
+            crate::fedzip::decode(payload, self.num_params() as u64).map_err(|e| e.to_string())?;
+        self.delta_contributions(&d)
+    }
+
+    /// Applies one-byte updates (see [`Replica::apply_with`]); a delta update
+    /// among them is an error.
     pub fn apply(&mut self, updates: &[Update]) -> Result<usize, Error> {
+        self.apply_with(updates, &|_, _| None)
+    }
+
+    /// Applies updates. Each must be the next `seq` of its origin (duplicates of
+    /// already-applied seqs are skipped); one-byte updates are applied in one
+    /// pass per tensor. A delta update (code [`crate::log::DELTA`]) adds the
+    /// contributions of its payload, which `payload` returns. Nothing changes
+    /// when any update fails.
+    pub fn apply_with(
+        &mut self,
+        updates: &[Update],
+        payload: &dyn Fn(&Origin, u64) -> Option<crate::log::Payload>,
+    ) -> Result<usize, Error> {
         let mut fresh = Vec::with_capacity(updates.len());
+        let mut sparse: Vec<SparseContribution> = Vec::new();
         let mut next = self.vv.clone();
         for u in updates {
             let n = next.entry(u.origin).or_insert(0);
@@ -257,7 +367,15 @@ impl Replica {
                 });
             }
             *n += 1;
-            if u.code & 0x7f != 0 {
+            if u.code == crate::log::DELTA {
+                let bad = |reason: String| Error::BadDelta {
+                    origin: u.origin.short(),
+                    seq: u.seq,
+                    reason,
+                };
+                let p = payload(&u.origin, u.seq).ok_or_else(|| bad("payload missing".into()))?;
+                sparse.extend(self.decode_delta(&p).map_err(bad)?);
+            } else if u.code & 0x7f != 0 {
                 fresh.push(*u);
             }
         }
@@ -279,6 +397,13 @@ impl Replica {
                         prepared.iter().map(|(seed, a)| (*seed, a[t])).collect();
                     apply_gaussian(&mut slot.delta, t as u64, &items);
                 }
+            }
+        }
+        for c in &sparse {
+            let delta = &mut self.slots[c.slot].delta;
+            for (&p, &id) in c.positions.iter().zip(&c.ids) {
+                let d = &mut delta[p as usize];
+                *d = d.wrapping_add(c.values[id as usize]);
             }
         }
         self.vv = next;

@@ -2,7 +2,8 @@
 //! it, losslessly compressed, split into integrity-checked chunks.
 //!
 //! Body (before compression): bincode header (version vector, digest, tensor
-//! lengths, log codes per origin), then every `δ` value as a zigzag LEB128
+//! lengths, log codes per origin with the payloads of their delta updates),
+//! then every `δ` value as a zigzag LEB128
 //! varint. The body is compressed with zstd and cut into [`CHUNK`]-byte
 //! chunks; each chunk is named by its BLAKE3 hash and the snapshot by the hash
 //! of its header fields and chunk hashes, so identical replicas offer
@@ -37,8 +38,12 @@ struct Header {
     vv: Vec<(Origin, u64)>,
     digest: [u8; 32],
     lens: Vec<u64>,
-    codes: Vec<(Origin, Vec<u8>)>,
+    codes: Vec<LogEntries>,
 }
+
+/// An origin's log from seq 0: codes, and the payloads of its delta updates
+/// (one per [`crate::log::DELTA`] code, in order).
+pub type LogEntries = (Origin, Vec<u8>, Vec<Vec<u8>>);
 
 /// A snapshot ready to serve.
 #[derive(Clone, Debug)]
@@ -86,7 +91,7 @@ pub fn encode(
     deltas: &[&[i32]],
     vv: &VersionVector,
     digest: [u8; 32],
-    codes: Vec<(Origin, Vec<u8>)>,
+    codes: Vec<LogEntries>,
 ) -> Snapshot {
     let header = Header {
         vv: vv.iter().map(|(o, n)| (*o, *n)).collect(),
@@ -135,8 +140,8 @@ pub struct Decoded {
     pub digest: [u8; 32],
     /// `δ` per tensor.
     pub deltas: Vec<Vec<i32>>,
-    /// Log codes per origin (seqs `0..n`).
-    pub codes: Vec<(Origin, Vec<u8>)>,
+    /// Log codes per origin (seqs `0..n`) with their delta payloads.
+    pub codes: Vec<LogEntries>,
 }
 
 /// Checks each chunk against its hash, then decodes; `lens` are the replica's tensor lengths.
@@ -209,10 +214,15 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
         return Err(Error::Body("trailing bytes".into()));
     }
     let vv: VersionVector = header.vv.into_iter().collect();
-    for (o, c) in &header.codes {
+    for (o, c, p) in &header.codes {
         if vv.get(o).copied().unwrap_or(0) != c.len() as u64 {
             return Err(Error::Body(
                 "log codes do not match the version vector".into(),
+            ));
+        }
+        if c.iter().filter(|&&x| x == crate::log::DELTA).count() != p.len() {
+            return Err(Error::Body(
+                "delta payloads do not match the log's delta updates".into(),
             ));
         }
     }
@@ -239,19 +249,19 @@ mod tests {
             &[&a, &b],
             &vv,
             [9; 32],
-            vec![(Origin([1; 32]), vec![1, 2, 3])],
+            vec![(Origin([1; 32]), vec![1, 2, 3], vec![])],
         );
         assert!(s.chunks.iter().map(Vec::len).sum::<usize>() < 4 * a.len());
         let d = decode(&s.chunks, &s.hashes, &[a.len(), b.len()]).unwrap();
         assert_eq!(d.deltas, vec![a.clone(), b.clone()]);
         assert_eq!(d.vv, vv);
-        assert_eq!(d.codes, vec![(Origin([1; 32]), vec![1, 2, 3])]);
+        assert_eq!(d.codes, vec![(Origin([1; 32]), vec![1, 2, 3], vec![])]);
         // Identical states give identical snapshot ids.
         let again = encode(
             &[&a, &b],
             &vv,
             [9; 32],
-            vec![(Origin([1; 32]), vec![1, 2, 3])],
+            vec![(Origin([1; 32]), vec![1, 2, 3], vec![])],
         );
         assert_eq!(again.id, s.id);
         let mut bad = s.chunks.clone();
@@ -263,6 +273,28 @@ mod tests {
         assert!(matches!(
             decode(&s.chunks, &s.hashes, &[a.len()]),
             Err(Error::Mismatch(_))
+        ));
+    }
+
+    #[test]
+    fn delta_payloads_travel_with_the_log() {
+        let d = vec![5i32; 10];
+        let o = Origin([1; 32]);
+        let vv: VersionVector = [(o, 3)].into_iter().collect();
+        let codes = vec![(o, vec![1, crate::log::DELTA, 3], vec![vec![7u8; 40]])];
+        let s = encode(&[&d], &vv, [9; 32], codes.clone());
+        let got = decode(&s.chunks, &s.hashes, &[10]).unwrap();
+        assert_eq!(got.codes, codes);
+        // A delta marker without its payload is refused.
+        let bad = encode(
+            &[&d],
+            &vv,
+            [9; 32],
+            vec![(o, vec![1, crate::log::DELTA, 3], vec![])],
+        );
+        assert!(matches!(
+            decode(&bad.chunks, &bad.hashes, &[10]),
+            Err(Error::Body(_))
         ));
     }
 }

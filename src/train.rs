@@ -58,6 +58,21 @@ pub struct Step {
     pub forward_seconds: [f64; 2],
 }
 
+/// What one first-order round produced.
+#[derive(Clone, Debug)]
+pub struct FirstOrderStep {
+    /// The update's seq.
+    pub seq: u64,
+    /// The encoded compressed delta.
+    pub payload: log::Payload,
+    /// Mean training loss over the local steps.
+    pub loss: f32,
+    /// Size of the uncompressed f32 delta, bytes.
+    pub raw_bytes: usize,
+    /// Wall time of the local steps, seconds.
+    pub compute_seconds: f64,
+}
+
 /// Data access for a run.
 pub enum Data {
     /// The built-in synthetic task.
@@ -218,6 +233,7 @@ impl Trainer {
             codec: Codec::new(&cfg.run.codec),
             schedule: cfg.run.schedule.clone(),
             unit_bits: cfg.run.unit_bits,
+            max_delta_norm: cfg.run.delta.max_norm,
         };
         let mut replica = Replica::new(rules, tensors);
         let log = match data_dir {
@@ -240,7 +256,7 @@ impl Trainer {
         };
         let all: Vec<Update> = log.updates().collect();
         for chunk in all.chunks(4096) {
-            replica.apply(chunk)?;
+            replica.apply_with(chunk, &|o, s| log.payload(o, s).cloned())?;
         }
         let mut t = Self {
             model,
@@ -349,7 +365,14 @@ impl Trainer {
         let vv = self.replica.version_vector();
         let codes = vv
             .iter()
-            .map(|(o, n)| (*o, self.log.range(o, 0, *n).to_vec()))
+            .map(|(o, n)| {
+                let payloads = self.log.payloads_in(o, 0, *n);
+                (
+                    *o,
+                    self.log.range(o, 0, *n).to_vec(),
+                    payloads.iter().map(|p| p.to_vec()).collect(),
+                )
+            })
             .collect();
         crate::snapshot::encode(&deltas, vv, self.replica.digest_bytes(), codes)
     }
@@ -360,7 +383,7 @@ impl Trainer {
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
-    ) -> Result<Vec<(Origin, Vec<u8>)>, String> {
+    ) -> Result<crate::net::join::Codes, String> {
         if !self.log.is_empty() {
             return Err("this node already holds updates; a snapshot is only for joining".into());
         }
@@ -372,27 +395,115 @@ impl Trainer {
         self.replica
             .install(d.deltas, d.vv)
             .map_err(|e| e.to_string())?;
-        for (o, codes) in &d.codes {
-            self.log.insert(*o, 0, codes).map_err(|e| e.to_string())?;
+        for (o, codes, payloads) in &d.codes {
+            let payloads: Vec<log::Payload> = payloads.iter().cloned().map(Arc::new).collect();
+            self.log
+                .insert_with(*o, 0, codes, &payloads)
+                .map_err(|e| e.to_string())?;
         }
         self.materialize().map_err(|e| e.to_string())?;
         Ok(d.codes)
     }
 
-    /// Accepts a batch of codes from `origin`; applies whatever became contiguous.
+    /// Accepts a batch of codes from `origin` (with the payloads of its delta
+    /// updates, in order); applies whatever became contiguous.
     pub fn receive(
         &mut self,
         origin: Origin,
         first_seq: u64,
         codes: &[u8],
+        payloads: &[log::Payload],
     ) -> Result<usize, Error> {
-        let fresh = self.log.insert(origin, first_seq, codes)?;
+        let fresh = self.log.insert_with(origin, first_seq, codes, payloads)?;
         if fresh.is_empty() {
             return Ok(0);
         }
-        let n = self.replica.apply(&fresh)?;
+        let log = &self.log;
+        let n = self
+            .replica
+            .apply_with(&fresh, &|o, s| log.payload(o, s).cloned())?;
         self.materialize()?;
         Ok(n)
+    }
+
+    /// One first-order round as update `next_seq()`: `local_steps` SGD steps
+    /// on `batches` from the replica's weights, then the change is compressed
+    /// ([`crate::fedzip`]), logged and applied as a delta update like any
+    /// other (so this node moves exactly as its peers will).
+    pub fn step_first_order(
+        &mut self,
+        batches: &[Batch],
+        lr: f32,
+        compression: &crate::fedzip::Settings,
+    ) -> Result<FirstOrderStep, Error> {
+        let seq = self.next_seq();
+        let start: Vec<Vec<f32>> = self
+            .slots
+            .iter()
+            .map(|&i| self.model.read(i))
+            .collect::<Result<_, _>>()?;
+        let t = Instant::now();
+        let mut losses = Vec::with_capacity(batches.len());
+        let local = (|| -> Result<Vec<Vec<f32>>, Error> {
+            for b in batches {
+                let (loss, grads) = self.model.gradients(b, &self.slots)?;
+                losses.push(loss);
+                for (&i, g) in self.slots.iter().zip(&grads) {
+                    self.model.write(i, &mut |w| {
+                        for (w, g) in w.iter_mut().zip(g) {
+                            *w -= lr * g;
+                        }
+                    })?;
+                }
+            }
+            Ok(self
+                .slots
+                .iter()
+                .map(|&i| self.model.read(i))
+                .collect::<Result<_, _>>()?)
+        })();
+        let compute_seconds = t.elapsed().as_secs_f64();
+        // Back to the replica's weights whatever happened.
+        self.materialize()?;
+        let local = local?;
+        let names: Vec<String> = self
+            .replica
+            .slots()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let diffs: Vec<Vec<f32>> = local
+            .iter()
+            .zip(&start)
+            .map(|(l, s)| l.iter().zip(s).map(|(a, b)| a - b).collect())
+            .collect();
+        let views: Vec<(&str, &[f32])> = names
+            .iter()
+            .zip(&diffs)
+            .map(|(n, d)| (n.as_str(), d.as_slice()))
+            .collect();
+        let delta = crate::fedzip::compress(&views, compression)
+            .map_err(|e| Error::Mismatch(format!("compressing the delta: {e}")))?;
+        let payload = crate::fedzip::encode(&delta, compression.positions);
+        let raw_bytes = 4 * diffs.iter().map(Vec::len).sum::<usize>();
+        let payload = Arc::new(payload);
+        let fresh = self.log.insert_with(
+            self.origin,
+            seq,
+            &[log::DELTA],
+            std::slice::from_ref(&payload),
+        )?;
+        let log = &self.log;
+        self.replica
+            .apply_with(&fresh, &|o, s| log.payload(o, s).cloned())?;
+        self.materialize()?;
+        Ok(FirstOrderStep {
+            seq,
+            payload,
+            loss: losses.iter().sum::<f32>() / losses.len().max(1) as f32,
+            raw_bytes,
+            compute_seconds,
+        })
     }
 
     /// Loss and accuracy on `batches` at the current weights.
@@ -421,6 +532,12 @@ pub struct Summary {
     pub trainable_params: usize,
     /// Size of the on-disk update log per update (when a data dir is used).
     pub log_bytes_per_update: Option<f64>,
+    /// How this node trained: "zeroth-order" or "first-order".
+    pub mode: String,
+    /// First-order: mean encoded delta size, bytes.
+    pub delta_bytes_mean: Option<f64>,
+    /// First-order: raw f32 delta size over encoded size.
+    pub delta_ratio: Option<f64>,
 }
 
 /// The deterministic origin of a single-node run without an identity.
@@ -449,11 +566,29 @@ pub fn run_single(
     progress(0, cfg.node.steps, initial.loss(), Some(initial));
     let first = trainer.next_seq();
     let mut ema = initial.loss();
+    let (mut delta_bytes, mut raw_delta_bytes) = (0u64, 0u64);
     while trainer.next_seq() < cfg.node.steps.max(first) {
         let seq = trainer.next_seq();
-        let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
-        let s = trainer.step(&batch)?;
-        ema = 0.98 * ema + 0.02 * 0.5 * f64::from(s.loss_plus + s.loss_minus);
+        if cfg.node.mode == config::Mode::FirstOrder {
+            let fo = &cfg.node.first_order;
+            let size = if fo.batch_size == 0 {
+                cfg.run.batch_size
+            } else {
+                fo.batch_size
+            };
+            let steps = fo.local_steps as u64;
+            let batches: Vec<Batch> = (0..steps)
+                .map(|h| data.train_batch(&origin, seq * steps + h, size))
+                .collect();
+            let s = trainer.step_first_order(&batches, fo.lr as f32, &fo.compression)?;
+            delta_bytes += s.payload.len() as u64;
+            raw_delta_bytes += s.raw_bytes as u64;
+            ema = 0.8 * ema + 0.2 * f64::from(s.loss);
+        } else {
+            let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+            let s = trainer.step(&batch)?;
+            ema = 0.98 * ema + 0.02 * 0.5 * f64::from(s.loss_plus + s.loss_minus);
+        }
         let done = seq + 1;
         let eval = if cfg.node.eval_every > 0 && done % cfg.node.eval_every == 0 {
             Some(trainer.evaluate(&dev)?)
@@ -482,6 +617,9 @@ pub fn run_single(
             let len = std::fs::metadata(d.join("updates.log")).ok()?.len();
             Some(len as f64 / updates.max(1) as f64)
         }),
+        mode: cfg.node.mode.to_string(),
+        delta_bytes_mean: (delta_bytes > 0).then(|| delta_bytes as f64 / ran.max(1) as f64),
+        delta_ratio: (delta_bytes > 0).then(|| raw_delta_bytes as f64 / delta_bytes as f64),
     })
 }
 

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use seedswarm::codec::{Codec, Settings};
-use seedswarm::log::Log;
+use seedswarm::fedzip;
+use seedswarm::log::{Log, Payload, DELTA};
 use seedswarm::perturb::Kind;
 use seedswarm::replica::{Replica, Rules, Schedule, Update};
 use seedswarm::seed::{Origin, RunId};
@@ -19,6 +20,7 @@ fn replica(kind: Kind) -> Replica {
             final_fraction: 0.1,
         },
         unit_bits: 24,
+        max_delta_norm: 1.0,
     };
     let tensors = vec![
         (
@@ -31,8 +33,31 @@ fn replica(kind: Kind) -> Replica {
     Replica::new(rules, tensors)
 }
 
-/// Batches `(origin, first_seq, codes)` covering every update once.
-fn batches(updates: &[Update], cuts: &[usize]) -> Vec<(Origin, u64, Vec<u8>)> {
+/// A deterministic delta payload for update `seq` of `o` (tensors a and b;
+/// some exceed the norm clip).
+fn payload_for(o: &Origin, seq: u64) -> Payload {
+    let mut x = u64::from(o.0[0]) * 1_000_003 + seq * 7919 + 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % 2001) as f32 / 1000.0 - 1.0
+    };
+    let scale = if seq.is_multiple_of(3) { 0.5 } else { 0.01 };
+    let a: Vec<f32> = (0..1000).map(|_| next() * scale).collect();
+    let b: Vec<f32> = (0..33).map(|_| next() * scale).collect();
+    let s = fedzip::Settings {
+        top_z: 0.1,
+        ..fedzip::Settings::default()
+    };
+    let d = fedzip::compress(&[("a", &a), ("b", &b)], &s).unwrap();
+    Payload::new(fedzip::encode(&d, s.positions))
+}
+
+type Batch = (Origin, u64, Vec<u8>, Vec<Payload>);
+
+/// Batches `(origin, first_seq, codes, payloads)` covering every update once.
+fn batches(updates: &[Update], cuts: &[usize]) -> Vec<Batch> {
     let mut out = Vec::new();
     let mut by_origin: std::collections::BTreeMap<Origin, Vec<&Update>> = Default::default();
     for u in updates {
@@ -45,19 +70,30 @@ fn batches(updates: &[Update], cuts: &[usize]) -> Vec<(Origin, u64, Vec<u8>)> {
             let len = 1 + cuts[k % cuts.len()] % 5;
             k += 1;
             let end = (i + len).min(us.len());
-            out.push((o, us[i].seq, us[i..end].iter().map(|u| u.code).collect()));
+            let payloads = us[i..end]
+                .iter()
+                .filter(|u| u.code == DELTA)
+                .map(|u| payload_for(&u.origin, u.seq))
+                .collect();
+            out.push((
+                o,
+                us[i].seq,
+                us[i..end].iter().map(|u| u.code).collect(),
+                payloads,
+            ));
             i = end;
         }
     }
     out
 }
 
-fn run(kind: Kind, order: &[(Origin, u64, Vec<u8>)]) -> (String, Vec<(Origin, u64)>) {
+fn run(kind: Kind, order: &[Batch]) -> (String, Vec<(Origin, u64)>) {
     let mut r = replica(kind);
     let mut log = Log::in_memory(RunId([9; 32]));
-    for (o, first, codes) in order {
-        let fresh = log.insert(*o, *first, codes).unwrap();
-        r.apply(&fresh).unwrap();
+    for (o, first, codes, payloads) in order {
+        let fresh = log.insert_with(*o, *first, codes, payloads).unwrap();
+        r.apply_with(&fresh, &|o, s| log.payload(o, s).cloned())
+            .unwrap();
     }
     assert_eq!(log.pending_updates(), 0);
     (
@@ -69,9 +105,11 @@ fn run(kind: Kind, order: &[(Origin, u64, Vec<u8>)]) -> (String, Vec<(Origin, u6
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
+    /// Mixed streams: code 0x80 stands for a delta update (a compressed sparse
+    /// delta, norm-clipped), every other code for a one-byte update.
     #[test]
     fn any_order_same_bits(
-        codes in proptest::collection::vec(any::<u8>(), 1..60),
+        codes in proptest::collection::vec(prop_oneof![4 => any::<u8>(), 1 => Just(DELTA)], 1..60),
         cuts in proptest::collection::vec(0usize..100, 1..20),
         perm_seed in any::<u64>(),
         gaussian in any::<bool>(),
@@ -183,3 +221,61 @@ fn golden_contributions() {
         "40c4463cfd51b3b83617757468e826ae2fdc601c073a4814ee12e2a5f5ccb681"
     );
 }
+
+#[test]
+fn golden_delta_contributions() {
+    // Pinned integer contributions of a delta update, norm clip included.
+    let mut r = replica(Kind::Rademacher);
+    let o = Origin([1; 32]);
+    let p = payload_for(&o, 0); // scale 0.5: clipped to norm 1
+    let d = fedzip::decode(&p, 100_000).unwrap();
+    let c = r.delta_contributions(&d).unwrap();
+    // The clip: the norm of the decoded values, scaled to 1.
+    let norm: f64 = d
+        .tensors
+        .iter()
+        .flat_map(|t| t.values().map(|(_, v)| f64::from(v) * f64::from(v)))
+        .sum::<f64>()
+        .sqrt();
+    assert!(norm > 1.0, "this delta exercises the clip ({norm})");
+    for (ci, t) in c.iter().zip(&d.tensors) {
+        let unit = 2f64.powi(r.slots()[ci.slot].unit_exp);
+        for (k, &v) in t.centroids.iter().enumerate() {
+            let want = (f64::from(v) / norm / unit).round_ties_even() as i32;
+            assert_eq!(ci.values[k], want);
+        }
+    }
+    r.apply_with(
+        &[Update {
+            origin: o,
+            seq: 0,
+            code: DELTA,
+        }],
+        &|_, _| Some(p.clone()),
+    )
+    .unwrap();
+    let a = &r.slots()[0].delta;
+    let nonzero = a.iter().filter(|&&v| v != 0).count();
+    assert_eq!(nonzero, 100, "top-z 0.1 of 1000");
+    let values: Vec<Vec<i32>> = c.iter().map(|x| x.values.clone()).collect();
+    assert_eq!(values, GOLDEN_VALUES);
+    assert_eq!(r.digest(), GOLDEN_DIGEST);
+    // A missing payload is an error and changes nothing.
+    let before = r.digest();
+    let err = r
+        .apply_with(
+            &[Update {
+                origin: o,
+                seq: 1,
+                code: DELTA,
+            }],
+            &|_, _| None,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("payload missing"), "{err}");
+    assert_eq!(r.digest(), before);
+    assert_eq!(r.applied(), 1);
+}
+
+const GOLDEN_VALUES: &[&[i32]] = &[&[-822438, -863, 822817], &[-844051, 432, 812982]];
+const GOLDEN_DIGEST: &str = "9e2e1dfa3e20ebf16d97b3ab0cd101c841ad03bb6edf3071a94d7b6ef916aed1";

@@ -28,6 +28,9 @@ pub enum Error {
     /// A model file could not be loaded.
     #[error("loading the model: {0}")]
     Load(String),
+    /// The model cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Name and shape of a parameter.
@@ -114,6 +117,15 @@ pub trait Model: Send {
     fn loss(&self, batch: &Batch) -> Result<f32, Error>;
     /// Loss sum and correct predictions of `batch`.
     fn evaluate(&self, batch: &Batch) -> Result<Eval, Error>;
+    /// Mean loss of `batch` and its gradient with respect to the parameters
+    /// `params` (indices, row-major values), for first-order contributors.
+    fn gradients(&self, batch: &Batch, params: &[usize]) -> Result<(f32, Vec<Vec<f32>>), Error> {
+        let _ = (batch, params);
+        Err(Error::Unsupported(
+            "this model does not compute gradients; first-order mode needs the built-in tiny model"
+                .into(),
+        ))
+    }
 }
 
 /// BLAKE3 over the names, shapes and values of all parameters: the base model hash.

@@ -105,6 +105,10 @@ impl Tiny {
     }
 
     fn logits(&self, batch: &Batch) -> Result<Tensor, Error> {
+        self.logits_with(&self.tensors, batch)
+    }
+
+    fn logits_with(&self, w: &[Tensor], batch: &Batch) -> Result<Tensor, Error> {
         let b = batch.inputs.len();
         let len = batch.inputs.first().map_or(0, Vec::len);
         if b == 0 || len == 0 {
@@ -121,14 +125,10 @@ impl Tiny {
             ids.extend_from_slice(x);
         }
         let ids = Tensor::from_vec(ids, b * len, &Device::Cpu)?;
-        let x = self.tensors[0].embedding(&ids)?;
+        let x = w[0].embedding(&ids)?;
         let x = x.reshape((b, len, self.settings.dim))?.mean(1)?;
-        let h = x
-            .matmul(&self.tensors[1])?
-            .broadcast_add(&self.tensors[2])?
-            .tanh()?;
-        Ok(h.matmul(&self.tensors[3])?
-            .broadcast_add(&self.tensors[4])?)
+        let h = x.matmul(&w[1])?.broadcast_add(&w[2])?.tanh()?;
+        Ok(h.matmul(&w[3])?.broadcast_add(&w[4])?)
     }
 
     fn labels(&self, batch: &Batch) -> Result<Tensor, Error> {
@@ -167,6 +167,30 @@ impl Model for Tiny {
         let logits = self.logits(batch)?;
         let labels = self.labels(batch)?;
         Ok(candle_nn::loss::cross_entropy(&logits, &labels)?.to_scalar::<f32>()?)
+    }
+
+    fn gradients(&self, batch: &Batch, params: &[usize]) -> Result<(f32, Vec<Vec<f32>>), Error> {
+        // Fresh variables holding copies of the weights; candle records the
+        // graph from them and backprop gives their gradients.
+        let vars = self
+            .tensors
+            .iter()
+            .map(candle_core::Var::from_tensor)
+            .collect::<Result<Vec<_>, _>>()?;
+        let w: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let logits = self.logits_with(&w, batch)?;
+        let labels = self.labels(batch)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        let mut out = Vec::with_capacity(params.len());
+        for &i in params {
+            let v = vars.get(i).ok_or_else(|| Error::NoParam(i.to_string()))?;
+            out.push(match grads.get(v.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0.0; self.specs[i].len()],
+            });
+        }
+        Ok((loss.to_scalar::<f32>()?, out))
     }
 
     fn evaluate(&self, batch: &Batch) -> Result<Eval, Error> {

@@ -10,7 +10,7 @@
 //! keeping verified chunks on disk so an interrupted join resumes.
 
 use crate::net::wire::{Request, Response};
-use crate::seed::{hex, Origin};
+use crate::seed::hex;
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -390,4 +390,4 @@ impl Join {
 }
 
 /// Origins and their counts in an installed snapshot's log.
-pub type Codes = Vec<(Origin, Vec<u8>)>;
+pub type Codes = Vec<crate::snapshot::LogEntries>;

@@ -66,6 +66,8 @@ pub struct Topics {
     pub updates: gossipsub::IdentTopic,
     /// Heartbeats.
     pub status: gossipsub::IdentTopic,
+    /// Delta announcements.
+    pub deltas: gossipsub::IdentTopic,
 }
 
 impl Topics {
@@ -75,6 +77,7 @@ impl Topics {
         Self {
             updates: gossipsub::IdentTopic::new(format!("{base}/u")),
             status: gossipsub::IdentTopic::new(format!("{base}/s")),
+            deltas: gossipsub::IdentTopic::new(format!("{base}/d")),
         }
     }
 }
@@ -168,7 +171,7 @@ pub fn build(
                     ip_colocation_factor_weight: 0.0,
                     ..Default::default()
                 };
-                for t in [&topics.updates, &topics.status] {
+                for t in [&topics.updates, &topics.status, &topics.deltas] {
                     params.topics.insert(
                         t.hash(),
                         gossipsub::TopicScoreParams {
@@ -186,10 +189,13 @@ pub fn build(
                 gossipsub.with_peer_score(params, gossipsub::PeerScoreThresholds::default())?;
                 gossipsub.subscribe(&topics.updates)?;
                 gossipsub.subscribe(&topics.status)?;
+                gossipsub.subscribe(&topics.deltas)?;
                 let sync = request_response::cbor::Behaviour::with_codec(
                     request_response::cbor::codec::Codec::default()
                         .set_request_size_maximum(4 * 1024)
-                        .set_response_size_maximum(4 * wire::MAX_RANGE + 4096),
+                        .set_response_size_maximum(
+                            4 * wire::MAX_RANGE + 4096 + crate::log::MAX_DELTA_BYTES as u64,
+                        ),
                     [(
                         StreamProtocol::new(SYNC_PROTOCOL),
                         request_response::ProtocolSupport::Full,

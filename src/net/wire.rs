@@ -5,7 +5,11 @@
 //!   codes`. The origin is the message's authenticated source, not repeated.
 //! - Heartbeats (gossipsub, topic `…/status`): bincode (standard config, size
 //!   limited) of [`Heartbeat`]: version vector, digest, counters, done flag.
-//! - Sync requests/responses (request-response, CBOR): log ranges.
+//! - Delta announcements (gossipsub, topic `…/deltas`): `0x01 ‖ seq: u64 LE ‖
+//!   len: u32 LE ‖ BLAKE3(payload)` — 45 bytes. The payload itself (a
+//!   compressed sparse delta) is pulled over request-response.
+//! - Sync requests/responses (request-response, CBOR): log ranges (with the
+//!   payloads of the delta updates in them), delta payloads, snapshots.
 
 use crate::seed::Origin;
 use serde::{Deserialize, Serialize};
@@ -85,6 +89,11 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
     }
+    if codes.contains(&crate::log::DELTA) {
+        return Err(Error::Malformed(
+            "delta marker in a batch of one-byte updates".into(),
+        ));
+    }
     if codes.len() > MAX_BATCH {
         return Err(Error::Oversized(format!(
             "{} codes > {MAX_BATCH}",
@@ -95,6 +104,60 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
         return Err(Error::Malformed("sequence range overflows".into()));
     }
     Ok((first, codes))
+}
+
+/// Wire version byte of delta announcements.
+pub const DELTA_VERSION: u8 = 1;
+
+/// A delta update on offer: its seq in the origin's stream, size and hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaAnnounce {
+    /// The update's seq.
+    pub seq: u64,
+    /// Payload size, bytes.
+    pub len: u32,
+    /// BLAKE3 of the payload.
+    pub hash: [u8; 32],
+}
+
+impl DeltaAnnounce {
+    /// Encodes for the wire (45 bytes).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(45);
+        out.push(DELTA_VERSION);
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.extend_from_slice(&self.hash);
+        out
+    }
+
+    /// Decodes and validates (`len` within `1..=max_len`).
+    pub fn decode(data: &[u8], max_len: usize) -> Result<Self, Error> {
+        let (&version, rest) = data.split_first().ok_or(Error::Truncated)?;
+        if version != DELTA_VERSION {
+            return Err(Error::Version(version));
+        }
+        if rest.len() != 44 {
+            return Err(Error::Malformed(format!(
+                "delta announcement of {} bytes",
+                data.len()
+            )));
+        }
+        let seq = u64::from_le_bytes(rest[..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(rest[8..12].try_into().unwrap_or_default());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(&rest[12..44]);
+        if len == 0 {
+            return Err(Error::Malformed("empty delta".into()));
+        }
+        if len as usize > max_len {
+            return Err(Error::Oversized(format!("delta of {len} bytes")));
+        }
+        if seq == u64::MAX {
+            return Err(Error::Malformed("sequence number overflows".into()));
+        }
+        Ok(Self { seq, len, hash })
+    }
 }
 
 /// A node's periodic state announcement.
@@ -188,6 +251,8 @@ pub enum Request {
     Offer,
     /// Chunk `index` of snapshot `id`.
     Chunk { id: [u8; 32], index: u32 },
+    /// The payload of delta update `seq` of `origin`.
+    Delta { origin: Origin, seq: u64 },
 }
 
 /// A sync response.
@@ -198,6 +263,15 @@ pub enum Response {
         origin: Origin,
         first_seq: u64,
         codes: Blob,
+        /// Payloads of the delta updates among `codes`, in order.
+        #[serde(default)]
+        payloads: Vec<Blob>,
+    },
+    /// The payload of a delta update.
+    Delta {
+        origin: Origin,
+        seq: u64,
+        data: Blob,
     },
     /// A snapshot on offer: chunk hashes concatenated in `hashes`.
     Offer {
@@ -241,7 +315,10 @@ impl Request {
             Request::Range { from, to, .. } if to - from > MAX_RANGE => {
                 Err(Error::Oversized(format!("range of {}", to - from)))
             }
-            Request::Range { .. } | Request::Offer | Request::Chunk { .. } => Ok(()),
+            Request::Range { .. }
+            | Request::Offer
+            | Request::Chunk { .. }
+            | Request::Delta { .. } => Ok(()),
         }
     }
 }
@@ -256,6 +333,7 @@ impl Response {
                     origin,
                     first_seq,
                     codes,
+                    payloads,
                 },
                 Request::Range {
                     origin: o,
@@ -274,6 +352,28 @@ impl Response {
                     .ok_or_else(|| Error::Malformed("range overflows".into()))?;
                 if *first_seq > *from || end > *to {
                     return Err(Error::Malformed("range outside the request".into()));
+                }
+                let markers = codes.0.iter().filter(|&&c| c == crate::log::DELTA).count();
+                if markers != payloads.len() {
+                    return Err(Error::Malformed(format!(
+                        "{markers} delta updates but {} payloads",
+                        payloads.len()
+                    )));
+                }
+                if payloads
+                    .iter()
+                    .any(|p| p.0.is_empty() || p.0.len() > crate::log::MAX_DELTA_BYTES)
+                {
+                    return Err(Error::Oversized("delta payload".into()));
+                }
+                Ok(())
+            }
+            (Response::Delta { origin, seq, data }, Request::Delta { origin: o, seq: rs }) => {
+                if origin != o || seq != rs {
+                    return Err(Error::Malformed("delta of another request".into()));
+                }
+                if data.0.is_empty() || data.0.len() > crate::log::MAX_DELTA_BYTES {
+                    return Err(Error::Oversized(format!("delta of {} bytes", data.0.len())));
                 }
                 Ok(())
             }
@@ -371,10 +471,72 @@ mod tests {
         assert!(Heartbeat::decode(&[0xff; 10]).is_err());
     }
 
+    #[test]
+    fn golden_delta_announcement() {
+        let a = DeltaAnnounce {
+            seq: 258,
+            len: 1000,
+            hash: [7; 32],
+        };
+        let bytes = a.encode();
+        assert_eq!(bytes.len(), 45);
+        assert_eq!(&bytes[..13], &[1, 2, 1, 0, 0, 0, 0, 0, 0, 0xe8, 3, 0, 0]);
+        assert_eq!(DeltaAnnounce::decode(&bytes, 1000), Ok(a));
+        assert!(matches!(
+            DeltaAnnounce::decode(&bytes, 999),
+            Err(Error::Oversized(_))
+        ));
+        assert!(DeltaAnnounce::decode(&bytes[..44], 1000).is_err());
+        let mut zero = a;
+        zero.len = 0;
+        assert!(DeltaAnnounce::decode(&zero.encode(), 1000).is_err());
+        // A one-byte batch may not carry the delta marker.
+        assert!(matches!(
+            decode_updates(&encode_updates(0, &[1, crate::log::DELTA])),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn range_payloads_must_match_markers() {
+        let o = Origin([1; 32]);
+        let req = Request::Range {
+            origin: o,
+            from: 0,
+            to: 10,
+        };
+        let ok = Response::Range {
+            origin: o,
+            first_seq: 0,
+            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            payloads: vec![Blob(vec![9; 5])],
+        };
+        assert!(ok.validate(&req).is_ok());
+        let missing = Response::Range {
+            origin: o,
+            first_seq: 0,
+            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            payloads: vec![],
+        };
+        assert!(missing.validate(&req).is_err());
+        let wrong = Response::Delta {
+            origin: o,
+            seq: 3,
+            data: Blob(vec![1]),
+        };
+        assert!(wrong
+            .validate(&Request::Delta { origin: o, seq: 4 })
+            .is_err());
+        assert!(wrong
+            .validate(&Request::Delta { origin: o, seq: 3 })
+            .is_ok());
+    }
+
     proptest! {
         #[test]
         fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
             prop_assume!(first.checked_add(codes.len() as u64).is_some());
+            prop_assume!(!codes.contains(&crate::log::DELTA));
             let enc = encode_updates(first, &codes);
             prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
         }
@@ -383,6 +545,7 @@ mod tests {
         fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_updates(&data);
             let _ = Heartbeat::decode(&data);
+            let _ = DeltaAnnounce::decode(&data, 1 << 20);
         }
     }
 }

@@ -4,6 +4,19 @@
 
 use super::compute::{compute_thread, ComputeLimits, ComputeState, FromCompute, ToCompute};
 use super::*;
+use crate::log::{Payload, DELTA};
+
+/// A delta announcement whose payload is being fetched before the message is
+/// validated (and so forwarded).
+struct DeltaWait {
+    message_id: gossipsub::MessageId,
+    source: PeerId,
+    hash: [u8; 32],
+    len: u32,
+}
+
+/// Payload bytes a range response carries at most (beyond its first delta).
+const RANGE_PAYLOAD_BUDGET: usize = 4 << 20;
 
 /// Per-origin token bucket over updates.
 struct Bucket {
@@ -30,7 +43,9 @@ pub(super) struct Actor {
     trainer: Option<Trainer>,
     state: Option<ComputeState>,
     outbox: Option<(u64, Vec<u8>)>,
-    deliver: VecDeque<(Origin, u64, Vec<u8>)>,
+    deliver: VecDeque<(Origin, u64, Vec<u8>, Vec<Payload>)>,
+    delta_waits: HashMap<(Origin, u64), DeltaWait>,
+    shapes: Vec<(String, u64)>,
     buckets: HashMap<Origin, Bucket>,
     rejected: BTreeMap<String, u64>,
     requests: HashMap<request_response::OutboundRequestId, wire::Request>,
@@ -69,6 +84,12 @@ impl Actor {
     ) -> Self {
         let origin = trainer.origin();
         let params = trainer.replica().num_params();
+        let shapes = trainer
+            .replica()
+            .slots()
+            .iter()
+            .map(|s| (s.name.clone(), s.base.len() as u64))
+            .collect();
         let join = join::Join::new(opts.join, mirror.is_empty(), Instant::now());
         Self {
             join,
@@ -97,6 +118,8 @@ impl Actor {
             state: None,
             outbox: None,
             deliver: VecDeque::new(),
+            delta_waits: HashMap::new(),
+            shapes,
             buckets: HashMap::new(),
             rejected: BTreeMap::new(),
             requests: HashMap::new(),
@@ -239,6 +262,9 @@ impl Actor {
                 }
                 msg = from_compute.recv() => match msg {
                     Some(FromCompute::Published { seq, code }) => self.on_published(seq, code),
+                    Some(FromCompute::PublishedDelta { seq, payload }) => {
+                        self.on_published_delta(seq, payload)
+                    }
                     Some(FromCompute::State(st)) => {
                         if initial_eval.is_none() {
                             initial_eval = st.eval;
@@ -391,6 +417,168 @@ impl Actor {
         }
     }
 
+    /// Stores an own delta update and announces it; peers pull the payload.
+    fn on_published_delta(&mut self, seq: u64, payload: Payload) {
+        self.series.updates_published.inc();
+        self.flush_outbox();
+        let announce = wire::DeltaAnnounce {
+            seq,
+            len: payload.len() as u32,
+            hash: *blake3::hash(&payload).as_bytes(),
+        };
+        if let Err(e) = self
+            .mirror
+            .insert_with(self.origin, seq, &[DELTA], &[payload])
+        {
+            tracing::warn!(error = %e, "cannot store own delta");
+        }
+        let data = announce.encode();
+        self.series.bytes("gossip_deltas", "out", data.len());
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topics.deltas.hash(), data)
+        {
+            Ok(_) => {
+                self.published_through = self.published_through.max(seq + 1);
+                self.published_messages += 1;
+                self.published_updates += 1;
+            }
+            Err(e) => tracing::debug!(error = %e, "delta announcement deferred to repair"),
+        }
+    }
+
+    /// Decodes a delta payload and checks it fits this run's trainable tensors.
+    fn check_delta(&self, payload: &[u8]) -> Result<(), String> {
+        if payload.len() > self.cfg.run.delta.max_bytes {
+            return Err(format!("delta of {} bytes", payload.len()));
+        }
+        let d = crate::fedzip::decode(payload, self.params as u64).map_err(|e| e.to_string())?;
+        for t in &d.tensors {
+            match self.shapes.iter().find(|(n, _)| *n == t.name) {
+                Some((_, len)) if *len == t.len => {}
+                Some(_) => return Err(format!("tensor {} has another length", t.name)),
+                None => return Err(format!("tensor {} is not trainable in this run", t.name)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a delta announcement. The payload is pulled from the peer
+    /// that forwarded it (which validated it, so it holds the payload); the
+    /// message is accepted, and forwarded, only once the payload checks out.
+    fn on_delta_announce(
+        &mut self,
+        message: &gossipsub::Message,
+        message_id: &gossipsub::MessageId,
+        propagation_source: PeerId,
+    ) -> Option<MessageAcceptance> {
+        let Some(source) = message.source else {
+            self.reject("unsigned");
+            return Some(MessageAcceptance::Reject);
+        };
+        let Some(origin) = net::origin_of_peer(&source) else {
+            self.reject("forged");
+            return Some(MessageAcceptance::Reject);
+        };
+        let a = match wire::DeltaAnnounce::decode(&message.data, self.cfg.run.delta.max_bytes) {
+            Ok(a) => a,
+            Err(e) => return Some(self.refuse_decode(&e)),
+        };
+        if origin == self.origin {
+            return Some(MessageAcceptance::Ignore);
+        }
+        let held = self.mirror.range(&origin, a.seq, a.seq + 1);
+        if let Some(&code) = held.first() {
+            let same = code == DELTA
+                && self
+                    .mirror
+                    .payload(&origin, a.seq)
+                    .is_some_and(|p| *blake3::hash(p).as_bytes() == a.hash);
+            return Some(if same {
+                self.reject("replayed");
+                MessageAcceptance::Ignore
+            } else {
+                self.reject("equivocation");
+                MessageAcceptance::Reject
+            });
+        }
+        if !self.take_tokens(origin, 1.0) {
+            self.reject("over_rate");
+            return Some(MessageAcceptance::Reject);
+        }
+        if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {
+            return Some(MessageAcceptance::Ignore);
+        }
+        self.delta_waits.insert(
+            (origin, a.seq),
+            DeltaWait {
+                message_id: message_id.clone(),
+                source: propagation_source,
+                hash: a.hash,
+                len: a.len,
+            },
+        );
+        self.send(
+            propagation_source,
+            wire::Request::Delta { origin, seq: a.seq },
+        );
+        None
+    }
+
+    /// The payload of an announced delta arrived (or could not be fetched).
+    fn on_delta_payload(&mut self, origin: Origin, seq: u64, data: Option<Vec<u8>>) {
+        let Some(w) = self.delta_waits.remove(&(origin, seq)) else {
+            return;
+        };
+        let verdict = match data {
+            None => MessageAcceptance::Ignore,
+            Some(data) => {
+                let fits =
+                    data.len() == w.len as usize && *blake3::hash(&data).as_bytes() == w.hash;
+                match (fits, self.check_delta(&data)) {
+                    (true, Ok(())) => {
+                        self.series.bytes("delta", "in", data.len());
+                        self.foreign_received +=
+                            self.accept_codes(origin, seq, &[DELTA], vec![Arc::new(data)]);
+                        MessageAcceptance::Accept
+                    }
+                    (false, _) => {
+                        self.reject("bad_delta");
+                        MessageAcceptance::Reject
+                    }
+                    (true, Err(e)) => {
+                        tracing::warn!(origin = %origin.short(), seq, error = %e, "invalid delta");
+                        self.reject("bad_delta");
+                        MessageAcceptance::Reject
+                    }
+                }
+            }
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&w.message_id, &w.source, verdict);
+    }
+
+    /// Takes `n` tokens from `origin`'s bucket (burst of two seconds).
+    fn take_tokens(&mut self, origin: Origin, n: f64) -> bool {
+        let now = Instant::now();
+        let rate = self.opts.max_rate;
+        let b = self.buckets.entry(origin).or_insert(Bucket {
+            tokens: 2.0 * rate,
+            at: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
+        b.at = now;
+        if b.tokens < n {
+            return false;
+        }
+        b.tokens -= n;
+        true
+    }
+
     fn flush_outbox(&mut self) {
         let Some((first, codes)) = self.outbox.take() else {
             return;
@@ -436,19 +624,22 @@ impl Actor {
         if self.join.active() {
             return; // held until the snapshot is installed
         }
-        while let Some((origin, first_seq, codes)) = self.deliver.pop_front() {
+        while let Some((origin, first_seq, codes, payloads)) = self.deliver.pop_front() {
             match tx.try_send(ToCompute::Updates {
                 origin,
                 first_seq,
                 codes,
+                payloads,
             }) {
                 Ok(()) => {}
                 Err(smpsc::TrySendError::Full(ToCompute::Updates {
                     origin,
                     first_seq,
                     codes,
+                    payloads,
                 })) => {
-                    self.deliver.push_front((origin, first_seq, codes));
+                    self.deliver
+                        .push_front((origin, first_seq, codes, payloads));
                     break;
                 }
                 Err(_) => break,
@@ -456,15 +647,27 @@ impl Actor {
         }
     }
 
-    /// Stores a batch in the mirror and queues what became contiguous.
-    fn accept_codes(&mut self, origin: Origin, first_seq: u64, codes: &[u8]) -> u64 {
-        match self.mirror.insert(origin, first_seq, codes) {
+    /// Stores a batch (with the payloads of its delta updates) in the mirror
+    /// and queues what became contiguous.
+    fn accept_codes(
+        &mut self,
+        origin: Origin,
+        first_seq: u64,
+        codes: &[u8],
+        payloads: Vec<Payload>,
+    ) -> u64 {
+        match self.mirror.insert_with(origin, first_seq, codes, &payloads) {
             Ok(fresh) if !fresh.is_empty() => {
                 let n = fresh.len() as u64;
                 self.series.updates_received.inc_by(n);
                 let first = fresh[0].seq;
-                self.deliver
-                    .push_back((origin, first, fresh.iter().map(|u| u.code).collect()));
+                let payloads = self.mirror.payloads_in(&origin, first, first + n);
+                self.deliver.push_back((
+                    origin,
+                    first,
+                    fresh.iter().map(|u| u.code).collect(),
+                    payloads,
+                ));
                 n
             }
             Ok(_) => 0,
@@ -494,19 +697,10 @@ impl Actor {
             return MessageAcceptance::Ignore;
         }
         // Rate limit per origin (tokens = updates), burst of two seconds.
-        let now = Instant::now();
-        let rate = self.opts.max_rate;
-        let b = self.buckets.entry(origin).or_insert(Bucket {
-            tokens: 2.0 * rate,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
-        b.at = now;
-        if b.tokens < codes.len() as f64 {
+        if !self.take_tokens(origin, codes.len() as f64) {
             self.reject("over_rate");
             return MessageAcceptance::Reject;
         }
-        b.tokens -= codes.len() as f64;
         // An origin may never sign two different codes for one seq.
         let held = self
             .mirror
@@ -519,18 +713,25 @@ impl Actor {
             self.reject("replayed");
             return MessageAcceptance::Ignore;
         }
-        if self.opts.drop_incoming > 0.0 {
-            let x = &mut self.drop_rng;
-            *x ^= *x << 13;
-            *x ^= *x >> 7;
-            *x ^= *x << 17;
-            if (*x % 1_000_000) as f64 / 1e6 < self.opts.drop_incoming {
-                self.dropped += 1;
-                return MessageAcceptance::Ignore;
-            }
+        if self.test_drop() {
+            return MessageAcceptance::Ignore;
         }
-        self.foreign_received += self.accept_codes(origin, first, codes);
+        self.foreign_received += self.accept_codes(origin, first, codes, Vec::new());
         MessageAcceptance::Accept
+    }
+
+    /// The test hook: drops this incoming message with probability `drop_incoming`.
+    fn test_drop(&mut self) -> bool {
+        if self.opts.drop_incoming <= 0.0 {
+            return false;
+        }
+        let x = &mut self.drop_rng;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let drop = (*x % 1_000_000) as f64 / 1e6 < self.opts.drop_incoming;
+        self.dropped += u64::from(drop);
+        drop
     }
 
     /// Counts a payload that did not decode and rejects it (penalizing the sender).
@@ -597,6 +798,12 @@ impl Actor {
                         self.series
                             .bytes("gossip_updates", "in", message.data.len());
                         self.on_updates(&message)
+                    } else if message.topic == self.topics.deltas.hash() {
+                        self.series.bytes("gossip_deltas", "in", message.data.len());
+                        match self.on_delta_announce(&message, &message_id, propagation_source) {
+                            Some(v) => v,
+                            None => return, // decided when the payload arrives
+                        }
                     } else if message.topic == self.topics.status.hash() {
                         self.series.bytes("gossip_status", "in", message.data.len());
                         self.on_heartbeat_message(&message)
@@ -676,11 +883,19 @@ impl Actor {
                         wire::Response::Refused(e.to_string())
                     }
                     Ok(()) => match request {
-                        wire::Request::Range { origin, from, to } => wire::Response::Range {
-                            origin,
-                            first_seq: from,
-                            codes: wire::Blob(self.mirror.range(&origin, from, to).to_vec()),
-                        },
+                        wire::Request::Range { origin, from, to } => {
+                            self.serve_range(origin, from, to)
+                        }
+                        wire::Request::Delta { origin, seq } => {
+                            match self.mirror.payload(&origin, seq) {
+                                Some(p) => wire::Response::Delta {
+                                    origin,
+                                    seq,
+                                    data: wire::Blob(p.to_vec()),
+                                },
+                                None => wire::Response::Refused("no such delta".into()),
+                            }
+                        }
                         wire::Request::Offer => {
                             // Answered once the compute thread has made a snapshot.
                             self.offer_waiting.push(channel);
@@ -703,8 +918,15 @@ impl Actor {
                     },
                 };
                 match &response {
-                    wire::Response::Range { codes, .. } => {
-                        self.series.bytes("sync", "out", codes.0.len())
+                    wire::Response::Range {
+                        codes, payloads, ..
+                    } => self.series.bytes(
+                        "sync",
+                        "out",
+                        codes.0.len() + payloads.iter().map(|p| p.0.len()).sum::<usize>(),
+                    ),
+                    wire::Response::Delta { data, .. } => {
+                        self.series.bytes("delta", "out", data.0.len())
                     }
                     wire::Response::Chunk { data, .. } => {
                         self.series.bytes("snapshot", "out", data.0.len())
@@ -740,11 +962,22 @@ impl Actor {
                     return;
                 }
                 match response {
+                    wire::Response::Delta { origin, seq, data } => {
+                        self.on_delta_payload(origin, seq, Some(data.0));
+                    }
                     wire::Response::Range {
                         origin,
                         first_seq,
                         codes,
+                        payloads,
                     } => {
+                        if let Some(e) = payloads.iter().find_map(|p| self.check_delta(&p.0).err())
+                        {
+                            tracing::warn!(%peer, error = %e, "range response with an invalid delta");
+                            self.reject("bad_response");
+                            self.sync.on_failure(&origin);
+                            return;
+                        }
                         let held =
                             self.mirror
                                 .range(&origin, first_seq, first_seq + codes.0.len() as u64);
@@ -756,8 +989,13 @@ impl Actor {
                         if codes.0.is_empty() {
                             self.sync.on_failure(&origin);
                         }
-                        self.series.bytes("sync", "in", codes.0.len());
-                        let n = self.accept_codes(origin, first_seq, &codes.0);
+                        self.series.bytes(
+                            "sync",
+                            "in",
+                            codes.0.len() + payloads.iter().map(|p| p.0.len()).sum::<usize>(),
+                        );
+                        let payloads = payloads.into_iter().map(|p| Arc::new(p.0)).collect();
+                        let n = self.accept_codes(origin, first_seq, &codes.0, payloads);
                         self.series.updates_repaired.inc_by(n);
                         self.repaired += n;
                         self.foreign_received += n;
@@ -795,18 +1033,51 @@ impl Actor {
 
     /// Mirrors an installed snapshot's log; queues what arrived meanwhile.
     fn installed(&mut self, codes: join::Codes) {
-        for (o, c) in codes {
+        for (o, c, payloads) in codes {
             let n = c.len() as u64;
-            if let Ok(fresh) = self.mirror.insert(o, 0, &c) {
+            let payloads: Vec<Payload> = payloads.into_iter().map(Arc::new).collect();
+            if let Ok(fresh) = self.mirror.insert_with(o, 0, &c, &payloads) {
                 let beyond: Vec<u8> = fresh
                     .iter()
                     .filter(|u| u.seq >= n)
                     .map(|u| u.code)
                     .collect();
                 if !beyond.is_empty() {
-                    self.deliver.push_back((o, n, beyond));
+                    let end = n + beyond.len() as u64;
+                    let p = self.mirror.payloads_in(&o, n, end);
+                    self.deliver.push_back((o, n, beyond, p));
                 }
             }
+        }
+    }
+
+    /// A range of `origin`'s log with its delta payloads, cut short where the
+    /// payloads would exceed [`RANGE_PAYLOAD_BUDGET`] (the first always fits).
+    fn serve_range(&self, origin: Origin, from: u64, to: u64) -> wire::Response {
+        let codes = self.mirror.range(&origin, from, to);
+        let mut payloads = Vec::new();
+        let mut bytes = 0usize;
+        let mut end = codes.len();
+        for (i, &c) in codes.iter().enumerate() {
+            if c != DELTA {
+                continue;
+            }
+            let Some(p) = self.mirror.payload(&origin, from + i as u64) else {
+                end = i;
+                break;
+            };
+            if !payloads.is_empty() && bytes + p.len() > RANGE_PAYLOAD_BUDGET {
+                end = i;
+                break;
+            }
+            bytes += p.len();
+            payloads.push(wire::Blob(p.to_vec()));
+        }
+        wire::Response::Range {
+            origin,
+            first_seq: from,
+            codes: wire::Blob(codes[..end].to_vec()),
+            payloads,
         }
     }
 
@@ -853,6 +1124,7 @@ impl Actor {
             wire::Request::Range { origin, .. } => self.sync.on_failure(origin),
             wire::Request::Offer => self.join.on_offer_failed(peer),
             wire::Request::Chunk { index, .. } => self.join.on_chunk_failed(peer, *index),
+            wire::Request::Delta { origin, seq } => self.on_delta_payload(*origin, *seq, None),
         }
     }
 

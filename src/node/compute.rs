@@ -3,12 +3,15 @@
 //! snapshots, and reports its state; the network loop never waits on it.
 
 use super::*;
+use crate::config::Mode;
+use crate::log::Payload;
 
 pub(super) enum ToCompute {
     Updates {
         origin: Origin,
         first_seq: u64,
         codes: Vec<u8>,
+        payloads: Vec<Payload>,
     },
     Snapshot,
     Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
@@ -29,6 +32,7 @@ pub(super) struct ComputeState {
 
 pub(super) enum FromCompute {
     Published { seq: u64, code: u8 },
+    PublishedDelta { seq: u64, payload: Payload },
     Snapshot(Arc<Snapshot>),
     Installed(Result<join::Codes, String>),
     State(Box<ComputeState>),
@@ -94,9 +98,10 @@ pub(super) fn compute_thread(
                     origin,
                     first_seq,
                     codes,
+                    payloads,
                 }) => {
                     let t = Instant::now();
-                    let r = trainer.receive(origin, first_seq, &codes);
+                    let r = trainer.receive(origin, first_seq, &codes, &payloads);
                     let secs = t.elapsed().as_secs_f64();
                     limits.series.apply_seconds.observe(secs);
                     match r {
@@ -141,6 +146,56 @@ pub(super) fn compute_thread(
                 training = false;
                 eval = trainer.evaluate(&dev).ok();
                 dirty = true;
+            } else if cfg.node.mode == Mode::FirstOrder {
+                let fo = &cfg.node.first_order;
+                let size = if fo.batch_size == 0 {
+                    cfg.run.batch_size
+                } else {
+                    fo.batch_size
+                };
+                // Local batches come from the node's own stream, after the
+                // ones its earlier rounds used.
+                let steps = fo.local_steps as u64;
+                let batches: Vec<_> = (0..steps)
+                    .map(|h| data.train_batch(&origin, own * steps + h, size))
+                    .collect();
+                let t = Instant::now();
+                match trainer.step_first_order(&batches, fo.lr as f32, &fo.compression) {
+                    Ok(s) => {
+                        limits
+                            .series
+                            .step_seconds
+                            .observe(t.elapsed().as_secs_f64());
+                        ema = if ema.is_nan() {
+                            s.loss
+                        } else {
+                            0.8 * ema + 0.2 * s.loss
+                        };
+                        tracing::debug!(
+                            seq = s.seq,
+                            bytes = s.payload.len(),
+                            raw = s.raw_bytes,
+                            "first-order delta"
+                        );
+                        if tx
+                            .blocking_send(FromCompute::PublishedDelta {
+                                seq: s.seq,
+                                payload: s.payload,
+                            })
+                            .is_err()
+                        {
+                            return eval;
+                        }
+                        dirty = true;
+                        if cfg.node.eval_every > 0 {
+                            eval = trainer.evaluate(&dev).ok();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(FromCompute::Failed(e.to_string()));
+                        return eval;
+                    }
+                }
             } else {
                 let batch = data.train_batch(&origin, own, cfg.run.batch_size);
                 let t = Instant::now();
