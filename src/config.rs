@@ -145,6 +145,19 @@ impl std::fmt::Display for Mode {
     }
 }
 
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "zeroth-order" | "zo" => Ok(Mode::ZerothOrder),
+            "first-order" | "fo" => Ok(Mode::FirstOrder),
+            _ => Err(format!(
+                "unknown mode {s:?}: use \"zeroth-order\" or \"first-order\""
+            )),
+        }
+    }
+}
+
 /// Settings of a first-order contributor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -32,6 +32,10 @@ enum Command {
         /// Own updates to publish (overrides node.steps).
         #[arg(long)]
         steps: Option<u64>,
+        /// "zeroth-order" (one-byte SPSA updates) or "first-order" (local
+        /// backprop, compressed deltas); overrides node.mode.
+        #[arg(long)]
+        mode: Option<seedswarm::config::Mode>,
         /// Keep the update log here (resumes if present).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -102,6 +106,10 @@ enum Command {
         /// Start training once this many peers are heard from.
         #[arg(long)]
         min_peers: Option<usize>,
+        /// "zeroth-order" (one-byte SPSA updates) or "first-order" (local
+        /// backprop, compressed sparse deltas); overrides node.mode.
+        #[arg(long)]
+        mode: Option<seedswarm::config::Mode>,
         /// Disable mDNS discovery.
         #[arg(long)]
         no_mdns: bool,
@@ -173,15 +181,33 @@ fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
+/// Applies a `--mode` override and checks the result.
+fn with_mode(
+    mut cfg: Config,
+    mode: Option<seedswarm::config::Mode>,
+    path: &Path,
+) -> anyhow::Result<Config> {
+    if let Some(m) = mode {
+        cfg.node.mode = m;
+        cfg.validate()
+            .map_err(|message| seedswarm::config::Error::Invalid {
+                path: format!("{} with --mode {m}", path.display()),
+                message,
+            })?;
+    }
+    Ok(cfg)
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train {
             config,
             steps,
+            mode,
             data_dir,
             summary,
         } => {
-            let mut cfg = load(&config)?;
+            let mut cfg = with_mode(load(&config)?, mode, &config)?;
             if let Some(s) = steps {
                 cfg.node.steps = s;
             }
@@ -290,12 +316,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_updates,
             duration,
             min_peers,
+            mode,
             no_mdns,
             serve,
             http,
             summary,
         } => run_node(
-            load(&config)?,
+            with_mode(load(&config)?, mode, &config)?,
             http,
             listen,
             bootstrap,

@@ -93,3 +93,69 @@ fn resumed_run_matches_an_uninterrupted_one() {
     // One byte per update plus per-record framing on disk.
     assert!(straight["log_bytes_per_update"].as_f64().unwrap() < 60.0);
 }
+
+#[test]
+fn first_order_training_publishes_compressed_deltas_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dir.path().join("s.json");
+    let run = |steps: &str| {
+        let st = bin()
+            .args([
+                "train",
+                "--mode",
+                "first-order",
+                "--steps",
+                steps,
+                "--config",
+            ])
+            .arg(demo())
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--summary")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        summary(&out)
+    };
+    let first = run("15");
+    assert_eq!(first["mode"], "first-order");
+    assert_eq!(first["updates"], 15);
+    assert!(first["delta_ratio"].as_f64().unwrap() > 1.0, "{first}");
+    // Resumed from the log (delta payloads included) it carries on.
+    let s = run("30");
+    assert_eq!(s["updates"], 30);
+    assert!(s["accuracy"].as_f64().unwrap() >= 0.9, "{s}");
+    // The replay of the log gives the same replica as the run that wrote it.
+    let eval = dir.path().join("e.json");
+    let st = bin()
+        .args(["eval", "--config"])
+        .arg(demo())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--summary")
+        .arg(&eval)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(summary(&eval)["digest"], s["digest"]);
+    // A model without gradients cannot train first-order: exit 2, the field named.
+    let lm = dir.path().join("lm.toml");
+    std::fs::write(
+        &lm,
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/smollm2-sst2.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["train", "--mode", "first-order", "--config"])
+        .arg(&lm)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("node.mode"), "{err}");
+}

@@ -1,7 +1,10 @@
 //! A hostile peer on the run's own topics: a real libp2p swarm (same
 //! behaviour, its own key) publishes malformed, oversized, equivocating,
 //! replayed and over-rate update batches to a running node. Each is refused,
-//! counted by reason, and the node keeps working.
+//! counted by reason, and the node keeps working. A second peer announces
+//! delta updates and serves, over request-response, a payload that does not
+//! match its announced hash, then one that does not decode, then a valid one:
+//! the first two are refused, the third is applied.
 
 mod common;
 
@@ -111,6 +114,108 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
     assert!(!summary.version_vector.contains_key(&vandal_origin));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
+    use libp2p::request_response::{self, Message};
+    let victim = Node::start(
+        config(),
+        Options {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            mdns: false,
+            max_updates: Some(100),
+            heartbeat_interval: Duration::from_millis(200),
+            exit_when_settled: false,
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut w = victim.watch();
+    while w.borrow().run_id.is_empty() {
+        w.changed().await.unwrap();
+    }
+    let run = RunId::from_hex(&w.borrow().run_id).unwrap();
+    let topics = Topics::new(&run);
+    let mut peer = attacker(&topics, &victim).await;
+    let origin = net::origin_of_peer(peer.local_peer_id()).unwrap().to_hex();
+    let s = seedswarm::fedzip::Settings::default();
+    let good = seedswarm::fedzip::encode(
+        &seedswarm::fedzip::compress(&[("head.bias", &[0.01f32, -0.02][..])], &s).unwrap(),
+        s.positions,
+    );
+    let garbage = vec![0xabu8; 50];
+    let announce = |payload: &[u8]| {
+        wire::DeltaAnnounce {
+            seq: 0,
+            len: payload.len() as u32,
+            hash: *blake3::hash(payload).as_bytes(),
+        }
+        .encode()
+    };
+    // (announced, served): a hash mismatch, an undecodable payload, a good one.
+    let rounds = [
+        (announce(&good), garbage.clone()),
+        (announce(&garbage), garbage.clone()),
+        (announce(&good), good.clone()),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for (i, (ann, serve)) in rounds.into_iter().enumerate() {
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topics.deltas.hash(), ann)
+            .expect("announced");
+        // Serve the payload when the victim pulls it.
+        loop {
+            let ev = tokio::time::timeout_at(deadline, peer.select_next_some())
+                .await
+                .expect("victim pulled the payload");
+            if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            })) = ev
+            {
+                let wire::Request::Delta { origin, seq } = request else {
+                    continue;
+                };
+                let data = wire::Blob(serve.clone());
+                let _ = peer
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, wire::Response::Delta { origin, seq, data });
+                break;
+            }
+        }
+        // Wait for the verdict before the next round.
+        let want_bad = if i < 2 { i as u64 + 1 } else { 2 };
+        loop {
+            tokio::select! {
+                _ = peer.select_next_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                    let st = victim.status();
+                    let bad = st.rejected.get("bad_delta").copied().unwrap_or(0);
+                    let applied = st.version_vector.get(&origin).copied().unwrap_or(0);
+                    if bad == want_bad && (i < 2 || applied == 1) {
+                        break;
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "round {i}: rejected {:?}, applied {applied}",
+                        st.rejected
+                    );
+                }
+            }
+        }
+    }
+    let mut victim = victim;
+    victim.stop();
+    let summary = victim.wait().await.unwrap();
+    assert_eq!(summary.version_vector.get(&origin), Some(&1));
+    assert_eq!(summary.rejected.get("bad_delta"), Some(&2));
+}
+
 /// A real libp2p peer on the run's topics, connected to `victim`.
 async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviour> {
     let mut registry = libp2p::metrics::Registry::default();
@@ -118,14 +223,14 @@ async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviou
     let mut evil = net::build(key, topics, false, &mut registry).unwrap();
     evil.dial(victim.listen[0].clone()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
+        let (mut updates, mut deltas) = (false, false);
+        while !(updates && deltas) {
             if let SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(
                 gossipsub::Event::Subscribed { topic, .. },
             )) = evil.select_next_some().await
             {
-                if topic == topics.updates.hash() {
-                    break;
-                }
+                updates |= topic == topics.updates.hash();
+                deltas |= topic == topics.deltas.hash();
             }
         }
     })
