@@ -86,7 +86,11 @@ pub fn poll(urls: &[String], timeout: Duration) -> Report {
                     s.accuracy
                         .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
                     s.digest.get(..12).unwrap_or("-"),
-                    flag
+                    if s.mode == "first-order" {
+                        format!("{flag} (first-order)")
+                    } else {
+                        flag.to_string()
+                    }
                 );
             }
             Err(e) => {
@@ -126,6 +130,7 @@ fn status_from_json(v: &serde_json::Value) -> Status {
     let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
     Status {
         peer_id: s("peer_id"),
+        mode: s("mode"),
         run_id: s("run_id"),
         peers: u("peers") as usize,
         own_updates: u("own_updates"),

@@ -337,6 +337,7 @@ impl Actor {
         let applied = st.as_ref().map_or(0, |s| s.applied);
         Ok(Summary {
             peer_id: self.swarm.local_peer_id().to_string(),
+            mode: self.cfg.node.mode.to_string(),
             origin: self.origin.to_hex(),
             run_id: run_id.to_hex(),
             digest: st.as_ref().map(|s| hex(&s.digest)).unwrap_or_default(),
@@ -1197,6 +1198,7 @@ impl Actor {
         s.version_vector_lag.set(lag as i64);
         let status = Status {
             peer_id: self.swarm.local_peer_id().to_string(),
+            mode: self.cfg.node.mode.to_string(),
             origin: self.origin.to_hex(),
             run_id: self.mirror.run().to_hex(),
             published_through: self.published_through,

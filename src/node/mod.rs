@@ -165,6 +165,8 @@ impl Default for Options {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Status {
     pub peer_id: String,
+    /// "zeroth-order" or "first-order".
+    pub mode: String,
     pub origin: String,
     pub run_id: String,
     pub listen: Vec<String>,
@@ -198,6 +200,8 @@ pub struct Status {
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub peer_id: String,
+    /// "zeroth-order" or "first-order".
+    pub mode: String,
     pub origin: String,
     pub run_id: String,
     pub digest: String,
