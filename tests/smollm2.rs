@@ -1,13 +1,16 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32) against the
 //! Hugging Face transformers reference in /work/shared/reference: same token
-//! ids, last-position logits within 1e-2.
+//! ids, last-position logits within 1e-2; our forward against
+//! candle-transformers' on the same weights; one padded forward against
+//! single forwards; the causal-LM loss; the shipped configs.
 //!
 //! Needs `assets/SmolLM2-135M-Instruct.Q4_1.gguf` (scripts/fetch-assets.sh);
 //! skipped with a message when it is missing, so a fresh checkout stays green.
 
-use seedswarm::model::llama::{self, Llama, Source};
+use seedswarm::model::llama::{self, Head, Llama, Source};
 use seedswarm::model::{Batch, Model};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 const TOL: f32 = 1e-2;
 
@@ -88,6 +91,20 @@ fn smollm2_matches_the_reference_logits() {
             "{prompt:?}: max |Δlogit| {max_err:.2e}, top5 {:?}, Σ|logit| {sum_abs:.1} (ref {want_sum:.1})",
             &order[..5]
         );
+        let theirs = model
+            .reference_last_logits(std::slice::from_ref(&got))
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let vs_candle = logits
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{prompt:?}: ours vs candle-transformers max |Δlogit| {vs_candle:.2e}");
+        assert!(vs_candle <= 1e-3, "{prompt:?}: {vs_candle}");
         assert!(max_err <= TOL, "{prompt:?}: max |Δlogit| {max_err} > {TOL}");
         assert_eq!(&order[..5], top.as_slice(), "{prompt:?}: top-5 ids");
         // Σ|logit| over 49,152 entries: 1e-2 per entry on average at most.
@@ -99,7 +116,7 @@ fn smollm2_matches_the_reference_logits() {
 }
 
 #[test]
-fn smollm2_equal_length_batch_matches_single_forwards() {
+fn smollm2_padded_batch_matches_single_forwards() {
     let Some(path) = gguf() else {
         return;
     };
@@ -122,7 +139,24 @@ fn smollm2_equal_length_batch_matches_single_forwards() {
             .collect(),
         labels: vec![1, 0, 1],
     };
+    let lens: Vec<usize> = batch.inputs.iter().map(Vec::len).collect();
+    assert!(lens.iter().any(|&l| l != lens[0]), "{lens:?}");
     let together = model.evaluate(&batch).unwrap();
+    // Whole-vocabulary logits at each row's own last token, padded vs alone.
+    let padded = model.last_logits(&batch.inputs).unwrap();
+    for (i, x) in batch.inputs.iter().enumerate() {
+        let alone = model.last_logits(std::slice::from_ref(x)).unwrap();
+        let row = padded.narrow(0, i, 1).unwrap();
+        let d = (row - alone)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-3, "row {i}: max |Δlogit| {d}");
+    }
     let mut single = 0.0;
     for (x, &y) in batch.inputs.iter().zip(&batch.labels) {
         let one = Batch {
@@ -137,18 +171,48 @@ fn smollm2_equal_length_batch_matches_single_forwards() {
     );
 }
 
-/// Timings on SmolLM2-135M (run with `--ignored --nocapture`, release
-/// profile recommended): forward of 16 × 48 tokens, ZO step vs 2 forwards,
-/// and the projected gradients of a few steps on SST-2 (with the repo config).
+fn sst2_prompts(tok: &tokenizers::Tokenizer, file: &str) -> Option<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| eprintln!("SKIPPED: {file} unreadable ({e})"))
+        .ok()?;
+    Some(
+        text.lines()
+            .skip(1)
+            .filter_map(|l| l.split('\t').next())
+            .map(|s| llama::encode(tok, &format!("{} It was", s.trim())).unwrap())
+            .collect(),
+    )
+}
+
+fn median(f: &mut dyn FnMut(), n: usize) -> f64 {
+    let mut t: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[n / 2]
+}
+
+/// Timings on SmolLM2-135M (run with `--release --ignored --nocapture`):
+/// forward of 16 × 48 SST-2 tokens, candle-transformers' forward vs ours;
+/// 16 SST-2 dev prompts of their own lengths, one forward per length
+/// (the old way) vs one padded forward; ZO step vs 2 forwards on the
+/// smollm2-sst2 config.
 #[test]
 #[ignore]
 fn smollm2_timings() {
     use seedswarm::config::Config;
     use seedswarm::train::{self, Trainer};
-    use std::time::Instant;
     let Some(path) = gguf() else {
         return;
     };
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     eprintln!("threads: {}", candle_core::utils::get_num_threads());
     let t = Instant::now();
     let tok = llama::tokenizer(Source::Gguf(&path)).unwrap();
@@ -159,21 +223,72 @@ fn smollm2_timings() {
     )
     .unwrap();
     eprintln!("load + dequantize: {:.2}s", t.elapsed().as_secs_f64());
-    let text = "the movie is a charming , funny and often affecting journey , and the acting is great though the plot drags . ";
-    let ids = llama::encode(&tok, &text.repeat(4)).unwrap();
-    let batch: Vec<Vec<u32>> = (0..16).map(|i| ids[i..i + 48].to_vec()).collect();
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        let t = Instant::now();
-        model.last_logits(&batch).unwrap();
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
+    let Some(train) = sst2_prompts(&tok, "/work/shared/data/sst2/train_full.tsv") else {
+        return;
+    };
+    let Some(dev) = sst2_prompts(&tok, "/work/shared/data/sst2/dev.tsv") else {
+        return;
+    };
+    // 16 × 48: the first 16 training prompts of at least 48 tokens, cut to 48.
+    let fixed: Vec<Vec<u32>> = train
+        .iter()
+        .filter(|x| x.len() >= 48)
+        .take(16)
+        .map(|x| x[..48].to_vec())
+        .collect();
+    assert_eq!(fixed.len(), 16);
+    let labels = vec![0; 16];
+    let fixed_batch = Batch {
+        inputs: fixed.clone(),
+        labels: labels.clone(),
+    };
+    let cand = median(
+        &mut || drop(model.reference_last_logits(&fixed).unwrap()),
+        reps,
+    );
+    let ours = median(&mut || drop(model.last_logits(&fixed).unwrap()), reps);
+    let head = median(
+        &mut || {
+            model.evaluate(&fixed_batch).unwrap();
+        },
+        reps,
+    );
     eprintln!(
-        "forward 16 x 48 tokens: min {:.2}s median {:.2}s ({:.0} tokens/s at the median)",
-        times[0],
-        times[1],
-        768.0 / times[1]
+        "16 x 48 SST-2 tokens, median of {reps}: candle-transformers {cand:.2}s, ours (full vocab at the last token) {ours:.2}s, ours (label head) {head:.2}s = {:.0} tokens/s; vs PyTorch 6.53s: {:.2}x",
+        768.0 / head,
+        6.53 / head
+    );
+    // 16 dev prompts of their own lengths.
+    let mixed: Vec<Vec<u32>> = dev.iter().take(16).cloned().collect();
+    let lens: Vec<usize> = mixed.iter().map(Vec::len).collect();
+    let mut buckets: std::collections::BTreeMap<usize, Vec<Vec<u32>>> = Default::default();
+    for x in &mixed {
+        buckets.entry(x.len()).or_default().push(x.clone());
+    }
+    let bucketed = median(
+        &mut || {
+            for xs in buckets.values() {
+                drop(model.reference_last_logits(xs).unwrap());
+            }
+        },
+        reps,
+    );
+    let mixed_batch = Batch {
+        inputs: mixed,
+        labels,
+    };
+    let padded = median(
+        &mut || {
+            model.evaluate(&mixed_batch).unwrap();
+        },
+        reps,
+    );
+    eprintln!(
+        "16 SST-2 dev prompts, lengths {lens:?} ({} distinct, {} tokens, padded to {}), median of {reps}: one candle-transformers forward per length {bucketed:.2}s, one padded forward {padded:.2}s ({:.2}x)",
+        buckets.len(),
+        lens.iter().sum::<usize>(),
+        lens.iter().max().unwrap(),
+        bucketed / padded
     );
     drop(model);
 
@@ -191,16 +306,12 @@ fn smollm2_timings() {
         trainer.replica().num_params(),
         t.elapsed().as_secs_f64()
     );
-    let t = Instant::now();
     let data = train::try_build_data(&cfg.run).unwrap();
-    eprintln!(
-        "data (k-shot sample, tokenize): {:.2}s",
-        t.elapsed().as_secs_f64()
-    );
     let steps: u64 = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
+    let (mut sum_step, mut sum_two) = (0.0, 0.0);
     for seq in 0..steps {
         let b = data.train_batch(&origin, seq, cfg.run.batch_size);
         let t = Instant::now();
@@ -210,11 +321,98 @@ fn smollm2_timings() {
         let t = Instant::now();
         let s = trainer.step(&b).unwrap();
         let step = t.elapsed().as_secs_f64();
+        sum_step += step;
+        sum_two += fwd2;
         eprintln!(
-            "step {seq}: {step:.2}s (2 forwards {fwd2:.2}s, inside step {:.2}+{:.2}s) loss {two:.4} ℓ+ {:.4} ℓ- {:.4} g {:+.3} code {}",
-            s.forward_seconds[0], s.forward_seconds[1], s.loss_plus, s.loss_minus, s.grad, s.code
+            "step {seq}: {step:.2}s (2 forwards {fwd2:.2}s, inside step {:.2}+{:.2}s, ratio {:.2}) loss {two:.4} ℓ+ {:.4} ℓ- {:.4} g {:+.3} code {}",
+            s.forward_seconds[0], s.forward_seconds[1], step / fwd2, s.loss_plus, s.loss_minus, s.grad, s.code
         );
     }
+    eprintln!(
+        "ZO step / 2 forwards over {steps} steps: {:.2} ({:.2}s / {:.2}s)",
+        sum_step / sum_two,
+        sum_step / steps as f64,
+        sum_two / steps as f64
+    );
+}
+
+/// The causal-LM head: English text costs far less than a uniform guess
+/// (ln 49,152 ≈ 10.8 nats per token), and the loss is the mean over tokens.
+#[test]
+fn smollm2_next_token_loss() {
+    let Some(path) = gguf() else {
+        return;
+    };
+    let tok = llama::tokenizer(Source::Gguf(&path)).unwrap();
+    let model = Llama::load(Source::Gguf(&path), Head::NextToken).unwrap();
+    let texts = [
+        "The capital of France is Paris, and the capital of Italy is Rome.",
+        "it 's a charming and often affecting journey .",
+    ];
+    let batch = Batch {
+        inputs: texts
+            .iter()
+            .map(|t| llama::encode(&tok, t).unwrap())
+            .collect(),
+        labels: vec![0, 0],
+    };
+    let e = model.evaluate(&batch).unwrap();
+    let tokens: usize = batch.inputs.iter().map(|x| x.len() - 1).sum();
+    assert_eq!(e.n, tokens);
+    eprintln!(
+        "next-token loss {:.3} nats (perplexity {:.1}), top-1 accuracy {:.3} over {} tokens",
+        e.loss(),
+        e.loss().exp(),
+        e.accuracy(),
+        e.n
+    );
+    assert!(e.loss() < 5.0, "{e:?}");
+    assert!(e.accuracy() > 0.2, "{e:?}");
+    let mut sum = 0.0;
+    for x in &batch.inputs {
+        let one = Batch {
+            inputs: vec![x.clone()],
+            labels: vec![0],
+        };
+        sum += model.evaluate(&one).unwrap().loss_sum;
+    }
+    assert!((sum - e.loss_sum).abs() < 1e-2, "{sum} vs {}", e.loss_sum);
+}
+
+/// The shipped SmolLM2 configs parse, and their data loads when present.
+#[test]
+fn smollm2_configs_are_valid() {
+    use seedswarm::config::{Config, TaskSpec};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, text) in [
+        ("smollm2-sst2.toml", false),
+        ("smollm2-rt.toml", false),
+        ("smollm2-text.toml", true),
+    ] {
+        let cfg = Config::load(&dir.join("configs").join(name)).unwrap();
+        assert_eq!(matches!(cfg.run.task, TaskSpec::Text(_)), text, "{name}");
+    }
+    let corpus = dir.join("assets/rotten_tomatoes_corpus_full.csv.bz2");
+    if !corpus.exists() {
+        eprintln!("SKIPPED: {} is missing", corpus.display());
+        return;
+    }
+    let cfg = Config::load(&dir.join("configs/smollm2-rt.toml")).unwrap();
+    let TaskSpec::Prompt(t) = &cfg.run.task else {
+        unreachable!()
+    };
+    let rows = t.read(&corpus).unwrap();
+    let fresh = rows.iter().filter(|(_, y)| *y == 1).count();
+    assert_eq!((rows.len(), fresh), (12_808, 7_403));
+    let held = rows
+        .iter()
+        .filter(|(x, _)| seedswarm::task::held_out(x, t.dev_fraction))
+        .count();
+    eprintln!(
+        "Rotten Tomatoes: {} reviews, {fresh} fresh, {held} held out",
+        rows.len()
+    );
+    assert!((1_000..1_600).contains(&held), "{held}");
 }
 
 /// The Hugging Face directory loader gives the same logits as the GGUF it
