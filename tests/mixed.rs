@@ -71,3 +71,40 @@ async fn zeroth_and_first_order_nodes_agree_bit_for_bit() {
         assert!(!x.rejected.contains_key("bad_delta"), "{:?}", x.rejected);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_joins_a_mixed_swarm_from_a_snapshot_that_carries_deltas() {
+    let zo = config();
+    let mut fo = config();
+    fo.node.mode = Mode::FirstOrder;
+    fo.node.first_order.local_steps = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::start(zo.clone(), options(3000, 1)).await.unwrap();
+    let mut ob = options(60, 1);
+    ob.bootstrap = vec![a.listen[0].clone().with_p2p(a.peer_id).unwrap()];
+    let b = Node::start(fo, ob).await.unwrap();
+    common::until(&a, |s| s.updates_applied >= 1500).await;
+    let mut oc = options(100, 0);
+    oc.join = seedswarm::net::join::Mode::Snapshot;
+    oc.data_dir = Some(dir.path().join("c"));
+    oc.bootstrap = [&a, &b]
+        .iter()
+        .map(|p| p.listen[0].clone().with_p2p(p.peer_id).unwrap())
+        .collect();
+    let c = Node::start(zo, oc).await.unwrap();
+    let s = finish(vec![a, b, c]).await;
+    assert_identical(&s);
+    assert_eq!(s[2].join, "snapshot");
+    assert_eq!(s[2].updates_applied, 3000 + 60 + 100);
+    // The joiner's log holds the deltas it got in the snapshot: a restart
+    // from its data dir replays to the same state.
+    let mut cfg = config();
+    cfg.node.steps = 100;
+    let e = seedswarm::train::Trainer::new(
+        &cfg,
+        seedswarm::seed::Origin([0; 32]),
+        Some(&dir.path().join("c")),
+    )
+    .unwrap();
+    assert_eq!(e.replica().digest(), s[2].digest);
+}
