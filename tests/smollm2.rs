@@ -408,9 +408,17 @@ fn smollm2_configs_are_valid() {
         .iter()
         .filter(|(x, _)| seedswarm::task::held_out(x, t.dev_fraction))
         .count();
+    let dev: Vec<u32> = rows
+        .iter()
+        .filter(|(x, _)| seedswarm::task::held_out(x, t.dev_fraction))
+        .take(t.dev_size)
+        .map(|(_, y)| *y)
+        .collect();
     eprintln!(
-        "Rotten Tomatoes: {} reviews, {fresh} fresh, {held} held out",
-        rows.len()
+        "Rotten Tomatoes: {} reviews, {fresh} fresh, {held} held out; the dev set's first {} are {} fresh",
+        rows.len(),
+        dev.len(),
+        dev.iter().filter(|&&y| y == 1).count()
     );
     assert!((1_000..1_600).contains(&held), "{held}");
 }
