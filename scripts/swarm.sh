@@ -6,14 +6,20 @@
 #   scripts/swarm.sh                 # 4 nodes, 2500 updates each
 #   N=6 UPDATES=1000 scripts/swarm.sh
 #   SEEDSWARM_BIN=target/release/seedswarm scripts/swarm.sh
+#   FIRST_ORDER=1 scripts/swarm.sh   # the last node trains first-order
 #
 # Environment: N (nodes), UPDATES (own updates per node), CONFIG, TARGET_ACC
-# (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN.
+# (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN,
+# FIRST_ORDER (how many of the nodes, counted from the last, run
+# --mode first-order; default 0) and FO_ROUNDS (their own updates, i.e.
+# compressed deltas, default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-4}
 UPDATES=${UPDATES:-2500}
+FIRST_ORDER=${FIRST_ORDER:-0}
+FO_ROUNDS=${FO_ROUNDS:-100}
 CONFIG=${CONFIG:-configs/demo.toml}
 TARGET_ACC=${TARGET_ACC:-0.9}
 RUN_DIR=${RUN_DIR:-runs/swarm-$(date +%Y%m%d-%H%M%S)}
@@ -24,7 +30,7 @@ if [[ -z "${SEEDSWARM_BIN:-}" ]]; then
   SEEDSWARM_BIN="$CARGO_TARGET_DIR/debug/seedswarm"
 fi
 mkdir -p "$RUN_DIR"
-echo "swarm of $N nodes, $UPDATES updates each, config $CONFIG, logs in $RUN_DIR"
+echo "swarm of $N nodes ($FIRST_ORDER first-order), $UPDATES updates each (first-order: $FO_ROUNDS deltas), config $CONFIG, logs in $RUN_DIR"
 
 pids=()
 cleanup() {
@@ -35,10 +41,14 @@ trap cleanup INT TERM
 start_node() {
   local i=$1; shift
   local dir="$RUN_DIR/node-$i"
+  local own=(--max-updates "$UPDATES")
+  if (( i >= N - FIRST_ORDER )); then
+    own=(--mode first-order --max-updates "$FO_ROUNDS")
+  fi
   mkdir -p "$dir"
   "$SEEDSWARM_BIN" node --config "$CONFIG" --data-dir "$dir" \
     --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
-    --no-mdns --min-peers $((N - 1)) --max-updates "$UPDATES" --http 127.0.0.1:0 \
+    --no-mdns --min-peers $((N - 1)) "${own[@]}" --http 127.0.0.1:0 \
     --summary "$dir/summary.json" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }

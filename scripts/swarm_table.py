@@ -52,6 +52,7 @@ def table(run_dir, n):
             f"loss {s.get('loss') if s.get('loss') is None else round(s['loss'], 4)!s:>7}  "
             f"acc {('%.1f%%' % (100 * acc)) if acc is not None else '-':>6}  "
             f"digest {(s.get('digest') or '-')[:12]}"
+            + ("  first-order" if s.get("mode") == "first-order" else "")
         )
     bad = sum(1 for d in groups.values() if len(d) > 1)
     rows.append(
