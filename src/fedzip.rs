@@ -306,7 +306,8 @@ fn context(index: usize, name: &str) -> String {
 
 // ---------------------------------------------------------------- compress --
 
-/// Top-z sparsification and k-means quantization of each tensor.
+/// Top-z sparsification (the largest magnitudes, exact zeros never kept) and
+/// k-means quantization of each tensor.
 ///
 /// Rejects invalid settings, non-finite values (naming the tensor and
 /// element), tensors of more than 2^32 elements, empty, over-long or duplicate
@@ -364,7 +365,9 @@ pub fn kept_count(len: usize, top_z: f64) -> usize {
 }
 
 fn compress_one(name: &str, values: &[f32], s: &Settings) -> SparseTensor {
-    let keep = kept_count(values.len(), s.top_z);
+    // Exact zeros carry nothing: an untouched tensor (or row) costs no entries.
+    let nonzero = values.iter().filter(|&&v| v != 0.0).count();
+    let keep = kept_count(values.len(), s.top_z).min(nonzero);
     let positions = top_positions(values, keep);
     let kept: Vec<f32> = positions.iter().map(|&p| values[p as usize]).collect();
     let (centroids, ids) = if kept.is_empty() {
@@ -1396,7 +1399,9 @@ mod tests {
                 prop_assert_eq!(encode(&compress(&input, &s).unwrap(), coding), bytes);
             }
             for (t, (_, x)) in d.tensors.iter().zip(&input) {
-                prop_assert_eq!(t.positions.len(), kept_count(x.len(), s.top_z));
+                let nonzero = x.iter().filter(|&&v| v != 0.0).count();
+                prop_assert_eq!(t.positions.len(), kept_count(x.len(), s.top_z).min(nonzero));
+                prop_assert!(t.positions.iter().all(|&p| x[p as usize] != 0.0));
             }
         }
 

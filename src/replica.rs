@@ -493,15 +493,17 @@ impl Replica {
 pub fn digest_of<'a>(deltas: impl IntoIterator<Item = &'a [i32]>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"seedswarm/delta/1");
-    let mut buf = Vec::with_capacity(4 * CHUNK);
+    // Large pieces hashed with BLAKE3's parallel tree mode (same digest).
+    const PIECE: usize = 1 << 20;
+    let mut buf = Vec::with_capacity(4 * PIECE);
     for delta in deltas {
         h.update(&(delta.len() as u64).to_le_bytes());
-        for chunk in delta.chunks(CHUNK) {
+        for chunk in delta.chunks(PIECE) {
             buf.clear();
             for v in chunk {
                 buf.extend_from_slice(&v.to_le_bytes());
             }
-            h.update(&buf);
+            h.update_rayon(&buf);
         }
     }
     *h.finalize().as_bytes()

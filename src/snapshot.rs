@@ -1,23 +1,30 @@
 //! Snapshots for joining: `δ` at a version vector plus the update log up to
 //! it, losslessly compressed, split into integrity-checked chunks.
 //!
-//! Body (before compression): bincode header (version vector, digest, tensor
-//! lengths, log codes per origin with the payloads of their delta updates),
-//! then every `δ` value as a zigzag LEB128
-//! varint. The body is compressed with zstd and cut into [`CHUNK`]-byte
-//! chunks; each chunk is named by its BLAKE3 hash and the snapshot by the hash
-//! of its header fields and chunk hashes, so identical replicas offer
-//! identical snapshots and a joiner can fetch chunks from several of them.
+//! Body: `header_len: u64 LE ‖ zstd(bincode header) ‖ segment frames`. The
+//! header holds the version vector, digest, tensor lengths, the log codes per
+//! origin with the payloads of their delta updates, and the compressed size
+//! of every segment frame. `δ` is cut into segments of [`SEGMENT`] values
+//! (tensor by tensor); each is an independent zstd frame of zigzag LEB128
+//! varints, so segments are encoded and decoded in parallel. The body is cut
+//! into [`CHUNK`]-byte chunks; each chunk is named by its BLAKE3 hash and the
+//! snapshot by the hash of its header fields and chunk hashes, so identical
+//! replicas offer identical snapshots and a joiner can fetch chunks from
+//! several of them.
 
 use crate::replica::VersionVector;
 use crate::seed::Origin;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
 
 /// Bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
 /// Most chunks a snapshot may have (16 GiB compressed).
 pub const MAX_CHUNKS: usize = 1 << 14;
+/// Values of `δ` per independently compressed segment.
+pub const SEGMENT: usize = 1 << 20;
+/// Largest decompressed header accepted.
+const MAX_HEADER: usize = 1 << 30;
 
 /// Errors of snapshot decoding.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +46,8 @@ struct Header {
     digest: [u8; 32],
     lens: Vec<u64>,
     codes: Vec<LogEntries>,
+    /// Compressed size of each segment frame, in order.
+    segments: Vec<u64>,
 }
 
 /// An origin's log from seq 0: codes, and the payloads of its delta updates
@@ -93,35 +102,39 @@ pub fn encode(
     digest: [u8; 32],
     codes: Vec<LogEntries>,
 ) -> Snapshot {
+    let segments: Vec<&[i32]> = deltas.iter().flat_map(|d| d.chunks(SEGMENT)).collect();
+    let frames: Vec<Vec<u8>> = segments
+        .par_iter()
+        .map(|seg| {
+            let mut buf = Vec::with_capacity(seg.len() * 2);
+            for &v in *seg {
+                put_varint(&mut buf, v);
+            }
+            zstd::bulk::compress(&buf, 1).unwrap_or_default()
+        })
+        .collect();
     let header = Header {
         vv: vv.iter().map(|(o, n)| (*o, *n)).collect(),
         digest,
         lens: deltas.iter().map(|d| d.len() as u64).collect(),
         codes,
+        segments: frames.iter().map(|f| f.len() as u64).collect(),
     };
     let head =
         bincode::serde::encode_to_vec(&header, bincode::config::standard()).unwrap_or_default();
+    let head = zstd::bulk::compress(&head, 3).unwrap_or_default();
     let raw_len: u64 = deltas.iter().map(|d| 4 * d.len() as u64).sum();
-    let mut enc = zstd::stream::Encoder::new(Vec::new(), 1).expect("zstd encoder");
-    let mut buf = Vec::with_capacity(1 << 16);
-    let mut ok =
-        enc.write_all(&(head.len() as u64).to_le_bytes()).is_ok() && enc.write_all(&head).is_ok();
-    for d in deltas {
-        for chunk in d.chunks(1 << 14) {
-            buf.clear();
-            for &v in chunk {
-                put_varint(&mut buf, v);
-            }
-            ok &= enc.write_all(&buf).is_ok();
-        }
+    let mut body = Vec::with_capacity(8 + head.len() + frames.iter().map(Vec::len).sum::<usize>());
+    body.extend_from_slice(&(head.len() as u64).to_le_bytes());
+    body.extend_from_slice(&head);
+    for f in &frames {
+        body.extend_from_slice(f);
     }
-    let body = if ok {
-        enc.finish().unwrap_or_default()
-    } else {
-        Vec::new()
-    };
     let chunks: Vec<Vec<u8>> = body.chunks(CHUNK).map(<[u8]>::to_vec).collect();
-    let hashes: Vec<[u8; 32]> = chunks.iter().map(|c| *blake3::hash(c).as_bytes()).collect();
+    let hashes: Vec<[u8; 32]> = chunks
+        .par_iter()
+        .map(|c| *blake3::hash(c).as_bytes())
+        .collect();
     Snapshot {
         id: id_of(&header.vv, &digest, &hashes),
         vv: vv.clone(),
@@ -130,6 +143,37 @@ pub fn encode(
         hashes,
         chunks,
     }
+}
+
+/// Decodes one segment frame into `out` (exactly `out.len()` varints).
+fn decode_segment(frame: &[u8], out: &mut [i32]) -> Result<(), Error> {
+    // A varint takes at most 5 bytes: the bound keeps allocation finite.
+    let raw = zstd::bulk::decompress(frame, 5 * out.len())
+        .map_err(|e| Error::Body(format!("segment: {e}")))?;
+    let mut pos = 0usize;
+    for o in out.iter_mut() {
+        let mut z: u32 = 0;
+        let mut shift = 0;
+        loop {
+            let &b = raw
+                .get(pos)
+                .ok_or_else(|| Error::Body("truncated values".into()))?;
+            pos += 1;
+            if shift == 28 && b > 0x0f {
+                return Err(Error::Body("varint overflows i32".into()));
+            }
+            z |= u32::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+        }
+        *o = ((z >> 1) as i32) ^ -((z & 1) as i32);
+    }
+    if pos != raw.len() {
+        return Err(Error::Body("trailing bytes in a segment".into()));
+    }
+    Ok(())
 }
 
 /// A decoded snapshot.
@@ -146,73 +190,67 @@ pub struct Decoded {
 
 /// Checks each chunk against its hash, then decodes; `lens` are the replica's tensor lengths.
 pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result<Decoded, Error> {
-    for (i, (c, h)) in chunks.iter().zip(hashes).enumerate() {
-        if blake3::hash(c).as_bytes() != h {
-            return Err(Error::Chunk(i));
-        }
-    }
     if chunks.len() != hashes.len() {
         return Err(Error::Body("chunk count differs from the offer".into()));
     }
-    let total: usize = lens.iter().sum();
-    // A varint takes at most 5 bytes; the header is bounded by the log size.
-    let limit = (5 * total as u64).saturating_add(1 << 30);
-    let reader = std::io::Cursor::new(chunks.concat());
-    let mut dec = zstd::stream::Decoder::new(reader)
-        .map_err(|e| Error::Body(e.to_string()))?
-        .take(limit);
-    let mut len8 = [0u8; 8];
-    dec.read_exact(&mut len8)
-        .map_err(|e| Error::Body(e.to_string()))?;
-    let head_len = u64::from_le_bytes(len8);
-    if head_len > 1 << 30 {
-        return Err(Error::Body("header too large".into()));
+    if let Some(i) = chunks
+        .par_iter()
+        .zip(hashes)
+        .position_any(|(c, h)| blake3::hash(c).as_bytes() != h)
+    {
+        return Err(Error::Chunk(i));
     }
-    let mut head = vec![0u8; head_len as usize];
-    dec.read_exact(&mut head)
-        .map_err(|e| Error::Body(e.to_string()))?;
-    let (header, _): (Header, usize) = bincode::serde::decode_from_slice(
+    let body = chunks.concat();
+    let head_len = body
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        .ok_or_else(|| Error::Body("truncated".into()))?;
+    let rest = &body[8..];
+    if head_len > rest.len() as u64 {
+        return Err(Error::Body("header longer than the body".into()));
+    }
+    let (head, mut frames) = rest.split_at(head_len as usize);
+    let head = zstd::bulk::decompress(head, MAX_HEADER)
+        .map_err(|e| Error::Body(format!("header: {e}")))?;
+    let (header, used): (Header, usize) = bincode::serde::decode_from_slice(
         &head,
         bincode::config::standard().with_limit::<{ 1 << 30 }>(),
     )
     .map_err(|e| Error::Body(e.to_string()))?;
+    if used != head.len() {
+        return Err(Error::Body("trailing bytes after the header".into()));
+    }
     if header.lens.len() != lens.len() || header.lens.iter().zip(lens).any(|(a, &b)| *a != b as u64)
     {
         return Err(Error::Mismatch(
             "tensor shapes differ from this replica's".into(),
         ));
     }
-    let mut rest = Vec::new();
-    dec.read_to_end(&mut rest)
-        .map_err(|e| Error::Body(e.to_string()))?;
-    let mut deltas = Vec::with_capacity(lens.len());
-    let mut pos = 0usize;
-    for &n in lens {
-        let mut d = Vec::with_capacity(n);
-        for _ in 0..n {
-            let mut z: u32 = 0;
-            let mut shift = 0;
-            loop {
-                let &b = rest
-                    .get(pos)
-                    .ok_or_else(|| Error::Body("truncated values".into()))?;
-                pos += 1;
-                if shift == 28 && b > 0x0f {
-                    return Err(Error::Body("varint overflows i32".into()));
-                }
-                z |= u32::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    break;
-                }
-                shift += 7;
-            }
-            d.push(((z >> 1) as i32) ^ -((z & 1) as i32));
+    let want: usize = lens.iter().map(|n| n.div_ceil(SEGMENT)).sum();
+    if header.segments.len() != want {
+        return Err(Error::Body(format!(
+            "{} segments, {want} expected",
+            header.segments.len()
+        )));
+    }
+    if header.segments.iter().sum::<u64>() != frames.len() as u64 {
+        return Err(Error::Body(
+            "segment sizes do not add up to the body".into(),
+        ));
+    }
+    let mut deltas: Vec<Vec<i32>> = lens.iter().map(|&n| vec![0; n]).collect();
+    let mut work: Vec<(&[u8], &mut [i32])> = Vec::with_capacity(want);
+    let mut sizes = header.segments.iter();
+    for d in deltas.iter_mut() {
+        for out in d.chunks_mut(SEGMENT) {
+            let n = sizes.next().copied().unwrap_or(0) as usize;
+            let (frame, tail) = frames.split_at(n);
+            frames = tail;
+            work.push((frame, out));
         }
-        deltas.push(d);
     }
-    if pos != rest.len() {
-        return Err(Error::Body("trailing bytes".into()));
-    }
+    work.into_par_iter()
+        .try_for_each(|(frame, out)| decode_segment(frame, out))?;
     let vv: VersionVector = header.vv.into_iter().collect();
     for (o, c, p) in &header.codes {
         if vv.get(o).copied().unwrap_or(0) != c.len() as u64 {
@@ -274,6 +312,33 @@ mod tests {
             decode(&s.chunks, &s.hashes, &[a.len()]),
             Err(Error::Mismatch(_))
         ));
+    }
+
+    #[test]
+    fn many_segments_decode_in_parallel_and_bad_bodies_are_refused() {
+        let a: Vec<i32> = (0..(2 * SEGMENT + 12_345) as i64)
+            .map(|i| ((i * 48_271) % 65_537) as i32 - 32_768)
+            .collect();
+        let b: Vec<i32> = vec![-3; SEGMENT];
+        let vv = VersionVector::new();
+        let s = encode(&[&a, &b], &vv, [1; 32], vec![]);
+        let d = decode(&s.chunks, &s.hashes, &[a.len(), b.len()]).unwrap();
+        assert_eq!(d.deltas, vec![a.clone(), b.clone()]);
+        // A body cut short (re-hashed so it passes the chunk check) is an error.
+        let mut body = s.chunks.concat();
+        body.truncate(body.len() - 10);
+        let chunks = vec![body];
+        let hashes = vec![*blake3::hash(&chunks[0]).as_bytes()];
+        assert!(matches!(
+            decode(&chunks, &hashes, &[a.len(), b.len()]),
+            Err(Error::Body(_))
+        ));
+        // Garbage never panics.
+        for n in [0usize, 7, 8, 100] {
+            let junk = vec![vec![0xffu8; n]];
+            let h = vec![*blake3::hash(&junk[0]).as_bytes()];
+            assert!(decode(&junk, &h, &[10]).is_err());
+        }
     }
 
     #[test]
