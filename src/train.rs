@@ -207,6 +207,8 @@ pub struct Trainer {
     slots: Vec<usize>,
     eps: f32,
     origin: Origin,
+    /// Largest delta payload the run accepts (`run.delta.max_bytes`).
+    max_delta_bytes: usize,
 }
 
 impl Trainer {
@@ -265,6 +267,7 @@ impl Trainer {
             slots,
             eps: cfg.run.eps as f32,
             origin,
+            max_delta_bytes: cfg.run.delta.max_bytes,
         };
         t.materialize()?;
         Ok(t)
@@ -485,6 +488,14 @@ impl Trainer {
         let delta = crate::fedzip::compress(&views, compression)
             .map_err(|e| Error::Mismatch(format!("compressing the delta: {e}")))?;
         let payload = crate::fedzip::encode(&delta, compression.positions);
+        if payload.len() > self.max_delta_bytes {
+            // Peers would refuse it, and this origin's later updates with it.
+            return Err(Error::Mismatch(format!(
+                "the compressed delta is {} bytes, over run.delta.max_bytes = {}; lower node.first_order.compression.top_z",
+                payload.len(),
+                self.max_delta_bytes
+            )));
+        }
         let raw_bytes = 4 * diffs.iter().map(Vec::len).sum::<usize>();
         let payload = Arc::new(payload);
         let fresh = self.log.insert_with(

@@ -140,6 +140,23 @@ fn first_order_training_publishes_compressed_deltas_and_resumes() {
         .unwrap();
     assert!(st.success());
     assert_eq!(summary(&eval)["digest"], s["digest"]);
+    // A delta over run.delta.max_bytes is refused by its own node, not sent.
+    let small = dir.path().join("small.toml");
+    std::fs::write(
+        &small,
+        std::fs::read_to_string(demo())
+            .unwrap()
+            .replace("[run.codec]", "[run.delta]\nmax_bytes = 64\n\n[run.codec]"),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["train", "--mode", "first-order", "--steps", "3", "--config"])
+        .arg(&small)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("run.delta.max_bytes"), "{err}");
     // A model without gradients cannot train first-order: exit 2, the field named.
     let lm = dir.path().join("lm.toml");
     std::fs::write(
