@@ -21,6 +21,8 @@ fn config() -> Config {
 
 struct Outcome {
     seconds: f64,
+    /// From the first status showing an own update (training under way).
+    training_seconds: f64,
     applied: u64,
     deltas: u64,
 }
@@ -52,7 +54,11 @@ async fn swarm(n: usize, first_order: usize, target: f64) -> Outcome {
     }
     let start = Instant::now();
     let watches: Vec<_> = nodes.iter().map(Node::watch).collect();
+    let mut trained_at: Option<Instant> = None;
     let (seconds, applied) = loop {
+        if trained_at.is_none() && watches.iter().any(|w| w.borrow().own_updates > 0) {
+            trained_at = Some(Instant::now());
+        }
         let reached = watches
             .iter()
             .all(|w| w.borrow().accuracy.is_some_and(|a| a >= target));
@@ -80,8 +86,12 @@ async fn swarm(n: usize, first_order: usize, target: f64) -> Outcome {
     for x in nodes {
         let _ = x.wait().await;
     }
+    let training_seconds = trained_at.map_or(f64::INFINITY, |t| {
+        seconds - t.duration_since(start).as_secs_f64()
+    });
     Outcome {
         seconds,
+        training_seconds,
         applied,
         deltas,
     }
@@ -101,26 +111,31 @@ fn main() {
         .build()
         .expect("runtime");
     let mut times = [Vec::new(), Vec::new()];
+    let mut training = [Vec::new(), Vec::new()];
     for r in 0..repeats {
         // Alternate the order so drift in machine load hits both alike.
         let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
         for fo in order {
             let o = rt.block_on(swarm(n, fo, target));
             println!(
-                "{{\"nodes\":{n},\"first_order\":{fo},\"target\":{target},\"seconds\":{:.3},\"updates_applied\":{},\"deltas\":{}}}",
-                o.seconds, o.applied, o.deltas
+                "{{\"nodes\":{n},\"first_order\":{fo},\"target\":{target},\"seconds\":{:.3},\"training_seconds\":{:.3},\"updates_applied\":{},\"deltas\":{}}}",
+                o.seconds, o.training_seconds, o.applied, o.deltas
             );
             times[fo].push(o.seconds);
+            training[fo].push(o.training_seconds);
         }
     }
-    for t in &mut times {
+    for t in times.iter_mut().chain(training.iter_mut()) {
         t.sort_by(f64::total_cmp);
     }
     let median = |t: &Vec<f64>| t[t.len() / 2];
     println!(
-        "{{\"summary\":true,\"nodes\":{n},\"target\":{target},\"repeats\":{repeats},\"median_seconds_zo_only\":{:.3},\"median_seconds_mixed\":{:.3},\"speedup\":{:.2}}}",
+        "{{\"summary\":true,\"nodes\":{n},\"target\":{target},\"repeats\":{repeats},\"median_seconds_zo_only\":{:.3},\"median_seconds_mixed\":{:.3},\"speedup\":{:.2},\"median_training_seconds_zo_only\":{:.3},\"median_training_seconds_mixed\":{:.3},\"training_speedup\":{:.2}}}",
         median(&times[0]),
         median(&times[1]),
-        median(&times[0]) / median(&times[1])
+        median(&times[0]) / median(&times[1]),
+        median(&training[0]),
+        median(&training[1]),
+        median(&training[0]) / median(&training[1])
     );
 }
