@@ -4,7 +4,8 @@
 //! counted by reason, and the node keeps working. A second peer announces
 //! delta updates and serves, over request-response, a payload that does not
 //! match its announced hash, then one that does not decode, then a valid one:
-//! the first two are refused, the third is applied.
+//! the first two are refused, the third is applied; a flood of announcements
+//! whose payloads never come is fetched only up to a bound.
 
 mod common;
 
@@ -206,6 +207,31 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
                         st.rejected
                     );
                 }
+            }
+        }
+    }
+    // A flood of announcements whose payloads never come: the victim fetches
+    // a bounded number at once and ignores the rest.
+    for seq in 1..=40u64 {
+        let ann = wire::DeltaAnnounce {
+            seq,
+            len: 50,
+            hash: [seq as u8; 32],
+        };
+        peer.behaviour_mut()
+            .gossipsub
+            .publish(topics.deltas.hash(), ann.encode())
+            .expect("announced");
+    }
+    loop {
+        tokio::select! {
+            _ = peer.select_next_some() => {}
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let st = victim.status();
+                if st.rejected.get("deltas_busy").copied().unwrap_or(0) >= 40 - 16 {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "rejected {:?}", st.rejected);
             }
         }
     }

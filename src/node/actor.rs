@@ -17,6 +17,9 @@ struct DeltaWait {
 
 /// Payload bytes a range response carries at most (beyond its first delta).
 const RANGE_PAYLOAD_BUDGET: usize = 4 << 20;
+/// Delta payloads being fetched at once, per origin and in all.
+const MAX_WAITS_PER_ORIGIN: usize = 16;
+const MAX_WAITS: usize = 1024;
 
 /// Per-origin token bucket over updates.
 struct Bucket {
@@ -510,6 +513,17 @@ impl Actor {
             return Some(MessageAcceptance::Reject);
         }
         if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {
+            return Some(MessageAcceptance::Ignore);
+        }
+        // Bounded work per announcer: beyond the caps an announcement is
+        // ignored (unpenalized); range repair fetches what it missed later.
+        let of_origin = self
+            .delta_waits
+            .keys()
+            .filter(|(o, _)| *o == origin)
+            .count();
+        if of_origin >= MAX_WAITS_PER_ORIGIN || self.delta_waits.len() >= MAX_WAITS {
+            self.reject("deltas_busy");
             return Some(MessageAcceptance::Ignore);
         }
         self.delta_waits.insert(
