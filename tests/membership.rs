@@ -35,6 +35,19 @@ fn options(max_updates: u64, bootstrap: &[&Node]) -> Options {
     }
 }
 
+/// Waits until every node has applied `total` updates and seen agreement,
+/// then stops them all. The early nodes keep serving (a node may otherwise
+/// finish and leave before a late joiner has published anything).
+async fn stop_when_complete(mut nodes: Vec<Node>, total: u64) -> Vec<seedswarm::node::Summary> {
+    for n in &nodes {
+        until(n, |s| s.updates_applied == total && s.settled).await;
+    }
+    for n in &mut nodes {
+        n.stop();
+    }
+    finish(nodes).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joining_mid_run_catches_up_by_replay() {
     let cfg = config();
@@ -42,6 +55,7 @@ async fn a_node_joining_mid_run_catches_up_by_replay() {
         cfg.clone(),
         Options {
             min_peers: 1,
+            exit_when_settled: false,
             ..options(2500, &[])
         },
     )
@@ -51,6 +65,7 @@ async fn a_node_joining_mid_run_catches_up_by_replay() {
         cfg.clone(),
         Options {
             min_peers: 1,
+            exit_when_settled: false,
             ..options(2500, &[&a])
         },
     )
@@ -58,7 +73,7 @@ async fn a_node_joining_mid_run_catches_up_by_replay() {
     .unwrap();
     until(&a, |s| s.updates_applied >= 1500).await;
     let c = Node::start(cfg, options(200, &[&b])).await.unwrap();
-    let s = finish(vec![a, b, c]).await;
+    let s = stop_when_complete(vec![a, b, c], 2500 + 2500 + 200).await;
     assert_identical(&s);
     assert_eq!(s[2].updates_applied, 2500 + 2500 + 200);
     assert!(
@@ -77,6 +92,7 @@ async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
         cfg.clone(),
         Options {
             min_peers: 1,
+            exit_when_settled: false,
             ..options(3000, &[])
         },
     )
@@ -86,6 +102,7 @@ async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
         cfg.clone(),
         Options {
             min_peers: 1,
+            exit_when_settled: false,
             ..options(3000, &[&a])
         },
     )
@@ -102,7 +119,7 @@ async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
     )
     .await
     .unwrap();
-    let s = finish(vec![a, b, c]).await;
+    let s = stop_when_complete(vec![a, b, c], 3000 + 3000 + 200).await;
     assert_identical(&s);
     assert_eq!(s[2].updates_applied, 3000 + 3000 + 200);
     assert_eq!(s[2].join, "snapshot");
