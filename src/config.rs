@@ -414,12 +414,6 @@ impl Config {
             ));
         }
         let fo = &self.node.first_order;
-        if self.node.mode == Mode::FirstOrder && !matches!(r.model, ModelSpec::Tiny(_)) {
-            return Err(
-                "node.mode = \"first-order\" needs a model with gradients (run.model.kind = \"tiny\")"
-                    .into(),
-            );
-        }
         if !(1..=100_000).contains(&fo.local_steps) {
             return Err(format!(
                 "node.first_order.local_steps must be within 1..=100000, got {}",

@@ -181,15 +181,62 @@ struct Block {
     down: Tensor,
 }
 
+/// Handles to the weights the forward reads: the same storage as
+/// `Llama::tensors`, or, when computing gradients, variables standing in for
+/// the trainable ones.
+struct Weights {
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+}
+
+impl Weights {
+    /// Views of `tensors` (in `specs` order) by their Hugging Face names.
+    fn of(shape: &Shape, specs: &[ParamSpec], tensors: &[Tensor]) -> Self {
+        let by_name: HashMap<&str, &Tensor> = specs
+            .iter()
+            .map(|s| s.name.as_str())
+            .zip(tensors.iter())
+            .collect();
+        let get = |n: &str| -> Tensor { by_name[n].clone() };
+        let blocks = (0..shape.layers)
+            .map(|l| {
+                let p = |n: &str| get(&format!("model.layers.{l}.{n}.weight"));
+                Block {
+                    attn_norm: p("input_layernorm"),
+                    q: p("self_attn.q_proj"),
+                    k: p("self_attn.k_proj"),
+                    v: p("self_attn.v_proj"),
+                    o: p("self_attn.o_proj"),
+                    mlp_norm: p("post_attention_layernorm"),
+                    gate: p("mlp.gate_proj"),
+                    up: p("mlp.up_proj"),
+                    down: p("mlp.down_proj"),
+                }
+            })
+            .collect();
+        let embed = get("model.embed_tokens.weight");
+        let lm_head = if shape.tied {
+            embed.clone()
+        } else {
+            get("lm_head.weight")
+        };
+        Self {
+            embed,
+            blocks,
+            norm: get("model.norm.weight"),
+            lm_head,
+        }
+    }
+}
+
 /// A llama run by our own forward pass over candle tensors.
 pub struct Llama {
     shape: Shape,
     specs: Vec<ParamSpec>,
     tensors: Vec<Tensor>,
-    embed: Tensor,
-    blocks: Vec<Block>,
-    norm: Tensor,
-    lm_head: Tensor,
+    w: Weights,
     /// Rotary tables, `[context, head_dim / 2]`.
     cos: Tensor,
     sin: Tensor,
@@ -462,35 +509,7 @@ impl Llama {
         }
         // Clones of tensor handles share their storage, so writes through
         // `tensors` are seen by the forward pass.
-        let by_name: HashMap<&str, &Tensor> = specs
-            .iter()
-            .map(|s| s.name.as_str())
-            .zip(tensors.iter())
-            .collect();
-        let get = |n: &str| -> Tensor { by_name[n].clone() };
-        let blocks = (0..shape.layers)
-            .map(|l| {
-                let p = |n: &str| get(&format!("model.layers.{l}.{n}.weight"));
-                Block {
-                    attn_norm: p("input_layernorm"),
-                    q: p("self_attn.q_proj"),
-                    k: p("self_attn.k_proj"),
-                    v: p("self_attn.v_proj"),
-                    o: p("self_attn.o_proj"),
-                    mlp_norm: p("post_attention_layernorm"),
-                    gate: p("mlp.gate_proj"),
-                    up: p("mlp.up_proj"),
-                    down: p("mlp.down_proj"),
-                }
-            })
-            .collect();
-        let embed = get("model.embed_tokens.weight");
-        let lm_head = if shape.tied {
-            embed.clone()
-        } else {
-            get("lm_head.weight")
-        };
-        let norm = get("model.norm.weight");
+        let w = Weights::of(&shape, &specs, &tensors);
         // Rotary tables as in Hugging Face / candle-transformers (rotate halves).
         let hd = shape.hidden / shape.heads;
         let inv: Vec<f32> = (0..hd)
@@ -508,10 +527,7 @@ impl Llama {
             shape,
             specs,
             tensors,
-            embed,
-            blocks,
-            norm,
-            lm_head,
+            w,
             head,
         })
     }
@@ -586,6 +602,27 @@ impl Llama {
     /// needs no key mask: with the causal mask, position i only attends to
     /// positions ≤ i, which are real tokens wherever i is.
     fn hidden(&self, p: &Padded) -> Result<Tensor, Error> {
+        self.hidden_with(&self.w, p, false)
+    }
+
+    /// [`Llama::hidden`] over `w`; `differentiable` swaps candle's fused norm,
+    /// softmax and rotary kernels (which have no backward pass) for their
+    /// composed equivalents.
+    fn hidden_with(&self, w: &Weights, p: &Padded, differentiable: bool) -> Result<Tensor, Error> {
+        let rms = |x: &Tensor, a: &Tensor, eps: f32| {
+            if differentiable {
+                candle_nn::ops::rms_norm_slow(x, a, eps)
+            } else {
+                candle_nn::ops::rms_norm(x, a, eps)
+            }
+        };
+        let rope = |x: &Tensor, c: &Tensor, s: &Tensor| {
+            if differentiable {
+                candle_nn::rotary_emb::rope_slow(x, c, s)
+            } else {
+                candle_nn::rotary_emb::rope(x, c, s)
+            }
+        };
         let s = &self.shape;
         let (b, t) = (p.rows, p.len);
         let hd = s.hidden / s.heads;
@@ -606,14 +643,14 @@ impl Llama {
             };
             x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let mut x = self.embed.index_select(&p.ids, 0)?;
-        for blk in &self.blocks {
-            let h = candle_nn::ops::rms_norm(&x, &blk.attn_norm, eps)?;
+        let mut x = w.embed.index_select(&p.ids, 0)?;
+        for blk in &w.blocks {
+            let h = rms(&x, &blk.attn_norm, eps)?;
             let q = heads(linear(&h, &blk.q)?, s.heads)?;
             let k = heads(linear(&h, &blk.k)?, s.kv_heads)?;
             let v = heads(linear(&h, &blk.v)?, s.kv_heads)?;
-            let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+            let q = rope(&q, &cos, &sin)?;
+            let k = rope(&k, &cos, &sin)?;
             // Grouped-query attention without copying keys: the query heads
             // sharing a key/value head are stacked along the rows.
             let q = q.reshape((b, s.kv_heads, groups * t, hd))?;
@@ -621,7 +658,11 @@ impl Llama {
                 .reshape((b, s.kv_heads, groups, t, t))?
                 .broadcast_add(&mask)?
                 .reshape((b, s.kv_heads, groups * t, t))?;
-            let att = candle_nn::ops::softmax_last_dim(&att)?;
+            let att = if differentiable {
+                candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
+            } else {
+                candle_nn::ops::softmax_last_dim(&att)?
+            };
             let y = att
                 .matmul(&v)?
                 .reshape((b, s.heads, t, hd))?
@@ -633,7 +674,7 @@ impl Llama {
                 None => y,
             };
             x = (linear(&y, &blk.o)? + x)?;
-            let h = candle_nn::ops::rms_norm(&x, &blk.mlp_norm, eps)?;
+            let h = rms(&x, &blk.mlp_norm, eps)?;
             let g = candle_nn::ops::silu(&linear(&h, &blk.gate)?)?;
             let u = linear(&h, &blk.up)?;
             x = (linear(&(g * u)?, &blk.down)? + x)?;
@@ -648,14 +689,76 @@ impl Llama {
         at: &[u32],
         vocab: Option<&Tensor>,
     ) -> Result<Tensor, Error> {
+        self.logits_at_with(&self.w, hidden, at, vocab, false)
+    }
+
+    /// [`Llama::logits_at`] over `w` (see [`Llama::hidden_with`]).
+    fn logits_at_with(
+        &self,
+        w: &Weights,
+        hidden: &Tensor,
+        at: &[u32],
+        vocab: Option<&Tensor>,
+        differentiable: bool,
+    ) -> Result<Tensor, Error> {
         let idx = Tensor::from_slice(at, at.len(), &Device::Cpu)?;
         let h = hidden.index_select(&idx, 0)?;
-        let h = candle_nn::ops::rms_norm(&h, &self.norm, self.shape.rms_eps as f32)?;
-        let w = match vocab {
-            Some(ids) => self.lm_head.index_select(ids, 0)?,
-            None => self.lm_head.clone(),
+        let eps = self.shape.rms_eps as f32;
+        let h = if differentiable {
+            candle_nn::ops::rms_norm_slow(&h, &w.norm, eps)?
+        } else {
+            candle_nn::ops::rms_norm(&h, &w.norm, eps)?
         };
-        Ok(h.matmul(&w.t()?)?)
+        let out = match vocab {
+            Some(ids) => w.lm_head.index_select(ids, 0)?,
+            None => w.lm_head.clone(),
+        };
+        Ok(h.matmul(&out.t()?)?)
+    }
+
+    /// Mean loss of `batch` as a tensor over `w` (differentiable ops): the
+    /// classifier's cross-entropy over the label tokens, or the next-token
+    /// cross-entropy over every predicted position.
+    fn loss_tensor(&self, w: &Weights, batch: &Batch) -> Result<Tensor, Error> {
+        let p = self.pad(&batch.inputs)?;
+        let h = self.hidden_with(w, &p, true)?;
+        match &self.head {
+            Head::Classify(label_ids) => {
+                if batch.labels.len() != batch.inputs.len() {
+                    return Err(Error::Batch("labels and inputs differ in number".into()));
+                }
+                if let Some(&bad) = batch
+                    .labels
+                    .iter()
+                    .find(|&&l| l as usize >= label_ids.len())
+                {
+                    return Err(Error::Batch(format!("label {bad} outside the classes")));
+                }
+                let ids = Tensor::from_slice(label_ids, label_ids.len(), &Device::Cpu)?;
+                let logits = self.logits_at_with(w, &h, &last_rows(&p), Some(&ids), true)?;
+                let labels = Tensor::from_slice(&batch.labels, batch.labels.len(), &Device::Cpu)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
+            }
+            Head::NextToken => {
+                let mut at = Vec::new();
+                let mut targets = Vec::new();
+                for (r, x) in batch.inputs.iter().enumerate() {
+                    for i in 0..x.len() - 1 {
+                        at.push((p.offsets[r] + i) as u32);
+                        targets.push(x[i + 1]);
+                    }
+                }
+                if at.is_empty() {
+                    return Err(Error::Batch(
+                        "no next-token targets (every sequence has a single token)".into(),
+                    ));
+                }
+                let logits = self.logits_at_with(w, &h, &at, None, true)?;
+                let n = targets.len();
+                let targets = Tensor::from_vec(targets, n, &Device::Cpu)?;
+                Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
+            }
+        }
     }
 
     /// Logits over the whole vocabulary at every position of equal-length
@@ -803,6 +906,34 @@ impl Model for Llama {
         Ok(e.loss() as f32)
     }
 
+    /// Backprop through the differentiable forward: variables (copies) stand
+    /// in for the parameters `params`; the output layer tied to the
+    /// embedding accumulates both uses.
+    fn gradients(&self, batch: &Batch, params: &[usize]) -> Result<(f32, Vec<Vec<f32>>), Error> {
+        let mut ts = self.tensors.clone();
+        let mut vars = Vec::with_capacity(params.len());
+        for &i in params {
+            let t = self
+                .tensors
+                .get(i)
+                .ok_or_else(|| Error::NoParam(i.to_string()))?;
+            let v = candle_core::Var::from_tensor(t)?;
+            ts[i] = v.as_tensor().clone();
+            vars.push(v);
+        }
+        let w = Weights::of(&self.shape, &self.specs, &ts);
+        let loss = self.loss_tensor(&w, batch)?;
+        let grads = loss.backward()?;
+        let mut out = Vec::with_capacity(vars.len());
+        for (v, &i) in vars.iter().zip(params) {
+            out.push(match grads.get(v.as_tensor()) {
+                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+                None => vec![0.0; self.specs[i].len()],
+            });
+        }
+        Ok((loss.to_scalar::<f32>()?, out))
+    }
+
     /// Classification: per-example loss and accuracy. Next-token: `n` counts
     /// predicted positions, `correct` the top-1 hits among them.
     fn evaluate(&self, batch: &Batch) -> Result<Eval, Error> {
@@ -860,6 +991,53 @@ mod tests {
             ts.insert(p.name, t);
         }
         Llama::from_tensors(shape, ts, vec![3, 7]).unwrap()
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let mut m = random_model();
+        let b = Batch {
+            inputs: vec![vec![1, 2, 3, 4], vec![5, 6, 7, 8, 9], vec![9, 10]],
+            labels: vec![0, 1, 1],
+        };
+        let specs = m.params();
+        // A norm weight, a projection and the (tied) embedding.
+        let pick: Vec<usize> = [
+            "model.layers.1.input_layernorm.weight",
+            "model.layers.0.mlp.up_proj.weight",
+            "model.embed_tokens.weight",
+        ]
+        .iter()
+        .map(|n| specs.iter().position(|p| p.name == *n).unwrap())
+        .collect();
+        let (loss, grads) = m.gradients(&b, &pick).unwrap();
+        assert!((loss - m.loss(&b).unwrap()).abs() < 1e-4, "{loss}");
+        for (k, &i) in pick.iter().enumerate() {
+            // The element with the largest gradient, checked by central differences.
+            let (j, &g) = grads[k]
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            let h = 1e-2f32;
+            let at = |m: &mut Llama, d: f32| {
+                m.write(i, &mut |w| w[j] += d).unwrap();
+                let l = m.loss(&b).unwrap();
+                m.write(i, &mut |w| w[j] -= d).unwrap();
+                l
+            };
+            let fd = (at(&mut m, h) - at(&mut m, -h)) / (2.0 * h);
+            assert!(
+                (fd - g).abs() <= 0.05 * g.abs() + 1e-3,
+                "{}[{j}]: backprop {g}, finite difference {fd}",
+                specs[i].name
+            );
+        }
+        // The next-token head differentiates too.
+        let mut t = random_model();
+        t.head = Head::NextToken;
+        let (l, g) = t.gradients(&b, &pick[..1]).unwrap();
+        assert!(l.is_finite() && g[0].iter().any(|&x| x != 0.0));
     }
 
     #[test]

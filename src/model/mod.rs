@@ -122,8 +122,7 @@ pub trait Model: Send {
     fn gradients(&self, batch: &Batch, params: &[usize]) -> Result<(f32, Vec<Vec<f32>>), Error> {
         let _ = (batch, params);
         Err(Error::Unsupported(
-            "this model does not compute gradients; first-order mode needs the built-in tiny model"
-                .into(),
+            "this model does not compute gradients (needed by node.mode = \"first-order\")".into(),
         ))
     }
 }
