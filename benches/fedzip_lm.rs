@@ -4,7 +4,11 @@
 //! settings; reports the ratio against raw f32 and the dev accuracy of
 //! base + decoded delta against base + the exact delta.
 //!
-//! Run: `cargo bench --bench fedzip_lm -- CONFIG DATA_DIR` (needs the
+//! With `fo:N` in place of DATA_DIR the delta is first-order instead: N SGD
+//! steps (backprop, `node.first_order.lr`, batches of `run.batch_size`) on
+//! the trainable set from the base model.
+//!
+//! Run: `cargo bench --bench fedzip_lm -- CONFIG DATA_DIR|fo:N` (needs the
 //! assets from `scripts/fetch-assets.sh`; prints a message and exits
 //! otherwise). One JSON line per setting.
 
@@ -37,31 +41,82 @@ fn main() {
         return;
     }
     let t = std::time::Instant::now();
-    let trainer = match train::Trainer::new(&cfg, train::local_origin(&cfg), Some(Path::new(dir))) {
-        Ok(t) => t,
+    let data = train::try_build_data(&cfg.run).expect("data");
+    let dev = data.dev(cfg.node.eval_batch.min(16));
+    let mut model = match train::build_model(&cfg.run) {
+        Ok(m) => m,
         Err(e) => {
-            println!("cannot load the model or log ({e}); run scripts/fetch-assets.sh (skipped)");
+            println!("cannot load the model ({e}); run scripts/fetch-assets.sh (skipped)");
             return;
         }
     };
-    let data = train::try_build_data(&cfg.run).expect("data");
-    let dev = data.dev(cfg.node.eval_batch.min(16));
-    let tuned = evaluate(trainer.model(), &dev);
-    let mut model = train::build_model(&cfg.run).expect("model");
     let base_eval = evaluate(model.as_ref(), &dev);
     let specs = model.params();
-    // The exact fine-tuning delta of every trainable tensor.
-    let mut slots = Vec::new();
-    for s in trainer.replica().slots() {
-        let i = specs.iter().position(|p| p.name == s.name).expect("param");
-        let now = trainer.model().read(i).expect("read");
-        let diff: Vec<f32> = now.iter().zip(&s.base).map(|(a, b)| a - b).collect();
-        slots.push((i, s.name.clone(), s.base.clone(), diff));
+    let trainable: Vec<usize> = specs
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| {
+            cfg.run
+                .trainable
+                .iter()
+                .any(|g| seedswarm::config::glob(g, &p.name))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let base: Vec<Vec<f32>> = trainable.iter().map(|&i| model.read(i).unwrap()).collect();
+    // The exact delta of every trainable tensor: from the log, or by backprop.
+    let (updates, tuned_weights): (u64, Vec<Vec<f32>>) =
+        if let Some(n) = dir.strip_prefix("fo:").and_then(|n| n.parse::<u64>().ok()) {
+            let origin = train::local_origin(&cfg);
+            let lr = cfg.node.first_order.lr as f32;
+            for step in 0..n {
+                let b = data.train_batch(&origin, step, cfg.run.batch_size);
+                let (loss, grads) = model.gradients(&b, &trainable).expect("gradients");
+                eprintln!("sgd step {step}: loss {loss:.4}");
+                for (&i, g) in trainable.iter().zip(&grads) {
+                    model
+                        .write(i, &mut |w| {
+                            for (w, g) in w.iter_mut().zip(g) {
+                                *w -= lr * g;
+                            }
+                        })
+                        .unwrap();
+                }
+            }
+            let now = trainable.iter().map(|&i| model.read(i).unwrap()).collect();
+            (n, now)
+        } else {
+            let trainer =
+                match train::Trainer::new(&cfg, train::local_origin(&cfg), Some(Path::new(dir))) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        println!("cannot load the log ({e}) (skipped)");
+                        return;
+                    }
+                };
+            let now = trainable
+                .iter()
+                .map(|&i| trainer.model().read(i).unwrap())
+                .collect();
+            (trainer.replica().applied(), now)
+        };
+    for (&i, w) in trainable.iter().zip(&tuned_weights) {
+        model.write(i, &mut |x| x.copy_from_slice(w)).unwrap();
     }
+    let tuned = evaluate(model.as_ref(), &dev);
+    let slots: Vec<(usize, String, Vec<f32>, Vec<f32>)> = trainable
+        .iter()
+        .zip(base)
+        .zip(&tuned_weights)
+        .map(|((&i, b), now)| {
+            let diff = now.iter().zip(&b).map(|(a, b)| a - b).collect();
+            (i, specs[i].name.clone(), b, diff)
+        })
+        .collect();
     let raw: usize = slots.iter().map(|s| 4 * s.3.len()).sum();
     println!(
         "{{\"updates\":{},\"trainable_params\":{},\"dev_n\":{},\"accuracy_base\":{:.4},\"accuracy_exact_delta\":{:.4},\"load_seconds\":{:.1}}}",
-        trainer.replica().applied(),
+        updates,
         raw / 4,
         tuned.n,
         base_eval.accuracy(),
