@@ -740,19 +740,7 @@ impl Llama {
                 Ok(candle_nn::loss::cross_entropy(&logits, &labels)?)
             }
             Head::NextToken => {
-                let mut at = Vec::new();
-                let mut targets = Vec::new();
-                for (r, x) in batch.inputs.iter().enumerate() {
-                    for i in 0..x.len() - 1 {
-                        at.push((p.offsets[r] + i) as u32);
-                        targets.push(x[i + 1]);
-                    }
-                }
-                if at.is_empty() {
-                    return Err(Error::Batch(
-                        "no next-token targets (every sequence has a single token)".into(),
-                    ));
-                }
+                let (at, targets) = next_token_targets(batch, &p)?;
                 let logits = self.logits_at_with(w, &h, &at, None, true)?;
                 let n = targets.len();
                 let targets = Tensor::from_vec(targets, n, &Device::Cpu)?;
@@ -827,19 +815,7 @@ impl Llama {
     /// the number of positions and of top-1 hits.
     fn next_token(&self, batch: &Batch) -> Result<Eval, Error> {
         let p = self.pad(&batch.inputs)?;
-        let mut at = Vec::new();
-        let mut targets = Vec::new();
-        for (r, x) in batch.inputs.iter().enumerate() {
-            for i in 0..x.len() - 1 {
-                at.push((p.offsets[r] + i) as u32);
-                targets.push(x[i + 1]);
-            }
-        }
-        if at.is_empty() {
-            return Err(Error::Batch(
-                "no next-token targets (every sequence has a single token)".into(),
-            ));
-        }
+        let (at, targets) = next_token_targets(batch, &p)?;
         let h = self.hidden(&p)?;
         let mut e = Eval::default();
         // Bounded memory: at most CHUNK × vocab logits at once.
@@ -860,6 +836,24 @@ impl Llama {
         }
         Ok(e)
     }
+}
+
+/// Packed rows that predict a next token, and the tokens they predict.
+fn next_token_targets(batch: &Batch, p: &Padded) -> Result<(Vec<u32>, Vec<u32>), Error> {
+    let mut at = Vec::new();
+    let mut targets = Vec::new();
+    for (r, x) in batch.inputs.iter().enumerate() {
+        for i in 0..x.len().saturating_sub(1) {
+            at.push((p.offsets[r] + i) as u32);
+            targets.push(x[i + 1]);
+        }
+    }
+    if at.is_empty() {
+        return Err(Error::Batch(
+            "no next-token targets (every sequence has a single token)".into(),
+        ));
+    }
+    Ok((at, targets))
 }
 
 /// Packed row of each sequence's last token.
