@@ -73,7 +73,10 @@ fn main() {
         let (mut raw, mut enc, mut enc_plain) = (0usize, 0usize, 0usize);
         let mut curve = Vec::new();
         for r in 0..rounds {
-            let start: Vec<Vec<f32>> = all.iter().map(|&i| model.read(i).unwrap()).collect();
+            let start: Vec<Vec<f32>> = all
+                .iter()
+                .map(|&i| model.read(i).expect("read a parameter"))
+                .collect();
             for h in 0..fo.local_steps as u64 {
                 let b = data.train_batch(&origin, r as u64 * fo.local_steps as u64 + h, 64);
                 let (_, grads) = model.gradients(&b, &all).expect("gradients");
@@ -84,7 +87,7 @@ fn main() {
                                 *w -= fo.lr as f32 * g;
                             }
                         })
-                        .unwrap();
+                        .expect("write a parameter");
                 }
             }
             if let Some(s) = &s {
@@ -92,7 +95,7 @@ fn main() {
                     .iter()
                     .zip(&start)
                     .map(|(&i, st)| {
-                        let now = model.read(i).unwrap();
+                        let now = model.read(i).expect("read a parameter");
                         now.iter().zip(st).map(|(a, b)| a - b).collect()
                     })
                     .collect();
@@ -115,7 +118,7 @@ fn main() {
                                 *w = s + d;
                             }
                         })
-                        .unwrap();
+                        .expect("write a parameter");
                 }
             }
             if [1, 3, 10, rounds].contains(&(r + 1)) {

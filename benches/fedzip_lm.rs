@@ -63,7 +63,10 @@ fn main() {
         })
         .map(|(i, _)| i)
         .collect();
-    let base: Vec<Vec<f32>> = trainable.iter().map(|&i| model.read(i).unwrap()).collect();
+    let base: Vec<Vec<f32>> = trainable
+        .iter()
+        .map(|&i| model.read(i).expect("read a parameter"))
+        .collect();
     // The exact delta of every trainable tensor: from the log, or by backprop.
     let (updates, tuned_weights): (u64, Vec<Vec<f32>>) =
         if let Some(n) = dir.strip_prefix("fo:").and_then(|n| n.parse::<u64>().ok()) {
@@ -80,10 +83,13 @@ fn main() {
                                 *w -= lr * g;
                             }
                         })
-                        .unwrap();
+                        .expect("write a parameter");
                 }
             }
-            let now = trainable.iter().map(|&i| model.read(i).unwrap()).collect();
+            let now = trainable
+                .iter()
+                .map(|&i| model.read(i).expect("read a parameter"))
+                .collect();
             (n, now)
         } else {
             let trainer =
@@ -96,12 +102,14 @@ fn main() {
                 };
             let now = trainable
                 .iter()
-                .map(|&i| trainer.model().read(i).unwrap())
+                .map(|&i| trainer.model().read(i).expect("read a parameter"))
                 .collect();
             (trainer.replica().applied(), now)
         };
     for (&i, w) in trainable.iter().zip(&tuned_weights) {
-        model.write(i, &mut |x| x.copy_from_slice(w)).unwrap();
+        model
+            .write(i, &mut |x| x.copy_from_slice(w))
+            .expect("write a parameter");
     }
     let tuned = evaluate(model.as_ref(), &dev);
     let slots: Vec<(usize, String, Vec<f32>, Vec<f32>)> = trainable

@@ -38,25 +38,25 @@ fn config() -> Config {
 }
 
 fn raw_copy_seconds(bytes: usize) -> f64 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback socket");
+    let addr = listener.local_addr().expect("local address");
     let data = vec![0x5au8; bytes];
     let start = Instant::now();
     let sender = std::thread::spawn(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.write_all(&data).unwrap();
+        let mut s = std::net::TcpStream::connect(addr).expect("connect over loopback");
+        s.write_all(&data).expect("send the raw weights");
     });
-    let (mut r, _) = listener.accept().unwrap();
+    let (mut r, _) = listener.accept().expect("accept");
     let mut buf = vec![0u8; 1 << 20];
     let mut got = 0;
     while got < bytes {
-        let n = r.read(&mut buf).unwrap();
+        let n = r.read(&mut buf).expect("receive the raw weights");
         if n == 0 {
             break;
         }
         got += n;
     }
-    sender.join().unwrap();
+    sender.join().expect("sender thread");
     start.elapsed().as_secs_f64()
 }
 

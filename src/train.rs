@@ -559,6 +559,21 @@ pub fn local_origin(cfg: &Config) -> Origin {
     Origin(*h.finalize().as_bytes())
 }
 
+/// The local batches of first-order round `seq` of `origin`: its own data
+/// stream, after the batches its earlier rounds used.
+pub fn first_order_batches(cfg: &Config, data: &Data, origin: &Origin, seq: u64) -> Vec<Batch> {
+    let fo = &cfg.node.first_order;
+    let size = if fo.batch_size == 0 {
+        cfg.run.batch_size
+    } else {
+        fo.batch_size
+    };
+    let steps = fo.local_steps as u64;
+    (0..steps)
+        .map(|h| data.train_batch(origin, seq * steps + h, size))
+        .collect()
+}
+
 /// Progress reporting hook for [`run_single`]: `(step, steps, train loss, eval)`.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, f64, Option<Eval>);
 
@@ -582,15 +597,7 @@ pub fn run_single(
         let seq = trainer.next_seq();
         if cfg.node.mode == config::Mode::FirstOrder {
             let fo = &cfg.node.first_order;
-            let size = if fo.batch_size == 0 {
-                cfg.run.batch_size
-            } else {
-                fo.batch_size
-            };
-            let steps = fo.local_steps as u64;
-            let batches: Vec<Batch> = (0..steps)
-                .map(|h| data.train_batch(&origin, seq * steps + h, size))
-                .collect();
+            let batches = first_order_batches(cfg, &data, &origin, seq);
             let s = trainer.step_first_order(&batches, fo.lr as f32, &fo.compression)?;
             delta_bytes += s.payload.len() as u64;
             raw_delta_bytes += s.raw_bytes as u64;

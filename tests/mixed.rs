@@ -6,25 +6,10 @@
 
 mod common;
 
-use common::{assert_identical, config, finish};
+use common::{assert_identical, config, finish, options};
 
 use seedswarm::config::Mode;
 use seedswarm::node::{Node, Options};
-use std::time::Duration;
-
-fn options(max_updates: u64, min_peers: usize) -> Options {
-    Options {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        mdns: false,
-        max_updates: Some(max_updates),
-        min_peers,
-        settle_timeout: Duration::from_secs(60),
-        publish_interval: Duration::from_millis(50),
-        publish_max: 64,
-        heartbeat_interval: Duration::from_millis(300),
-        ..Options::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zeroth_and_first_order_nodes_agree_bit_for_bit() {

@@ -5,25 +5,11 @@
 
 mod common;
 
-use common::{assert_identical, config, finish};
+use common::{assert_identical, config, finish, options};
 
 use seedswarm::config::Config;
 use seedswarm::node::{Node, Options};
 use std::time::Duration;
-
-fn options(max_updates: u64, min_peers: usize) -> Options {
-    Options {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        mdns: false,
-        max_updates: Some(max_updates),
-        min_peers,
-        settle_timeout: Duration::from_secs(60),
-        publish_interval: Duration::from_millis(50),
-        publish_max: 64,
-        heartbeat_interval: Duration::from_millis(300),
-        ..Options::default()
-    }
-}
 
 /// Starts `n` nodes, each dialing all earlier ones; node `i` gets `tweak(i, opts)`.
 async fn start(

@@ -918,13 +918,9 @@ impl Model for Llama {
         let w = Weights::of(&self.shape, &self.specs, &ts);
         let loss = self.loss_tensor(&w, batch)?;
         let grads = loss.backward()?;
-        let mut out = Vec::with_capacity(vars.len());
-        for (v, &i) in vars.iter().zip(params) {
-            out.push(match grads.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0.0; self.specs[i].len()],
-            });
-        }
+        let vars: Vec<&candle_core::Var> = vars.iter().collect();
+        let lens: Vec<usize> = params.iter().map(|&i| self.specs[i].len()).collect();
+        let out = super::gradient_values(&grads, &vars, &lens)?;
         Ok((loss.to_scalar::<f32>()?, out))
     }
 

@@ -127,6 +127,23 @@ pub trait Model: Send {
     }
 }
 
+/// The gradient of each variable as row-major values (zeros where the loss
+/// does not depend on it); `lens` are the variables' element counts.
+pub fn gradient_values(
+    grads: &candle_core::backprop::GradStore,
+    vars: &[&candle_core::Var],
+    lens: &[usize],
+) -> Result<Vec<Vec<f32>>, Error> {
+    let mut out = Vec::with_capacity(vars.len());
+    for (v, &n) in vars.iter().zip(lens) {
+        out.push(match grads.get(v.as_tensor()) {
+            Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; n],
+        });
+    }
+    Ok(out)
+}
+
 /// BLAKE3 over the names, shapes and values of all parameters: the base model hash.
 pub fn base_hash(model: &dyn Model) -> Result<[u8; 32], Error> {
     let mut h = blake3::Hasher::new();

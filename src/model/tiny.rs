@@ -182,14 +182,12 @@ impl Model for Tiny {
         let labels = self.labels(batch)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
         let grads = loss.backward()?;
-        let mut out = Vec::with_capacity(params.len());
-        for &i in params {
-            let v = vars.get(i).ok_or_else(|| Error::NoParam(i.to_string()))?;
-            out.push(match grads.get(v.as_tensor()) {
-                Some(g) => g.flatten_all()?.to_vec1::<f32>()?,
-                None => vec![0.0; self.specs[i].len()],
-            });
-        }
+        let picked = params
+            .iter()
+            .map(|&i| vars.get(i).ok_or_else(|| Error::NoParam(i.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lens: Vec<usize> = params.iter().map(|&i| self.specs[i].len()).collect();
+        let out = super::gradient_values(&grads, &picked, &lens)?;
         Ok((loss.to_scalar::<f32>()?, out))
     }
 

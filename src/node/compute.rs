@@ -148,17 +148,7 @@ pub(super) fn compute_thread(
                 dirty = true;
             } else if cfg.node.mode == Mode::FirstOrder {
                 let fo = &cfg.node.first_order;
-                let size = if fo.batch_size == 0 {
-                    cfg.run.batch_size
-                } else {
-                    fo.batch_size
-                };
-                // Local batches come from the node's own stream, after the
-                // ones its earlier rounds used.
-                let steps = fo.local_steps as u64;
-                let batches: Vec<_> = (0..steps)
-                    .map(|h| data.train_batch(&origin, own * steps + h, size))
-                    .collect();
+                let batches = train::first_order_batches(&cfg, &data, &origin, own);
                 let t = Instant::now();
                 match trainer.step_first_order(&batches, fo.lr as f32, &fo.compression) {
                     Ok(s) => {

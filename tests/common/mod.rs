@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use seedswarm::config::Config;
-use seedswarm::node::{Node, Status, Summary};
+use seedswarm::node::{Node, Options, Status, Summary};
 use std::time::Duration;
 
 /// The demo run manifest and node settings.
@@ -13,6 +13,22 @@ pub fn config() -> Config {
         "/configs/demo.toml"
     )))
     .expect("demo config")
+}
+
+/// Loopback TCP, no mDNS, fast batching and heartbeats: a node that publishes
+/// `max_updates` and starts training once it has heard `min_peers` peers.
+pub fn options(max_updates: u64, min_peers: usize) -> Options {
+    Options {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        mdns: false,
+        max_updates: Some(max_updates),
+        min_peers,
+        settle_timeout: Duration::from_secs(60),
+        publish_interval: Duration::from_millis(50),
+        publish_max: 64,
+        heartbeat_interval: Duration::from_millis(300),
+        ..Options::default()
+    }
 }
 
 /// Waits (at most 90 s) until `what` holds for the node's status.
