@@ -257,7 +257,7 @@ impl Log {
                 code,
             })
             .collect();
-        self.drop_stray_payloads_of(origin);
+        self.drop_stray_payloads_of(origin, before);
         Ok(out)
     }
 
@@ -278,12 +278,13 @@ impl Log {
             .collect()
     }
 
-    /// Forgets payloads whose seq is neither held as a delta nor pending.
-    fn drop_stray_payloads_of(&mut self, origin: Origin) {
+    /// Forgets payloads (at seqs from `from` on) whose seq is neither held as
+    /// a delta nor pending; those below `from` were checked by earlier calls.
+    fn drop_stray_payloads_of(&mut self, origin: Origin, from: u64) {
         let held = self.origins.get(&origin);
         let pending = self.pending.get(&origin);
         self.payloads
-            .range((origin, 0)..=(origin, u64::MAX))
+            .range((origin, from)..=(origin, u64::MAX))
             .map(|(k, _)| *k)
             .filter(|&(_, seq)| {
                 let is_held = held.is_some_and(|c| c.get(seq as usize) == Some(&DELTA));
@@ -304,7 +305,7 @@ impl Log {
     fn drop_stray_payloads(&mut self) {
         let origins: Vec<Origin> = self.payloads.keys().map(|(o, _)| *o).collect();
         for o in origins {
-            self.drop_stray_payloads_of(o);
+            self.drop_stray_payloads_of(o, 0);
         }
     }
 
