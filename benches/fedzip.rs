@@ -47,7 +47,7 @@ fn main() {
     let TaskSpec::Synthetic(_) = &cfg.run.task else {
         panic!("the demo config uses the synthetic task")
     };
-    let data = train::try_build_data(&cfg.run).expect("data");
+    let data = train::build_data(&cfg.run).expect("data");
     let dev = data.dev(cfg.node.eval_batch);
     let fo = &cfg.node.first_order;
     let origin = Origin([3; 32]);

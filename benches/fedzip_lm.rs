@@ -41,7 +41,7 @@ fn main() {
         return;
     }
     let t = std::time::Instant::now();
-    let data = train::try_build_data(&cfg.run).expect("data");
+    let data = train::build_data(&cfg.run).expect("data");
     let dev = data.dev(cfg.node.eval_batch.min(16));
     let mut model = match train::build_model(&cfg.run) {
         Ok(m) => m,
@@ -68,44 +68,45 @@ fn main() {
         .map(|&i| model.read(i).expect("read a parameter"))
         .collect();
     // The exact delta of every trainable tensor: from the log, or by backprop.
-    let (updates, tuned_weights): (u64, Vec<Vec<f32>>) =
-        if let Some(n) = dir.strip_prefix("fo:").and_then(|n| n.parse::<u64>().ok()) {
-            let origin = train::local_origin(&cfg);
-            let lr = cfg.node.first_order.lr as f32;
-            for step in 0..n {
-                let b = data.train_batch(&origin, step, cfg.run.batch_size);
-                let (loss, grads) = model.gradients(&b, &trainable).expect("gradients");
-                eprintln!("sgd step {step}: loss {loss:.4}");
-                for (&i, g) in trainable.iter().zip(&grads) {
-                    model
-                        .write(i, &mut |w| {
-                            for (w, g) in w.iter_mut().zip(g) {
-                                *w -= lr * g;
-                            }
-                        })
-                        .expect("write a parameter");
-                }
+    let (updates, tuned_weights): (u64, Vec<Vec<f32>>) = if let Some(n) =
+        dir.strip_prefix("fo:").and_then(|n| n.parse::<u64>().ok())
+    {
+        let origin = train::local_origin(&cfg);
+        let lr = cfg.node.first_order.lr as f32;
+        for step in 0..n {
+            let b = data.train_batch(&origin, step, cfg.run.batch_size);
+            let (loss, grads) = model.gradients(&b, &trainable).expect("gradients");
+            eprintln!("sgd step {step}: loss {loss:.4}");
+            for (&i, g) in trainable.iter().zip(&grads) {
+                model
+                    .write(i, &mut |w| {
+                        for (w, g) in w.iter_mut().zip(g) {
+                            *w -= lr * g;
+                        }
+                    })
+                    .expect("write a parameter");
             }
-            let now = trainable
-                .iter()
-                .map(|&i| model.read(i).expect("read a parameter"))
-                .collect();
-            (n, now)
-        } else {
-            let trainer =
-                match train::Trainer::new(&cfg, train::local_origin(&cfg), Some(Path::new(dir))) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        println!("cannot load the log ({e}) (skipped)");
-                        return;
-                    }
-                };
-            let now = trainable
-                .iter()
-                .map(|&i| trainer.model().read(i).expect("read a parameter"))
-                .collect();
-            (trainer.replica().applied(), now)
-        };
+        }
+        let now = trainable
+            .iter()
+            .map(|&i| model.read(i).expect("read a parameter"))
+            .collect();
+        (n, now)
+    } else {
+        let trainer =
+            match train::Trainer::from_dir(&cfg, train::local_origin(&cfg), Some(Path::new(dir))) {
+                Ok(t) => t,
+                Err(e) => {
+                    println!("cannot load the log ({e}) (skipped)");
+                    return;
+                }
+            };
+        let now = trainable
+            .iter()
+            .map(|&i| trainer.model().read(i).expect("read a parameter"))
+            .collect();
+        (trainer.replica().applied(), now)
+    };
     for (&i, w) in trainable.iter().zip(&tuned_weights) {
         model
             .write(i, &mut |x| x.copy_from_slice(w))

@@ -6,8 +6,8 @@
 //! Run: `cargo bench --bench join` (prints one JSON line; takes ~1–2 min).
 
 use seedswarm::config::{Config, ModelSpec, TaskSpec};
-use seedswarm::net::join::Mode;
 use seedswarm::node::{Node, Options};
+use seedswarm::proto::join::Mode;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

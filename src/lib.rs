@@ -15,6 +15,7 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod perturb;
+pub mod proto;
 pub mod replica;
 pub mod seed;
 pub mod snapshot;

@@ -20,6 +20,12 @@
 //! `check` is the first 8 bytes of BLAKE3 over the record's payload. On open, a
 //! torn or corrupt tail is detected, every complete record before it is kept,
 //! and the file is truncated to the last good record (with a warning).
+//!
+//! The in-memory [`Log`] does no IO: it belongs to the protocol core
+//! ([`crate::proto`]). Its file, the [`Store`], is appended by whoever applies
+//! updates to the replica (the compute thread), exactly as they are applied,
+//! and an own update before it is published; [`Store::open`] recovers the file
+//! into a [`Log`] to resume from.
 
 use crate::replica::{Update, VersionVector};
 use crate::seed::{Origin, RunId};
@@ -73,12 +79,58 @@ pub struct Recovery {
     pub truncated_bytes: u64,
 }
 
+/// A contiguous run of one origin's updates, with the payloads of its delta
+/// updates in order: what the core hands over to be applied, what the store
+/// appends, what a snapshot carries per origin (from seq 0).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// Whose updates.
+    pub origin: Origin,
+    /// Seq of the first code.
+    pub first_seq: u64,
+    /// One code per update.
+    pub codes: Vec<u8>,
+    /// Payloads of the [`DELTA`] codes, in order.
+    pub payloads: Vec<Payload>,
+}
+
+impl Segment {
+    /// One past the last seq.
+    pub fn end(&self) -> u64 {
+        self.first_seq + self.codes.len() as u64
+    }
+
+    /// The updates, in seq order.
+    pub fn updates(&self) -> Vec<Update> {
+        self.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &code)| Update {
+                origin: self.origin,
+                seq: self.first_seq + i as u64,
+                code,
+            })
+            .collect()
+    }
+
+    /// The payload of delta update `seq`, when it is in this segment.
+    pub fn payload(&self, seq: u64) -> Option<Payload> {
+        if seq < self.first_seq || seq >= self.end() {
+            return None;
+        }
+        let i = (seq - self.first_seq) as usize;
+        if self.codes[i] != DELTA {
+            return None;
+        }
+        let k = self.codes[..i].iter().filter(|&&c| c == DELTA).count();
+        self.payloads.get(k).cloned()
+    }
+}
+
 /// Per-origin contiguous codes plus buffered out-of-order batches.
 #[derive(Debug)]
 pub struct Log {
     run: RunId,
-    path: Option<PathBuf>,
-    file: Option<BufWriter<File>>,
     origins: BTreeMap<Origin, Vec<u8>>,
     pending: BTreeMap<Origin, BTreeMap<u64, Vec<u8>>>,
     /// Payloads of delta updates, held or pending, by `(origin, seq)`.
@@ -90,84 +142,10 @@ impl Log {
     pub fn in_memory(run: RunId) -> Self {
         Self {
             run,
-            path: None,
-            file: None,
             origins: BTreeMap::new(),
             pending: BTreeMap::new(),
             payloads: BTreeMap::new(),
         }
-    }
-
-    /// Opens or creates the log at `path` for `run`, recovering complete records.
-    pub fn open(path: &Path, run: RunId) -> Result<(Self, Recovery), Error> {
-        let io = |source| Error::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        let mut log = Self::in_memory(run);
-        log.path = Some(path.to_owned());
-        let mut rec = Recovery::default();
-        if bytes.is_empty() {
-            file.write_all(MAGIC).map_err(io)?;
-            file.write_all(&run.0).map_err(io)?;
-            file.sync_data().map_err(io)?;
-        } else {
-            if bytes.len() < HEADER || &bytes[..16] != MAGIC {
-                return Err(Error::Refused {
-                    path: path.to_owned(),
-                    reason: "not a seedswarm update log (bad header); move it away to start afresh"
-                        .into(),
-                });
-            }
-            if bytes[16..48] != run.0 {
-                return Err(Error::Refused {
-                    path: path.to_owned(),
-                    reason: format!(
-                        "belongs to run {} but this node runs {}; use another data dir",
-                        hex_short(&bytes[16..48]),
-                        run.short()
-                    ),
-                });
-            }
-            let mut pos = HEADER;
-            while let Some((origin, first, record, next)) = parse_record(&bytes, pos) {
-                match record {
-                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec()),
-                    Record::Delta(payload) => {
-                        log.payloads
-                            .insert((origin, first), Payload::new(payload.to_vec()));
-                        log.accept(origin, first, vec![DELTA]);
-                    }
-                }
-                rec.records += 1;
-                rec.updates = log.len();
-                pos = next;
-            }
-            if pos < bytes.len() {
-                rec.truncated_bytes = (bytes.len() - pos) as u64;
-                tracing::warn!(
-                    path = %path.display(),
-                    kept_records = rec.records,
-                    cut_bytes = rec.truncated_bytes,
-                    "update log had a torn or corrupt tail; recovered every complete record before it"
-                );
-                file.set_len(pos as u64).map_err(io)?;
-                file.seek(SeekFrom::End(0)).map_err(io)?;
-            }
-            // Buffered data is not persisted; anything recovered is contiguous.
-            log.pending.clear();
-            log.drop_stray_payloads();
-        }
-        log.file = Some(BufWriter::new(file));
-        Ok((log, rec))
     }
 
     /// The run this log belongs to.
@@ -224,30 +202,6 @@ impl Log {
         }
         let all = &self.origins[&origin];
         let new = &all[before as usize..after as usize];
-        if let Some(file) = self.file.as_mut() {
-            let path = self.path.clone().unwrap_or_default();
-            let mut write = || -> std::io::Result<()> {
-                // Runs of one-byte codes, and one record per delta.
-                let mut start = 0;
-                for (i, &c) in new.iter().enumerate() {
-                    if c != DELTA {
-                        continue;
-                    }
-                    if start < i {
-                        write_record(file, &origin, before + start as u64, &new[start..i])?;
-                    }
-                    let seq = before + i as u64;
-                    let p = self.payloads.get(&(origin, seq)).map_or(&[][..], |p| p);
-                    write_delta_record(file, &origin, seq, p)?;
-                    start = i + 1;
-                }
-                if start < new.len() {
-                    write_record(file, &origin, before + start as u64, &new[start..])?;
-                }
-                file.flush()
-            };
-            write().map_err(|source| Error::Io { path, source })?;
-        }
         let out = new
             .iter()
             .enumerate()
@@ -276,6 +230,22 @@ impl Log {
             .filter(|(_, &c)| c == DELTA)
             .filter_map(|(i, _)| self.payload(origin, from + i as u64).cloned())
             .collect()
+    }
+
+    /// The held updates of `origin` in `[from, to)` (clipped) as a segment.
+    pub fn segment(&self, origin: &Origin, from: u64, to: u64) -> Segment {
+        let codes = self.range(origin, from, to).to_vec();
+        Segment {
+            origin: *origin,
+            first_seq: from,
+            payloads: self.payloads_in(origin, from, from + codes.len() as u64),
+            codes,
+        }
+    }
+
+    /// Every origin's log from seq 0 up to `vv` (for a snapshot at `vv`).
+    pub fn prefix(&self, vv: &VersionVector) -> Vec<Segment> {
+        vv.iter().map(|(o, &n)| self.segment(o, 0, n)).collect()
     }
 
     /// Forgets payloads (at seqs from `from` on) whose seq is neither held as
@@ -412,6 +382,139 @@ impl Log {
     }
 }
 
+/// The log's file: an append-only sequence of checked records.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl Store {
+    /// Opens or creates the log file at `path` for `run`, recovering every
+    /// complete record into a [`Log`].
+    pub fn open(path: &Path, run: RunId) -> Result<(Log, Store, Recovery), Error> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut log = Log::in_memory(run);
+        let mut rec = Recovery::default();
+        if bytes.is_empty() {
+            file.write_all(MAGIC).map_err(io)?;
+            file.write_all(&run.0).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        } else {
+            if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+                return Err(Error::Refused {
+                    path: path.to_owned(),
+                    reason: "not a seedswarm update log (bad header); move it away to start afresh"
+                        .into(),
+                });
+            }
+            if bytes[16..48] != run.0 {
+                return Err(Error::Refused {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "belongs to run {} but this node runs {}; use another data dir",
+                        hex_short(&bytes[16..48]),
+                        run.short()
+                    ),
+                });
+            }
+            let mut pos = HEADER;
+            while let Some((origin, first, record, next)) = parse_record(&bytes, pos) {
+                match record {
+                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec()),
+                    Record::Delta(payload) => {
+                        log.payloads
+                            .insert((origin, first), Payload::new(payload.to_vec()));
+                        log.accept(origin, first, vec![DELTA]);
+                    }
+                }
+                rec.records += 1;
+                rec.updates = log.len();
+                pos = next;
+            }
+            if pos < bytes.len() {
+                rec.truncated_bytes = (bytes.len() - pos) as u64;
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_records = rec.records,
+                    cut_bytes = rec.truncated_bytes,
+                    "update log had a torn or corrupt tail; recovered every complete record before it"
+                );
+                file.set_len(pos as u64).map_err(io)?;
+                file.seek(SeekFrom::End(0)).map_err(io)?;
+            }
+            // Buffered data is not persisted; anything recovered is contiguous.
+            log.pending.clear();
+            log.drop_stray_payloads();
+        }
+        let store = Store {
+            path: path.to_owned(),
+            file: BufWriter::new(file),
+        };
+        Ok((log, store, rec))
+    }
+
+    /// Appends a segment (records of its one-byte runs and of each delta
+    /// update) and flushes it to the OS.
+    pub fn append(&mut self, segment: &Segment) -> Result<(), Error> {
+        let Segment {
+            origin,
+            first_seq,
+            codes,
+            payloads,
+        } = segment;
+        let first_seq = *first_seq;
+        let markers = codes.iter().filter(|&&c| c == DELTA).count();
+        if markers != payloads.len() {
+            return Err(Error::Payloads {
+                markers,
+                payloads: payloads.len(),
+            });
+        }
+        let file = &mut self.file;
+        let mut write = || -> std::io::Result<()> {
+            // Runs of one-byte codes, and one record per delta.
+            let mut start = 0;
+            let mut next = payloads.iter();
+            for (i, &c) in codes.iter().enumerate() {
+                if c != DELTA {
+                    continue;
+                }
+                if start < i {
+                    write_record(file, origin, first_seq + start as u64, &codes[start..i])?;
+                }
+                let p = next.next().map_or(&[][..], |p| p.as_slice());
+                write_delta_record(file, origin, first_seq + i as u64, p)?;
+                start = i + 1;
+            }
+            if start < codes.len() {
+                write_record(file, origin, first_seq + start as u64, &codes[start..])?;
+            }
+            file.flush()
+        };
+        write().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 fn hex_short(b: &[u8]) -> String {
     crate::seed::hex(&b[..4.min(b.len())])
 }
@@ -497,6 +600,14 @@ fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, us
 mod tests {
     use super::*;
 
+    /// Inserts into the log and appends what became contiguous, as a node does.
+    fn put(log: &mut Log, store: &mut Store, o: Origin, first: u64, codes: &[u8], p: &[Payload]) {
+        let fresh = log.insert_with(o, first, codes, p).unwrap();
+        if let (Some(a), Some(b)) = (fresh.first(), fresh.last()) {
+            store.append(&log.segment(&o, a.seq, b.seq + 1)).unwrap();
+        }
+    }
+
     #[test]
     fn gaps_are_buffered_until_filled() {
         let mut log = Log::in_memory(RunId([0; 32]));
@@ -531,26 +642,26 @@ mod tests {
         let run = RunId([5; 32]);
         let (a, b) = (Origin([1; 32]), Origin([2; 32]));
         {
-            let (mut log, rec) = Log::open(&path, run).unwrap();
+            let (mut log, mut st, rec) = Store::open(&path, run).unwrap();
             assert_eq!(rec, Recovery::default());
-            log.insert(a, 0, &[1, 2, 3]).unwrap();
-            log.insert(b, 0, &[9]).unwrap();
-            log.insert(a, 3, &[4]).unwrap();
+            put(&mut log, &mut st, a, 0, &[1, 2, 3], &[]);
+            put(&mut log, &mut st, b, 0, &[9], &[]);
+            put(&mut log, &mut st, a, 3, &[4], &[]);
         }
         let full = std::fs::metadata(&path).unwrap().len();
         // Cut the last record in half, as a crash mid-write would.
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(full - 5).unwrap();
         drop(f);
-        let (mut log, rec) = Log::open(&path, run).unwrap();
+        let (mut log, mut st, rec) = Store::open(&path, run).unwrap();
         assert_eq!(rec.records, 2);
         assert_eq!(rec.updates, 4);
         assert_eq!(rec.truncated_bytes, 4 + 41 + 8 - 5);
         assert_eq!(log.next_seq(&a), 3);
         // The node carries on appending after the cut.
-        log.insert(a, 3, &[7]).unwrap();
-        drop(log);
-        let (log, rec) = Log::open(&path, run).unwrap();
+        put(&mut log, &mut st, a, 3, &[7], &[]);
+        drop(st);
+        let (log, _, rec) = Store::open(&path, run).unwrap();
         assert_eq!(rec.truncated_bytes, 0);
         assert_eq!(log.range(&a, 0, 10), &[1, 2, 3, 7]);
     }
@@ -562,15 +673,15 @@ mod tests {
         let run = RunId([5; 32]);
         let o = Origin([1; 32]);
         {
-            let (mut log, _) = Log::open(&path, run).unwrap();
-            log.insert(o, 0, &[1, 2]).unwrap();
-            log.insert(o, 2, &[3, 4]).unwrap();
+            let (mut log, mut st, _) = Store::open(&path, run).unwrap();
+            put(&mut log, &mut st, o, 0, &[1, 2], &[]);
+            put(&mut log, &mut st, o, 2, &[3, 4], &[]);
         }
         let mut bytes = std::fs::read(&path).unwrap();
         let second = HEADER + 4 + 42 + 8;
         bytes[second + 4 + 40] ^= 0xff; // flip a code in the second record
         std::fs::write(&path, &bytes).unwrap();
-        let (log, rec) = Log::open(&path, run).unwrap();
+        let (log, _, rec) = Store::open(&path, run).unwrap();
         assert_eq!(rec.records, 1);
         assert_eq!(log.range(&o, 0, 10), &[1, 2]);
     }
@@ -584,7 +695,7 @@ mod tests {
         let p1 = Payload::new(vec![1, 2, 3]);
         let p2 = Payload::new(vec![4; 100]);
         {
-            let (mut log, _) = Log::open(&path, run).unwrap();
+            let (mut log, mut st, _) = Store::open(&path, run).unwrap();
             // A delta ahead of a gap waits with its payload.
             assert!(log
                 .insert_with(o, 3, &[DELTA], std::slice::from_ref(&p2))
@@ -598,6 +709,10 @@ mod tests {
                 got.iter().map(|u| u.code).collect::<Vec<_>>(),
                 [7, DELTA, 9, DELTA]
             );
+            let held = log.segment(&o, 0, 4);
+            assert_eq!(held.payload(3), Some(p2.clone()));
+            assert_eq!(held.payload(2), None);
+            st.append(&held).unwrap();
             assert_eq!(log.payloads_in(&o, 0, 10), vec![p1.clone(), p2.clone()]);
             assert_eq!(log.payloads_in(&o, 2, 10), vec![p2.clone()]);
             // Markers and payloads must correspond.
@@ -609,9 +724,10 @@ mod tests {
                 log.insert_with(o, 4, &[1], std::slice::from_ref(&p1)),
                 Err(Error::Payloads { .. })
             ));
-            log.insert(o, 4, &[11]).unwrap();
+            put(&mut log, &mut st, o, 4, &[11], &[]);
+            assert_eq!(held.end(), 4);
         }
-        let (log, rec) = Log::open(&path, run).unwrap();
+        let (log, _, rec) = Store::open(&path, run).unwrap();
         assert_eq!(rec.updates, 5);
         assert_eq!(rec.truncated_bytes, 0);
         assert_eq!(log.range(&o, 0, 10), &[7, DELTA, 9, DELTA, 11]);
@@ -623,7 +739,7 @@ mod tests {
         let n = bytes.len();
         bytes[n - 20] ^= 0xff; // inside the last record (code 11)
         std::fs::write(&path, &bytes).unwrap();
-        let (log, rec) = Log::open(&path, run).unwrap();
+        let (log, _, rec) = Store::open(&path, run).unwrap();
         assert_eq!(rec.updates, 4);
         assert_eq!(log.payload(&o, 3), Some(&p2));
     }
@@ -632,11 +748,11 @@ mod tests {
     fn foreign_or_garbage_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("updates.log");
-        drop(Log::open(&path, RunId([1; 32])).unwrap());
-        let err = Log::open(&path, RunId([2; 32])).unwrap_err().to_string();
+        drop(Store::open(&path, RunId([1; 32])).unwrap());
+        let err = Store::open(&path, RunId([2; 32])).unwrap_err().to_string();
         assert!(err.contains("belongs to run"), "{err}");
         std::fs::write(&path, b"hello world, not a log at all, certainly not one").unwrap();
-        let err = Log::open(&path, RunId([1; 32])).unwrap_err().to_string();
+        let err = Store::open(&path, RunId([1; 32])).unwrap_err().to_string();
         assert!(err.contains("bad header"), "{err}");
     }
 }

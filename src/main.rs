@@ -414,52 +414,32 @@ fn run_node(
         max_updates,
         duration.map(Duration::from_secs_f64),
         serve,
-    );
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let mut n = node::Node::start(cfg, opts).await?;
-        println!("peer id {}", n.peer_id);
-        for a in &n.listen {
-            println!("listening on {a}/p2p/{}", n.peer_id);
-        }
-        if let Some(h) = n.http {
-            println!("dashboard http://{h}/  metrics http://{h}/metrics  status http://{h}/status");
-        }
-        let mut watch = n.watch();
-        let printer = tokio::spawn(async move {
-            let mut last = Instant::now();
-            while watch.changed().await.is_ok() {
-                if last.elapsed() < Duration::from_secs(2) {
-                    continue;
-                }
-                last = Instant::now();
-                let s = watch.borrow().clone();
-                eprintln!(
-                    "peers {:>2}  own {:>6}  applied {:>7}  backlog {:>5}  loss {:.4}  accuracy {}  digest {}",
-                    s.peers,
-                    s.own_updates,
-                    s.updates_applied,
-                    s.backlog,
-                    s.loss,
-                    s.accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
-                    s.digest.get(..12).unwrap_or("-"),
-                );
-            }
-        });
-        let stopper = tokio::spawn(async move {
+        let (status_tx, status_rx) = tokio::sync::oneshot::channel();
+        let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
-        });
-        let result = tokio::select! {
-            r = n.wait_ref() => r,
-            _ = stopper => {
-                eprintln!("leaving (Ctrl-C)");
-                n.stop();
-                n.wait_ref().await
-            }
+            eprintln!("leaving (Ctrl-C)");
         };
+        let printer = tokio::spawn(async move {
+            let Ok(mut watch) = status_rx.await else { return };
+            print_progress(&mut watch).await;
+        });
+        let result = node::run(cfg, opts, shutdown, |n| {
+            println!("peer id {}", n.peer_id);
+            for a in &n.listen {
+                println!("listening on {a}/p2p/{}", n.peer_id);
+            }
+            if let Some(h) = n.http {
+                println!("dashboard http://{h}/  metrics http://{h}/metrics  status http://{h}/status");
+            }
+            let _ = status_tx.send(n.watch());
+        })
+        .await;
         printer.abort();
         let s = result?;
         println!(
@@ -476,6 +456,28 @@ fn run_node(
         }
         anyhow::Ok(())
     })
+}
+
+/// One line of progress to stderr every two seconds.
+async fn print_progress(watch: &mut tokio::sync::watch::Receiver<node::Status>) {
+    let mut last = Instant::now();
+    while watch.changed().await.is_ok() {
+        if last.elapsed() < Duration::from_secs(2) {
+            continue;
+        }
+        last = Instant::now();
+        let s = watch.borrow().clone();
+        eprintln!(
+            "peers {:>2}  own {:>6}  applied {:>7}  backlog {:>5}  loss {:.4}  accuracy {}  digest {}",
+            s.peers,
+            s.own_updates,
+            s.updates_applied,
+            s.backlog,
+            s.loss,
+            s.accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+            s.digest.get(..12).unwrap_or("-"),
+        );
+    }
 }
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {

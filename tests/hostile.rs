@@ -58,13 +58,17 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
     for i in 0..8u64 {
         publish(&mut liar, wire::encode_updates(3 + 1000 * i, &[1; 1000]));
     }
-    // The vandal: garbage and a batch over the size limit.
+    // The vandal: a batch of a wire version nobody knows (ignored and
+    // counted, not penalized: it could be a newer peer), garbage under the
+    // current version, and a batch over the size limit.
     publish(&mut vandal, vec![9, 9, 9]);
+    publish(&mut vandal, vec![wire::UPDATES_VERSION, 0x80]);
     publish(
         &mut vandal,
         wire::encode_updates(0, &vec![1; wire::MAX_BATCH + 1]),
     );
     let want = [
+        "unknown_version",
         "malformed",
         "oversized",
         "replayed",

@@ -6,8 +6,8 @@ mod common;
 
 use common::{assert_identical, config, finish, until};
 
-use seedswarm::net::sync::Timing;
 use seedswarm::node::{Node, Options};
+use seedswarm::proto::Timing;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -112,7 +112,7 @@ async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
     let c = Node::start(
         cfg,
         Options {
-            join: seedswarm::net::join::Mode::Snapshot,
+            join: seedswarm::proto::join::Mode::Snapshot,
             data_dir: Some(dir.path().join("c")),
             ..options(200, &[&a, &b])
         },

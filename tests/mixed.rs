@@ -78,7 +78,7 @@ async fn a_node_joins_a_mixed_swarm_from_a_snapshot_that_carries_deltas() {
     let b = Node::start(fo, ob).await.unwrap();
     common::until(&a, |s| s.updates_applied >= 1500).await;
     let mut oc = serve(options(100, 0));
-    oc.join = seedswarm::net::join::Mode::Snapshot;
+    oc.join = seedswarm::proto::join::Mode::Snapshot;
     oc.data_dir = Some(dir.path().join("c"));
     oc.bootstrap = [&a, &b]
         .iter()
@@ -99,7 +99,7 @@ async fn a_node_joins_a_mixed_swarm_from_a_snapshot_that_carries_deltas() {
     // from its data dir replays to the same state.
     let mut cfg = config();
     cfg.node.steps = 100;
-    let e = seedswarm::train::Trainer::new(
+    let e = seedswarm::train::Trainer::from_dir(
         &cfg,
         seedswarm::seed::Origin([0; 32]),
         Some(&dir.path().join("c")),

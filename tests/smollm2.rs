@@ -300,13 +300,13 @@ fn smollm2_timings() {
     });
     let t = Instant::now();
     let origin = train::local_origin(&cfg);
-    let mut trainer = Trainer::new(&cfg, origin, None).unwrap();
+    let mut trainer = Trainer::new(&cfg, origin).unwrap();
     eprintln!(
         "trainer (load, base hash, replica of {} params): {:.2}s",
         trainer.replica().num_params(),
         t.elapsed().as_secs_f64()
     );
-    let data = train::try_build_data(&cfg.run).unwrap();
+    let data = train::build_data(&cfg.run).unwrap();
     let steps: u64 = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -490,8 +490,8 @@ fn smollm2_text_task_trains_end_to_end() {
         path: path.display().to_string(),
     });
     let origin = train::local_origin(&cfg);
-    let mut trainer = Trainer::new(&cfg, origin, None).unwrap();
-    let data = train::try_build_data(&cfg.run).unwrap();
+    let mut trainer = Trainer::new(&cfg, origin).unwrap();
+    let data = train::build_data(&cfg.run).unwrap();
     let dev = data.dev(4);
     let before = trainer.evaluate(&dev).unwrap();
     let tokens: usize = dev

@@ -6,8 +6,6 @@
 //! Kademlia fed by identify and bootstrap addresses. Transports: TCP (noise,
 //! yamux) and QUIC, with bandwidth metrics.
 
-pub mod join;
-pub mod sync;
 pub mod wire;
 
 use crate::seed::{Origin, RunId};
@@ -59,6 +57,12 @@ pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
 
+impl crate::proto::Peer for PeerId {
+    fn origin(&self) -> Option<Origin> {
+        origin_of_peer(self)
+    }
+}
+
 /// The gossip topics of a run.
 #[derive(Clone, Debug)]
 pub struct Topics {
@@ -79,6 +83,26 @@ impl Topics {
             status: gossipsub::IdentTopic::new(format!("{base}/s")),
             deltas: gossipsub::IdentTopic::new(format!("{base}/d")),
         }
+    }
+
+    /// The gossipsub topic of a core topic.
+    pub fn hash(&self, topic: crate::proto::Topic) -> gossipsub::TopicHash {
+        match topic {
+            crate::proto::Topic::Updates => self.updates.hash(),
+            crate::proto::Topic::Status => self.status.hash(),
+            crate::proto::Topic::Deltas => self.deltas.hash(),
+        }
+    }
+
+    /// The core topic of a gossipsub topic (None: not one of this run's).
+    pub fn topic(&self, hash: &gossipsub::TopicHash) -> Option<crate::proto::Topic> {
+        [
+            crate::proto::Topic::Updates,
+            crate::proto::Topic::Status,
+            crate::proto::Topic::Deltas,
+        ]
+        .into_iter()
+        .find(|t| self.hash(*t) == *hash)
     }
 }
 

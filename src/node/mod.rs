@@ -1,45 +1,29 @@
-//! A swarm node: one actor owns the libp2p `Swarm`; ZO compute runs on its
-//! own thread; protocol decisions live in [`crate::net::sync`].
-//!
-//! The network loop validates every gossip message before it is forwarded,
-//! keeps an in-memory mirror of the update log (what has been *received*) to
-//! serve range requests and plan repairs, batches this node's own updates into
-//! one signed gossip message per interval, and heartbeats the replica's
-//! version vector and digest. The compute thread owns the [`Trainer`]
-//! (model, replica, persisted log) and applies whatever becomes contiguous.
+//! A swarm node: the network shell ([`shell`]) owns the libp2p `Swarm` and
+//! translates its events into inputs of the protocol core
+//! ([`crate::proto::Core`]), whose outputs it executes; the compute thread
+//! ([`compute`]) owns the training [`Session`] (model, replica, the log's
+//! file) and applies what the core hands over. Nothing blocks the reactor:
+//! loading the model and replaying the log happen on a blocking thread, and
+//! snapshots are encoded there.
 
-use crate::config::Config;
-use crate::http;
-use crate::log::Log;
-use crate::metrics::Series;
-use crate::model::Eval;
-use crate::net::join;
-use crate::net::sync::{self, PeerView};
-use crate::net::wire::{self, Heartbeat};
-use crate::net::{self, Behaviour, BehaviourEvent, Topics};
-use crate::replica::VersionVector;
-use crate::seed::{hex, Origin};
-use crate::snapshot::Snapshot;
-use crate::train::{self, Trainer};
-use futures::StreamExt;
-use libp2p::gossipsub::{self, MessageAcceptance};
+use crate::config::{self, Config, NodeSettings};
+use crate::net;
+use crate::proto::{join, Timing};
+use crate::seed::Origin;
+use crate::train::{self, Session};
 use libp2p::identity::Keypair;
-use libp2p::metrics::{Metrics, Recorder, Registry};
-use libp2p::multiaddr::Protocol;
-use libp2p::swarm::SwarmEvent;
-use libp2p::{identify, mdns, request_response, Multiaddr, PeerId, Swarm};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use libp2p::{Multiaddr, PeerId};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::mpsc as smpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-mod actor;
 mod compute;
+mod report;
+mod shell;
 
-use actor::Actor;
+pub use report::{Status, Summary};
+
 /// Errors of a node.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,6 +33,9 @@ pub enum Error {
     /// Training setup or a step failed.
     #[error(transparent)]
     Train(#[from] train::Error),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::Error),
     /// A listen address was refused.
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
@@ -57,7 +44,8 @@ pub enum Error {
     Compute(String),
 }
 
-/// How a node runs (beyond the config file).
+/// How a node runs: the config's `[node]` section, validated and parsed, plus
+/// what only the command line or a test chooses.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Addresses to listen on.
@@ -85,7 +73,7 @@ pub struct Options {
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
     /// Repair timing.
-    pub timing: sync::Timing,
+    pub timing: Timing,
     /// Most updates per second accepted from one origin.
     pub max_rate: f64,
     /// Test hook: fraction of incoming update messages to drop unseen.
@@ -99,139 +87,74 @@ pub struct Options {
 }
 
 impl Options {
-    /// Options from a config's `[node]` section plus command-line choices.
+    /// Options from a config's `[node]` section plus command-line choices;
+    /// an address that does not parse is an error naming its field.
     pub fn from_config(
         cfg: &Config,
         data_dir: Option<PathBuf>,
         max_updates: Option<u64>,
         duration: Option<Duration>,
         serve: bool,
-    ) -> Self {
-        let n = &cfg.node;
-        Self {
-            listen: n.listen.iter().filter_map(|a| a.parse().ok()).collect(),
-            bootstrap: n.bootstrap.iter().filter_map(|a| a.parse().ok()).collect(),
-            data_dir,
+    ) -> Result<Self, config::Error> {
+        let mut o = Self::from_settings(&cfg.node).map_err(|message| config::Error::Invalid {
+            path: "node settings".into(),
+            message,
+        })?;
+        o.data_dir = data_dir;
+        o.max_updates = max_updates;
+        o.duration = duration;
+        o.exit_when_settled = !serve;
+        Ok(o)
+    }
+
+    /// Options from node settings alone (the message names a bad field).
+    pub fn from_settings(n: &NodeSettings) -> Result<Self, String> {
+        let addrs = |field: &str, list: &[String]| -> Result<Vec<Multiaddr>, String> {
+            list.iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    a.parse()
+                        .map_err(|e| format!("node.{field}[{i}] is not a multiaddr ({a:?}): {e}"))
+                })
+                .collect()
+        };
+        let http = n
+            .http
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|e| {
+                    format!("node.http is not an address like 127.0.0.1:9000 ({a:?}): {e}")
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            listen: addrs("listen", &n.listen)?,
+            bootstrap: addrs("bootstrap", &n.bootstrap)?,
+            data_dir: None,
             key: None,
-            max_updates,
-            duration,
+            max_updates: None,
+            duration: None,
             min_peers: n.min_peers,
             mdns: n.mdns,
             settle_timeout: Duration::from_secs(n.settle_timeout_s),
             publish_interval: Duration::from_millis(n.publish_ms),
             publish_max: n.publish_max,
             heartbeat_interval: Duration::from_millis(n.heartbeat_ms),
-            timing: sync::Timing::default(),
+            timing: Timing::default(),
             max_rate: n.max_rate,
             drop_incoming: 0.0,
-            exit_when_settled: !serve,
-            http: n.http.as_deref().and_then(|a| a.parse().ok()),
+            exit_when_settled: true,
+            http,
             join: join::Mode::Auto,
-        }
+        })
     }
 }
 
 impl Default for Options {
+    /// The defaults of [`NodeSettings`] (one place for them).
     fn default() -> Self {
-        Self {
-            listen: vec![
-                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .expect("valid multiaddr"),
-            ],
-            bootstrap: Vec::new(),
-            data_dir: None,
-            key: None,
-            max_updates: None,
-            duration: None,
-            min_peers: 0,
-            mdns: true,
-            settle_timeout: Duration::from_secs(120),
-            publish_interval: Duration::from_millis(250),
-            publish_max: 256,
-            heartbeat_interval: Duration::from_millis(1000),
-            timing: sync::Timing::default(),
-            max_rate: 50_000.0,
-            drop_incoming: 0.0,
-            exit_when_settled: true,
-            http: None,
-            join: join::Mode::Auto,
-        }
+        Self::from_settings(&NodeSettings::default()).expect("default node settings are valid")
     }
-}
-
-/// Live state of a node, for tables and tests.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Status {
-    pub peer_id: String,
-    /// "zeroth-order" or "first-order".
-    pub mode: String,
-    pub origin: String,
-    pub run_id: String,
-    pub listen: Vec<String>,
-    pub peers: usize,
-    pub connected: usize,
-    pub own_updates: u64,
-    /// Own updates handed to gossipsub (published), a prefix of `own_updates`.
-    pub published_through: u64,
-    pub updates_applied: u64,
-    pub updates_received: u64,
-    pub backlog: u64,
-    pub loss: f32,
-    pub accuracy: Option<f64>,
-    pub digest: String,
-    pub version_vector: BTreeMap<String, u64>,
-    pub training_done: bool,
-    pub settled: bool,
-    pub rejected: BTreeMap<String, u64>,
-    pub repaired_updates: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub uptime_s: f64,
-    pub updates_per_s: f64,
-    pub bytes_in_per_s: f64,
-    pub bytes_out_per_s: f64,
-    pub mesh_peers: usize,
-    pub digest_mismatches: u64,
-}
-
-/// What a finished node measured.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub peer_id: String,
-    /// "zeroth-order" or "first-order".
-    pub mode: String,
-    pub origin: String,
-    pub run_id: String,
-    pub digest: String,
-    pub version_vector: BTreeMap<String, u64>,
-    pub updates_applied: u64,
-    pub own_updates: u64,
-    pub initial_accuracy: f64,
-    pub accuracy: f64,
-    pub final_loss: f64,
-    pub wall_seconds: f64,
-    pub settled: bool,
-    pub peers_seen: usize,
-    pub max_connected: usize,
-    pub rejected: BTreeMap<String, u64>,
-    pub dropped_by_test_hook: u64,
-    pub repaired_updates: u64,
-    pub foreign_updates_received: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// All inbound libp2p bytes (every protocol, all overhead) per foreign update received.
-    pub wire_bytes_in_per_update: f64,
-    pub gossip_messages_published: u64,
-    pub mean_updates_per_message: f64,
-    pub max_backlog: u64,
-    pub mean_backlog: f64,
-    /// How this node caught up: "snapshot", "replay" or "none".
-    pub join: String,
-    pub join_seconds: Option<f64>,
-    pub snapshot_bytes_fetched: u64,
-    pub snapshot_raw_bytes: u64,
 }
 
 /// A running node.
@@ -250,95 +173,46 @@ pub struct Node {
     task: tokio::task::JoinHandle<Result<Summary, Error>>,
 }
 
+/// Runs a node until it finishes (training over and the swarm settled, or
+/// `shutdown` resolved: then it leaves gracefully); `started` is called once
+/// it listens.
+pub async fn run(
+    cfg: Config,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+    started: impl FnOnce(&Node),
+) -> Result<Summary, Error> {
+    let mut node = Node::start(cfg, opts).await?;
+    started(&node);
+    tokio::select! {
+        r = node.wait_ref() => r,
+        () = shutdown => {
+            node.stop();
+            node.wait_ref().await
+        }
+    }
+}
+
 impl Node {
-    /// Builds the node, starts listening and spawns its actor.
+    /// Loads the model and the log (off the reactor), builds the swarm,
+    /// starts listening and spawns the shell and the compute thread.
     pub async fn start(cfg: Config, opts: Options) -> Result<Node, Error> {
-        let key = match (&opts.key, &opts.data_dir) {
-            (Some(k), _) => k.clone(),
-            (None, Some(dir)) => net::load_or_create_key(dir)?,
-            (None, None) => Keypair::generate_ed25519(),
-        };
-        let origin = net::origin_of_key(&key)
-            .ok_or_else(|| net::Error::Build("node key is not ed25519".into()))?;
-        let peer_id = key.public().to_peer_id();
-        // Build the trainer and load the data here so setup errors surface
-        // before anything runs.
-        let trainer = Trainer::new(&cfg, origin, opts.data_dir.as_deref())?;
-        train::try_build_data(&cfg.run)?;
-        let run = trainer.run();
-        let topics = Topics::new(&run);
-        let mut registry = Registry::default();
-        let mut swarm = net::build(key, &topics, opts.mdns, &mut registry)?;
-        let metrics = Metrics::new(&mut registry);
-        let series = Series::register(&mut registry);
-        let registry = Arc::new(Mutex::new(registry));
-        for addr in &opts.listen {
-            swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
-                addr: addr.to_string(),
-                reason: e.to_string(),
-            })?;
-        }
-        // Wait until every listener reports its address.
-        let mut listen = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while listen.len() < opts.listen.len() {
-            match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
-                Ok(SwarmEvent::NewListenAddr { address, .. }) => listen.push(address),
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-        let mut mirror = Log::in_memory(run);
-        for (o, n) in trainer.log().version_vector() {
-            let codes = trainer.log().range(&o, 0, n).to_vec();
-            let _ = mirror.insert(o, 0, &codes);
-        }
-        let (status_tx, status_rx) = watch::channel(Status::default());
-        let http_addr = match opts.http {
-            Some(addr) => {
-                let listener =
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|e| Error::Listen {
-                            addr: format!("http://{addr}"),
-                            reason: e.to_string(),
-                        })?;
-                let local = listener.local_addr().ok();
-                tokio::spawn(http::serve(
-                    listener,
-                    http::Shared {
-                        registry: registry.clone(),
-                        status: status_rx.clone(),
-                    },
-                ));
-                local
-            }
-            None => None,
-        };
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let (control_tx, control_rx) = mpsc::channel(16);
-        let actor = Actor::new(
-            cfg,
-            opts,
-            trainer,
-            swarm,
-            topics,
-            mirror,
-            (registry, metrics, series),
-            status_tx,
-            listen.clone(),
-        );
-        let task = tokio::spawn(actor.run(stop_rx, control_rx));
-        Ok(Node {
-            peer_id,
-            origin,
-            listen,
-            http: http_addr,
-            status: status_rx,
-            control: control_tx,
-            stop: Some(stop_tx),
-            task,
+        let (key, dir) = (opts.key.clone(), opts.data_dir.clone());
+        let c = cfg.clone();
+        let (key, origin, session, log) = tokio::task::spawn_blocking(move || {
+            let key = match (key, &dir) {
+                (Some(k), _) => k,
+                (None, Some(dir)) => net::load_or_create_key(dir)?,
+                (None, None) => Keypair::generate_ed25519(),
+            };
+            let origin = net::origin_of_key(&key)
+                .ok_or_else(|| net::Error::Build("node key is not ed25519".into()))?;
+            let (session, log) = Session::open(&c, origin, dir.as_deref())?;
+            Ok::<_, Error>((key, origin, session, log))
         })
+        .await
+        .map_err(|e| Error::Compute(e.to_string()))??;
+        shell::start(cfg, opts, key, origin, session, log).await
     }
 
     /// The latest status.

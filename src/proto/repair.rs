@@ -57,6 +57,7 @@ struct Inflight<P> {
     peer: P,
     from: u64,
     since: Instant,
+    failed: bool,
 }
 
 /// A range to ask a peer for.
@@ -74,7 +75,7 @@ pub struct Ask<P> {
 
 /// The anti-entropy state.
 #[derive(Debug)]
-pub struct Sync<P> {
+pub struct Repair<P> {
     timing: Timing,
     peers: HashMap<P, PeerView>,
     /// Per origin: the target we lack and since when we have lacked it.
@@ -82,9 +83,12 @@ pub struct Sync<P> {
     inflight: HashMap<Origin, Inflight<P>>,
     /// Round-robin counter so repairs spread over peers.
     turn: usize,
+    /// This node's own origin: never repaired from others (its log is the
+    /// node's own, and a peer's claim about it cannot be trusted).
+    own: Option<Origin>,
 }
 
-impl<P: Clone + Eq + Hash + Ord> Sync<P> {
+impl<P: Clone + Eq + Hash + Ord> Repair<P> {
     /// An empty state.
     pub fn new(timing: Timing) -> Self {
         Self {
@@ -93,7 +97,14 @@ impl<P: Clone + Eq + Hash + Ord> Sync<P> {
             want: HashMap::new(),
             inflight: HashMap::new(),
             turn: 0,
+            own: None,
         }
+    }
+
+    /// Never plans repairs of `origin` (this node's own).
+    pub fn with_own(mut self, origin: Origin) -> Self {
+        self.own = Some(origin);
+        self
     }
 
     /// Records a heartbeat; `leaving` forgets the peer at once.
@@ -155,6 +166,9 @@ impl<P: Clone + Eq + Hash + Ord> Sync<P> {
             let t = targets.entry(o).or_insert(0);
             *t = (*t).max(first);
         }
+        if let Some(own) = &self.own {
+            targets.remove(own);
+        }
         // Track how long each shortfall has persisted.
         self.want.retain(|o, _| {
             targets.get(o).copied().unwrap_or(0) > have.get(o).copied().unwrap_or(0)
@@ -175,7 +189,7 @@ impl<P: Clone + Eq + Hash + Ord> Sync<P> {
             if let Some(f) = self.inflight.get(o) {
                 let progressed = held > f.from;
                 let timed_out = now.duration_since(f.since) > self.timing.request_timeout;
-                if !progressed && !timed_out {
+                if !progressed && !timed_out && !f.failed {
                     continue;
                 }
             }
@@ -207,6 +221,7 @@ impl<P: Clone + Eq + Hash + Ord> Sync<P> {
                     peer: pick.clone(),
                     from: held,
                     since: now,
+                    failed: false,
                 },
             );
             asks.push(Ask {
@@ -222,7 +237,7 @@ impl<P: Clone + Eq + Hash + Ord> Sync<P> {
     /// A request for `origin` failed: the next plan may ask someone else.
     pub fn on_failure(&mut self, origin: &Origin) {
         if let Some(f) = self.inflight.get_mut(origin) {
-            f.since = Instant::now() - self.timing.request_timeout - Duration::from_millis(1);
+            f.failed = true;
         }
     }
 
@@ -252,7 +267,7 @@ mod tests {
     #[test]
     fn repairs_persistent_gaps_only_and_rotates_on_failure() {
         let t0 = Instant::now();
-        let mut s: Sync<u32> = Sync::new(Timing::default());
+        let mut s: Repair<u32> = Repair::new(Timing::default());
         s.on_heartbeat(1, view(&[(9, 100)], false, t0), false);
         s.on_heartbeat(2, view(&[(9, 100)], false, t0), false);
         let have: VersionVector = [(Origin([9; 32]), 40)].into_iter().collect();
@@ -280,7 +295,7 @@ mod tests {
     #[test]
     fn buffered_gaps_are_repaired_even_without_heartbeats_claiming_more() {
         let t0 = Instant::now();
-        let mut s: Sync<u32> = Sync::new(Timing::default());
+        let mut s: Repair<u32> = Repair::new(Timing::default());
         s.on_heartbeat(1, view(&[], false, t0), false);
         let have = VersionVector::new();
         let gaps = [(Origin([5; 32]), 0, 10)];
@@ -300,7 +315,7 @@ mod tests {
     #[test]
     fn settles_only_when_all_live_peers_agree_and_are_done() {
         let t0 = Instant::now();
-        let mut s: Sync<u32> = Sync::new(Timing::default());
+        let mut s: Repair<u32> = Repair::new(Timing::default());
         let vv: VersionVector = [(Origin([1; 32]), 3)].into_iter().collect();
         s.on_heartbeat(1, view(&[(1, 3)], true, t0), false);
         s.on_heartbeat(2, view(&[(1, 2)], true, t0), false);

@@ -6,14 +6,15 @@
 //! regenerate-and-apply work, a snapshot costs its bytes over the network plus
 //! decoding. For a snapshot it asks every known peer for an offer, picks the
 //! newest snapshot offered by the most peers, and fetches its chunks from all
-//! of those peers in parallel, checking every chunk against its hash and
-//! keeping verified chunks on disk so an interrupted join resumes.
+//! of those peers in parallel, checking every chunk against its hash. Verified
+//! chunks are handed out to be kept (on disk, by the node) and chunks kept by
+//! an interrupted join are taken back ([`Join::on_kept_chunk`]), so a join
+//! resumes.
 
 use crate::net::wire::{Request, Response};
 use crate::seed::hex;
-use libp2p::PeerId;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// How a joining node catches up.
@@ -37,11 +38,25 @@ const PER_PEER: usize = 16;
 
 /// What the node should do.
 #[derive(Debug)]
-pub enum Action {
+pub enum Action<P> {
     /// Send this request to this peer.
-    Ask(PeerId, Request),
+    Ask(P, Request),
     /// Hand the verified chunks to the compute thread.
     Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
+    /// Offer back the chunks of snapshot `id` kept by an earlier, interrupted
+    /// join ([`Join::on_kept_chunk`]).
+    Resume { id: [u8; 32], chunks: usize },
+}
+
+/// What became of a fetched chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// It checked out; it belongs to snapshot `id` (worth keeping).
+    Taken([u8; 32]),
+    /// No fetch is going on.
+    Unwanted,
+    /// It failed its check (the peer is dropped).
+    Bad,
 }
 
 #[derive(Clone, Debug)]
@@ -53,21 +68,21 @@ struct Offer {
 }
 
 #[derive(Debug)]
-enum Phase {
+enum Phase<P> {
     Off,
     Waiting {
         since: Instant,
     },
     Offers {
         since: Instant,
-        asked: HashSet<PeerId>,
-        got: Vec<(PeerId, Offer)>,
+        asked: HashSet<P>,
+        got: Vec<(P, Offer)>,
     },
     Fetching {
         offer: Offer,
-        holders: Vec<PeerId>,
+        holders: Vec<P>,
         chunks: Vec<Option<Vec<u8>>>,
-        inflight: HashMap<u32, (PeerId, Instant)>,
+        inflight: HashMap<u32, (P, Instant)>,
         turn: usize,
     },
     Installing,
@@ -75,9 +90,9 @@ enum Phase {
 
 /// The join state.
 #[derive(Debug)]
-pub struct Join {
+pub struct Join<P> {
     mode: Mode,
-    phase: Phase,
+    phase: Phase<P>,
     /// How the node caught up: "snapshot", "replay" or "none".
     pub chosen: &'static str,
     started: Instant,
@@ -89,7 +104,7 @@ pub struct Join {
     pub raw_bytes: u64,
 }
 
-impl Join {
+impl<P: Clone + Eq + Hash + std::fmt::Debug> Join<P> {
     /// A node with an empty log joins; one with state does not.
     pub fn new(mode: Mode, empty: bool, now: Instant) -> Self {
         let (phase, chosen) = match (empty, mode) {
@@ -127,16 +142,8 @@ impl Join {
 
     /// Advances the join. `best` is the total of the highest version vector
     /// peers announce; `params` the trainable parameter count.
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        peers: &[PeerId],
-        best: u64,
-        params: usize,
-        dir: Option<&Path>,
-    ) -> Vec<Action> {
+    pub fn tick(&mut self, now: Instant, peers: &[P], best: u64, params: usize) -> Vec<Action<P>> {
         let mut out = Vec::new();
-        let mut started_fetching = false;
         match &mut self.phase {
             Phase::Off | Phase::Installing => {}
             Phase::Waiting { since } => {
@@ -163,11 +170,11 @@ impl Join {
                     );
                     if want {
                         for p in peers {
-                            out.push(Action::Ask(*p, Request::Offer));
+                            out.push(Action::Ask(p.clone(), Request::Offer));
                         }
                         self.phase = Phase::Offers {
                             since: now,
-                            asked: peers.iter().copied().collect(),
+                            asked: peers.iter().cloned().collect(),
                             got: Vec::new(),
                         };
                     } else {
@@ -178,7 +185,7 @@ impl Join {
             Phase::Offers { since, asked, got } => {
                 if asked.is_empty() || now.duration_since(*since) > Duration::from_secs(5) {
                     // The newest snapshot; among equals, the one most peers hold.
-                    let mut groups: HashMap<[u8; 32], (Offer, Vec<PeerId>)> = HashMap::new();
+                    let mut groups: HashMap<[u8; 32], (Offer, Vec<P>)> = HashMap::new();
                     for (p, o) in got.drain(..) {
                         groups
                             .entry(o.id)
@@ -203,6 +210,10 @@ impl Join {
                                 "fetching snapshot"
                             );
                             self.raw_bytes = offer.raw_len;
+                            out.push(Action::Resume {
+                                id: offer.id,
+                                chunks: n,
+                            });
                             self.phase = Phase::Fetching {
                                 offer,
                                 holders,
@@ -210,7 +221,6 @@ impl Join {
                                 inflight: HashMap::new(),
                                 turn: 0,
                             };
-                            started_fetching = true;
                         }
                     }
                 }
@@ -237,23 +247,23 @@ impl Join {
                     self.phase = Phase::Installing;
                     return out;
                 }
-                let mut load: HashMap<PeerId, usize> = HashMap::new();
+                let mut load: HashMap<P, usize> = HashMap::new();
                 for (p, _) in inflight.values() {
-                    *load.entry(*p).or_default() += 1;
+                    *load.entry(p.clone()).or_default() += 1;
                 }
                 for (i, chunk) in chunks.iter().enumerate() {
                     if chunk.is_some() || inflight.contains_key(&(i as u32)) {
                         continue;
                     }
                     let Some(p) = (0..holders.len())
-                        .map(|k| holders[(*turn + k) % holders.len()])
+                        .map(|k| holders[(*turn + k) % holders.len()].clone())
                         .find(|p| load.get(p).copied().unwrap_or(0) < PER_PEER)
                     else {
                         break;
                     };
                     *turn += 1;
-                    *load.entry(p).or_default() += 1;
-                    inflight.insert(i as u32, (p, now));
+                    *load.entry(p.clone()).or_default() += 1;
+                    inflight.insert(i as u32, (p.clone(), now));
                     out.push(Action::Ask(
                         p,
                         Request::Chunk {
@@ -264,19 +274,11 @@ impl Join {
                 }
             }
         }
-        if started_fetching {
-            if let Some(d) = dir {
-                let n = self.resume_from(d);
-                if n > 0 {
-                    tracing::info!(chunks = n, "resuming an interrupted snapshot download");
-                }
-            }
-        }
         out
     }
 
     /// An offer arrived.
-    pub fn on_offer(&mut self, peer: PeerId, response: Response) {
+    pub fn on_offer(&mut self, peer: P, response: Response) {
         let hashes = response.hashes();
         if let (
             Phase::Offers { asked, got, .. },
@@ -300,20 +302,14 @@ impl Join {
     }
 
     /// A peer did not answer the offer request.
-    pub fn on_offer_failed(&mut self, peer: PeerId) {
+    pub fn on_offer_failed(&mut self, peer: &P) {
         if let Phase::Offers { asked, .. } = &mut self.phase {
-            asked.remove(&peer);
+            asked.remove(peer);
         }
     }
 
-    /// A chunk arrived; false when it failed its check (the peer is dropped).
-    pub fn on_chunk(
-        &mut self,
-        peer: PeerId,
-        index: u32,
-        data: Vec<u8>,
-        dir: Option<&Path>,
-    ) -> bool {
+    /// A chunk arrived from `peer`; one that fails its check drops that peer.
+    pub fn on_chunk(&mut self, peer: &P, index: u32, data: Vec<u8>) -> Chunk {
         let Phase::Fetching {
             offer,
             holders,
@@ -322,58 +318,56 @@ impl Join {
             ..
         } = &mut self.phase
         else {
-            return true;
+            return Chunk::Unwanted;
         };
         inflight.remove(&index);
         let Some(expected) = offer.hashes.get(index as usize) else {
-            return false;
+            return Chunk::Bad;
         };
         if blake3::hash(&data).as_bytes() != expected {
-            tracing::warn!(%peer, index, "snapshot chunk failed its check; dropping that peer");
-            holders.retain(|p| *p != peer);
-            return false;
+            tracing::warn!(
+                ?peer,
+                index,
+                "snapshot chunk failed its check; dropping that peer"
+            );
+            holders.retain(|p| p != peer);
+            return Chunk::Bad;
         }
         self.fetched_bytes += data.len() as u64;
-        if let Some(dir) = dir {
-            let d = dir.join("snapshot").join(hex(&offer.id));
-            if std::fs::create_dir_all(&d).is_ok() {
-                let _ = std::fs::write(d.join(index.to_string()), &data);
-            }
-        }
         chunks[index as usize] = Some(data);
+        Chunk::Taken(offer.id)
+    }
+
+    /// A chunk of snapshot `id` kept by an interrupted join (see
+    /// [`Action::Resume`]); taken when it is wanted and checks out.
+    pub fn on_kept_chunk(&mut self, id: [u8; 32], index: u32, data: Vec<u8>) -> bool {
+        let Phase::Fetching { offer, chunks, .. } = &mut self.phase else {
+            return false;
+        };
+        let i = index as usize;
+        if offer.id != id
+            || chunks.get(i).is_none_or(Option::is_some)
+            || offer
+                .hashes
+                .get(i)
+                .map(|h| blake3::hash(&data).as_bytes() == h)
+                != Some(true)
+        {
+            return false;
+        }
+        chunks[i] = Some(data);
         true
     }
 
-    /// Loads chunks of the chosen snapshot kept on disk by an interrupted join.
-    pub fn resume_from(&mut self, dir: &Path) -> usize {
-        let Phase::Fetching { offer, chunks, .. } = &mut self.phase else {
-            return 0;
-        };
-        let d = dir.join("snapshot").join(hex(&offer.id));
-        let mut n = 0;
-        for (i, h) in offer.hashes.iter().enumerate() {
-            if chunks[i].is_some() {
-                continue;
-            }
-            if let Ok(data) = std::fs::read(d.join(i.to_string())) {
-                if blake3::hash(&data).as_bytes() == h {
-                    chunks[i] = Some(data);
-                    n += 1;
-                }
-            }
-        }
-        n
-    }
-
     /// A chunk request failed: it will be asked of another holder.
-    pub fn on_chunk_failed(&mut self, peer: PeerId, index: u32) {
+    pub fn on_chunk_failed(&mut self, peer: &P, index: u32) {
         if let Phase::Fetching {
             holders, inflight, ..
         } = &mut self.phase
         {
             inflight.remove(&index);
             if holders.len() > 1 {
-                holders.retain(|p| *p != peer);
+                holders.retain(|p| p != peer);
             }
         }
     }
@@ -388,6 +382,3 @@ impl Join {
         }
     }
 }
-
-/// Origins and their counts in an installed snapshot's log.
-pub type Codes = Vec<crate::snapshot::LogEntries>;

@@ -1,19 +1,26 @@
-//! Zeroth-order training: one SPSA step per local sample, and the single-node
-//! `train` loop.
+//! Training: the model and replica of a node ([`Trainer`]), the one training
+//! loop shared by `train` and `node` ([`Session`]), and the single-node
+//! commands (`train`, `eval`, `export`).
 //!
-//! A [`Trainer`] owns the model, the replica and the update log. A step
-//! evaluates the loss at `θ + εz` and `θ − εz` (each a fresh materialization
-//! from the replica), forms `g = (ℓ₊ − ℓ₋) / 2ε`, encodes it in one byte, logs
-//! and applies it like any other update, and re-materializes the weights.
+//! A [`Trainer`] owns the model and the replica. An SPSA step evaluates the
+//! loss at `θ + εz` and `θ − εz` (each a fresh materialization from the
+//! replica), forms `g = (ℓ₊ − ℓ₋) / 2ε`, encodes it in one byte and applies it
+//! like any other update; a first-order round takes local SGD steps and
+//! applies their compressed difference as a delta update.
+
+mod commands;
+mod session;
+
+pub use commands::{evaluate, export, run_single, EvalSummary, Progress, Summary};
+pub use session::{Made, Session};
 
 use crate::codec::Codec;
 use crate::config::{self, Config, ModelSpec, TaskSpec};
-use crate::log::{self, Log};
+use crate::log::{self, Log, Segment, Store};
 use crate::model::llama::{self, Llama};
 use crate::model::{self, tiny::Tiny, Batch, Eval, Model};
-use crate::replica::{self, Replica, Rules, Update};
+use crate::replica::{self, Replica, Rules, Update, VersionVector};
 use crate::seed::{self, Origin, RunId, Seed};
-use serde::Serialize;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +65,17 @@ pub struct Step {
     pub forward_seconds: [f64; 2],
 }
 
+/// What a snapshot is made of: `δ` per tensor at a version vector, and its digest.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `δ` per trainable tensor.
+    pub deltas: Vec<Vec<i32>>,
+    /// The version vector.
+    pub vv: VersionVector,
+    /// Digest of `δ`.
+    pub digest: [u8; 32],
+}
+
 /// What one first-order round produced.
 #[derive(Clone, Debug)]
 pub struct FirstOrderStep {
@@ -82,9 +100,6 @@ pub enum Data {
     },
     /// Tokenized prompt-classification data.
     Prompt(Arc<crate::task::PromptData>),
-    /// The data could not be loaded ([`build_data`] cannot fail): every batch
-    /// is empty, so the first step or evaluation reports this message.
-    Failed(String),
 }
 
 impl Data {
@@ -93,7 +108,6 @@ impl Data {
         match self {
             Data::Synthetic { task, seed } => task.train_batch(*seed, origin, seq, size),
             Data::Prompt(d) => d.train_batch(origin, seq, size),
-            Data::Failed(_) => Batch::default(),
         }
     }
 
@@ -102,7 +116,6 @@ impl Data {
         match self {
             Data::Synthetic { task, seed } => task.dev(*seed, batch),
             Data::Prompt(d) => d.dev(batch),
-            Data::Failed(_) => vec![Batch::default()],
         }
     }
 }
@@ -163,20 +176,8 @@ pub fn build_model(manifest: &config::Manifest) -> Result<Box<dyn Model>, Error>
     }
 }
 
-/// Builds the data of a manifest; a failure to read prompt data is logged and
-/// gives [`Data::Failed`] (use [`try_build_data`] to get the error).
-pub fn build_data(manifest: &config::Manifest) -> Data {
-    match try_build_data(manifest) {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!("cannot load the task data: {e}");
-            Data::Failed(e.to_string())
-        }
-    }
-}
-
 /// Builds the data of a manifest (reads, samples and tokenizes prompt data).
-pub fn try_build_data(manifest: &config::Manifest) -> Result<Data, Error> {
+pub fn build_data(manifest: &config::Manifest) -> Result<Data, Error> {
     match &manifest.task {
         TaskSpec::Synthetic(t) => Ok(Data::Synthetic {
             task: t.clone(),
@@ -198,11 +199,12 @@ pub fn try_build_data(manifest: &config::Manifest) -> Result<Data, Error> {
     }
 }
 
-/// Model + replica + log of one node.
+/// Model + replica of one node: takes SPSA steps and first-order rounds,
+/// applies updates, makes and installs snapshots. The update log is not
+/// here: the protocol core owns it, and [`Session`] appends its file.
 pub struct Trainer {
     model: Box<dyn Model>,
     replica: Replica,
-    log: Log,
     /// Model parameter index of each replica slot.
     slots: Vec<usize>,
     eps: f32,
@@ -211,10 +213,27 @@ pub struct Trainer {
     max_delta_bytes: usize,
 }
 
+/// Opens (or creates) the update log of `data_dir` for `run`, recovering
+/// every complete record.
+pub fn open_log(data_dir: &Path, run: RunId) -> Result<(Log, Store), Error> {
+    std::fs::create_dir_all(data_dir).map_err(|source| log::Error::Io {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let (log, store, rec) = Store::open(&data_dir.join("updates.log"), run)?;
+    if rec.updates > 0 {
+        tracing::info!(
+            updates = rec.updates,
+            records = rec.records,
+            "resuming from the update log"
+        );
+    }
+    Ok((log, store))
+}
+
 impl Trainer {
-    /// Builds the model of `cfg`, its replica, and opens the log (in `data_dir`
-    /// when given); replays the recovered log into the replica.
-    pub fn new(cfg: &Config, origin: Origin, data_dir: Option<&Path>) -> Result<Self, Error> {
+    /// Builds the base model of `cfg` and an empty replica of its trainable tensors.
+    pub fn new(cfg: &Config, origin: Origin) -> Result<Self, Error> {
         let model = build_model(&cfg.run)?;
         let run = cfg.run.run_id(&model::base_hash(model.as_ref())?);
         let specs = model.params();
@@ -237,40 +256,35 @@ impl Trainer {
             unit_bits: cfg.run.unit_bits,
             max_delta_norm: cfg.run.delta.max_norm,
         };
-        let mut replica = Replica::new(rules, tensors);
-        let log = match data_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| log::Error::Io {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-                let (log, rec) = Log::open(&dir.join("updates.log"), run)?;
-                if rec.updates > 0 {
-                    tracing::info!(
-                        updates = rec.updates,
-                        records = rec.records,
-                        "resuming from the update log"
-                    );
-                }
-                log
-            }
-            None => Log::in_memory(run),
-        };
-        let all: Vec<Update> = log.updates().collect();
-        for chunk in all.chunks(4096) {
-            replica.apply_with(chunk, &|o, s| log.payload(o, s).cloned())?;
-        }
-        let mut t = Self {
+        let replica = Replica::new(rules, tensors);
+        Ok(Self {
             model,
             replica,
-            log,
             slots,
             eps: cfg.run.eps as f32,
             origin,
             max_delta_bytes: cfg.run.delta.max_bytes,
-        };
-        t.materialize()?;
+        })
+    }
+
+    /// The replica at the update log of `data_dir` (the base model without one).
+    pub fn from_dir(cfg: &Config, origin: Origin, data_dir: Option<&Path>) -> Result<Self, Error> {
+        let mut t = Self::new(cfg, origin)?;
+        if let Some(dir) = data_dir {
+            let (log, _) = open_log(dir, t.run())?;
+            t.replay(&log)?;
+        }
         Ok(t)
+    }
+
+    /// Applies every update `log` holds beyond the replica's version vector.
+    pub fn replay(&mut self, log: &Log) -> Result<(), Error> {
+        let all: Vec<Update> = log.updates().collect();
+        for chunk in all.chunks(4096) {
+            self.replica
+                .apply_with(chunk, &|o, s| log.payload(o, s).cloned())?;
+        }
+        self.materialize()
     }
 
     /// The run id.
@@ -288,9 +302,13 @@ impl Trainer {
         &self.replica
     }
 
-    /// The update log.
-    pub fn log(&self) -> &Log {
-        &self.log
+    /// Names and lengths of the trainable tensors (what a delta may touch).
+    pub fn shapes(&self) -> Vec<(String, u64)> {
+        self.replica
+            .slots()
+            .iter()
+            .map(|s| (s.name.clone(), s.base.len() as u64))
+            .collect()
     }
 
     /// The model at the replica's current weights.
@@ -300,7 +318,11 @@ impl Trainer {
 
     /// The next seq this node will publish.
     pub fn next_seq(&self) -> u64 {
-        self.log.next_seq(&self.origin)
+        self.replica
+            .version_vector()
+            .get(&self.origin)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn materialize(&mut self) -> Result<(), Error> {
@@ -320,7 +342,8 @@ impl Trainer {
         Ok(())
     }
 
-    /// One SPSA step on `batch` as update `next_seq()`; logs and applies it.
+    /// One SPSA step on `batch` as update `next_seq()`; applies it (the
+    /// caller stores it before publishing it).
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
         let seq = self.next_seq();
         let seed = seed::derive(&self.run(), &self.origin, seq);
@@ -344,8 +367,11 @@ impl Trainer {
         };
         let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
         let code = self.replica.rules().codec.encode(grad, &seed);
-        let fresh = self.log.insert(self.origin, seq, &[code])?;
-        self.replica.apply(&fresh)?;
+        self.replica.apply(&[Update {
+            origin: self.origin,
+            seq,
+            code,
+        }])?;
         self.materialize()?;
         Ok(Step {
             seq,
@@ -357,37 +383,29 @@ impl Trainer {
         })
     }
 
-    /// A snapshot of `δ` and the log at the replica's version vector.
-    pub fn snapshot(&self) -> crate::snapshot::Snapshot {
-        let deltas: Vec<&[i32]> = self
-            .replica
-            .slots()
-            .iter()
-            .map(|s| s.delta.as_slice())
-            .collect();
-        let vv = self.replica.version_vector();
-        let codes = vv
-            .iter()
-            .map(|(o, n)| {
-                let payloads = self.log.payloads_in(o, 0, *n);
-                (
-                    *o,
-                    self.log.range(o, 0, *n).to_vec(),
-                    payloads.iter().map(|p| p.to_vec()).collect(),
-                )
-            })
-            .collect();
-        crate::snapshot::encode(&deltas, vv, self.replica.digest_bytes(), codes)
+    /// A copy of `δ`, the version vector and the digest: what a snapshot
+    /// is made of (with the log's prefix up to that version vector).
+    pub fn image(&self) -> Image {
+        Image {
+            deltas: self
+                .replica
+                .slots()
+                .iter()
+                .map(|s| s.delta.clone())
+                .collect(),
+            vv: self.replica.version_vector().clone(),
+            digest: self.replica.digest_bytes(),
+        }
     }
 
-    /// Installs a snapshot into a node that holds no update yet; checks the
-    /// digest of the received `δ` first. Returns the log codes installed.
+    /// Installs a snapshot into a replica that holds no update yet; checks
+    /// the digest of the received `δ` first. Returns the snapshot's log.
     pub fn install(
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
-    ) -> Result<crate::net::join::Codes, String> {
-        if !self.log.is_empty() {
+    ) -> Result<Vec<Segment>, String> {
+        if self.replica.applied() > 0 {
             return Err("this node already holds updates; a snapshot is only for joining".into());
         }
         let lens: Vec<usize> = self.replica.slots().iter().map(|s| s.delta.len()).collect();
@@ -395,44 +413,60 @@ impl Trainer {
         if replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
             return Err("snapshot digest does not match its contents".into());
         }
+        let segments: Vec<Segment> = d
+            .codes
+            .into_iter()
+            .map(|(origin, codes, payloads)| Segment {
+                origin,
+                first_seq: 0,
+                codes,
+                payloads: payloads.into_iter().map(Arc::new).collect(),
+            })
+            .collect();
+        // The log must cover exactly the version vector, with every payload.
+        let vv_of_log: VersionVector = segments
+            .iter()
+            .filter(|s| !s.codes.is_empty())
+            .map(|s| (s.origin, s.end()))
+            .collect();
+        let mut want = d.vv.clone();
+        want.retain(|_, n| *n > 0);
+        if vv_of_log != want {
+            return Err("snapshot log does not match its version vector".into());
+        }
+        for s in &segments {
+            let markers = s.codes.iter().filter(|&&c| c == log::DELTA).count();
+            if markers != s.payloads.len() {
+                return Err(format!(
+                    "snapshot log of {} has {markers} delta updates but {} payloads",
+                    s.origin.short(),
+                    s.payloads.len()
+                ));
+            }
+        }
         self.replica
             .install(d.deltas, d.vv)
             .map_err(|e| e.to_string())?;
-        for (o, codes, payloads) in &d.codes {
-            let payloads: Vec<log::Payload> = payloads.iter().cloned().map(Arc::new).collect();
-            self.log
-                .insert_with(*o, 0, codes, &payloads)
-                .map_err(|e| e.to_string())?;
-        }
         self.materialize().map_err(|e| e.to_string())?;
-        Ok(d.codes)
+        Ok(segments)
     }
 
-    /// Accepts a batch of codes from `origin` (with the payloads of its delta
-    /// updates, in order); applies whatever became contiguous.
-    pub fn receive(
-        &mut self,
-        origin: Origin,
-        first_seq: u64,
-        codes: &[u8],
-        payloads: &[log::Payload],
-    ) -> Result<usize, Error> {
-        let fresh = self.log.insert_with(origin, first_seq, codes, payloads)?;
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let log = &self.log;
+    /// Applies a contiguous segment of updates (its first seq must be the
+    /// next of its origin, or already applied).
+    pub fn apply(&mut self, segment: &Segment) -> Result<usize, Error> {
         let n = self
             .replica
-            .apply_with(&fresh, &|o, s| log.payload(o, s).cloned())?;
-        self.materialize()?;
+            .apply_with(&segment.updates(), &|_, s| segment.payload(s))?;
+        if n > 0 {
+            self.materialize()?;
+        }
         Ok(n)
     }
 
     /// One first-order round as update `next_seq()`: `local_steps` SGD steps
     /// on `batches` from the replica's weights, then the change is compressed
-    /// ([`crate::fedzip`]), logged and applied as a delta update like any
-    /// other (so this node moves exactly as its peers will).
+    /// ([`crate::fedzip`]) and applied as a delta update like any other (so
+    /// this node moves exactly as its peers will).
     pub fn step_first_order(
         &mut self,
         batches: &[Batch],
@@ -498,15 +532,13 @@ impl Trainer {
         }
         let raw_bytes = 4 * diffs.iter().map(Vec::len).sum::<usize>();
         let payload = Arc::new(payload);
-        let fresh = self.log.insert_with(
-            self.origin,
+        let own = Update {
+            origin: self.origin,
             seq,
-            &[log::DELTA],
-            std::slice::from_ref(&payload),
-        )?;
-        let log = &self.log;
+            code: log::DELTA,
+        };
         self.replica
-            .apply_with(&fresh, &|o, s| log.payload(o, s).cloned())?;
+            .apply_with(&[own], &|_, _| Some(payload.clone()))?;
         self.materialize()?;
         Ok(FirstOrderStep {
             seq,
@@ -525,30 +557,6 @@ impl Trainer {
         }
         Ok(e)
     }
-}
-
-/// JSON summary of a `train` run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub run_id: String,
-    pub origin: String,
-    pub initial_loss: f64,
-    pub initial_accuracy: f64,
-    pub final_loss: f64,
-    pub accuracy: f64,
-    pub updates: u64,
-    pub wall_seconds: f64,
-    pub steps_per_second: f64,
-    pub digest: String,
-    pub trainable_params: usize,
-    /// Size of the on-disk update log per update (when a data dir is used).
-    pub log_bytes_per_update: Option<f64>,
-    /// How this node trained: "zeroth-order" or "first-order".
-    pub mode: String,
-    /// First-order: mean encoded delta size, bytes.
-    pub delta_bytes_mean: Option<f64>,
-    /// First-order: raw f32 delta size over encoded size.
-    pub delta_ratio: Option<f64>,
 }
 
 /// The deterministic origin of a single-node run without an identity.
@@ -572,164 +580,4 @@ pub fn first_order_batches(cfg: &Config, data: &Data, origin: &Origin, seq: u64)
     (0..steps)
         .map(|h| data.train_batch(origin, seq * steps + h, size))
         .collect()
-}
-
-/// Progress reporting hook for [`run_single`]: `(step, steps, train loss, eval)`.
-pub type Progress<'a> = &'a mut dyn FnMut(u64, u64, f64, Option<Eval>);
-
-/// Trains a single node (no network) for `cfg.node.steps` own updates.
-pub fn run_single(
-    cfg: &Config,
-    data_dir: Option<&Path>,
-    progress: Progress<'_>,
-) -> Result<Summary, Error> {
-    let start = Instant::now();
-    let origin = local_origin(cfg);
-    let mut trainer = Trainer::new(cfg, origin, data_dir)?;
-    let data = try_build_data(&cfg.run)?;
-    let dev = data.dev(cfg.node.eval_batch);
-    let initial = trainer.evaluate(&dev)?;
-    progress(0, cfg.node.steps, initial.loss(), Some(initial));
-    let first = trainer.next_seq();
-    let mut ema = initial.loss();
-    let (mut delta_bytes, mut raw_delta_bytes) = (0u64, 0u64);
-    while trainer.next_seq() < cfg.node.steps.max(first) {
-        let seq = trainer.next_seq();
-        if cfg.node.mode == config::Mode::FirstOrder {
-            let fo = &cfg.node.first_order;
-            let batches = first_order_batches(cfg, &data, &origin, seq);
-            let s = trainer.step_first_order(&batches, fo.lr as f32, &fo.compression)?;
-            delta_bytes += s.payload.len() as u64;
-            raw_delta_bytes += s.raw_bytes as u64;
-            ema = 0.8 * ema + 0.2 * f64::from(s.loss);
-        } else {
-            let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
-            let s = trainer.step(&batch)?;
-            ema = 0.98 * ema + 0.02 * 0.5 * f64::from(s.loss_plus + s.loss_minus);
-        }
-        let done = seq + 1;
-        let eval = if cfg.node.eval_every > 0 && done % cfg.node.eval_every == 0 {
-            Some(trainer.evaluate(&dev)?)
-        } else {
-            None
-        };
-        progress(done, cfg.node.steps, ema, eval);
-    }
-    let fin = trainer.evaluate(&dev)?;
-    let wall = start.elapsed().as_secs_f64();
-    let updates = trainer.replica().applied();
-    let ran = trainer.next_seq() - first;
-    Ok(Summary {
-        run_id: trainer.run().to_hex(),
-        origin: origin.to_hex(),
-        initial_loss: initial.loss(),
-        initial_accuracy: initial.accuracy(),
-        final_loss: fin.loss(),
-        accuracy: fin.accuracy(),
-        updates,
-        wall_seconds: wall,
-        steps_per_second: ran as f64 / wall.max(1e-9),
-        digest: trainer.replica().digest(),
-        trainable_params: trainer.replica().num_params(),
-        log_bytes_per_update: data_dir.and_then(|d| {
-            let len = std::fs::metadata(d.join("updates.log")).ok()?.len();
-            Some(len as f64 / updates.max(1) as f64)
-        }),
-        mode: cfg.node.mode.to_string(),
-        delta_bytes_mean: (delta_bytes > 0).then(|| delta_bytes as f64 / ran.max(1) as f64),
-        delta_ratio: (delta_bytes > 0).then(|| raw_delta_bytes as f64 / delta_bytes as f64),
-    })
-}
-
-/// JSON summary of an `eval` run.
-#[derive(Clone, Debug, Serialize)]
-pub struct EvalSummary {
-    pub run_id: String,
-    /// Updates in the replayed log.
-    pub updates: u64,
-    pub digest: String,
-    /// What was evaluated (a file, or the task's dev set).
-    pub data: String,
-    pub accuracy: f64,
-    pub loss: f64,
-    pub n: usize,
-    pub wall_seconds: f64,
-}
-
-/// Accuracy of the replica (base model + the update log in `data_dir`) on a
-/// labeled file (TSV/JSONL, prompt tasks) or, without one, the task's dev set.
-pub fn evaluate(
-    cfg: &Config,
-    data_file: Option<&Path>,
-    data_dir: Option<&Path>,
-) -> Result<EvalSummary, Error> {
-    let start = Instant::now();
-    let trainer = Trainer::new(cfg, local_origin(cfg), data_dir)?;
-    let batch = cfg.node.eval_batch;
-    let (batches, what) = match (data_file, &cfg.run.task) {
-        (None, _) => (try_build_data(&cfg.run)?.dev(batch), "dev set".to_string()),
-        (Some(f), TaskSpec::Prompt(t)) => {
-            let src = model_source(&cfg.run)
-                .ok_or_else(|| Error::Mismatch("prompt task without a language model".into()))?;
-            let tok = llama::tokenizer(src)?;
-            let rows = t.read(f)?;
-            let mut examples = Vec::with_capacity(rows.len());
-            for (x, y) in &rows {
-                examples.push((llama::encode(&tok, &t.render(x))?, *y));
-            }
-            (
-                crate::task::batches(&examples, batch),
-                f.display().to_string(),
-            )
-        }
-        (Some(f), TaskSpec::Text(t)) => {
-            let src = model_source(&cfg.run)
-                .ok_or_else(|| Error::Mismatch("text task without a language model".into()))?;
-            let tok = llama::tokenizer(src)?;
-            let tokenize = |s: &str| llama::encode(&tok, s).map_err(|e| e.to_string());
-            let windows = t.windows(&t.read(f)?, &tokenize)?;
-            let examples: Vec<_> = windows.into_iter().map(|x| (x, 0)).collect();
-            (
-                crate::task::batches(&examples, batch),
-                f.display().to_string(),
-            )
-        }
-        (Some(_), TaskSpec::Synthetic(_)) => {
-            return Err(Error::Mismatch(
-                "--data needs a prompt task; the synthetic task has only its dev set".into(),
-            ))
-        }
-    };
-    let e = trainer.evaluate(&batches)?;
-    Ok(EvalSummary {
-        run_id: trainer.run().to_hex(),
-        updates: trainer.replica().applied(),
-        digest: trainer.replica().digest(),
-        data: what,
-        accuracy: e.accuracy(),
-        loss: e.loss(),
-        n: e.n,
-        wall_seconds: start.elapsed().as_secs_f64(),
-    })
-}
-
-/// Writes the replica's weights (base + the update log in `data_dir`) as
-/// safetensors under the model's parameter names; returns the tensor count.
-pub fn export(cfg: &Config, data_dir: Option<&Path>, out: &Path) -> Result<usize, Error> {
-    let trainer = Trainer::new(cfg, local_origin(cfg), data_dir)?;
-    let m = trainer.model();
-    let mut tensors = std::collections::HashMap::new();
-    for (i, p) in m.params().into_iter().enumerate() {
-        let t = candle_core::Tensor::from_vec(
-            m.read(i)?,
-            p.shape.as_slice(),
-            &candle_core::Device::Cpu,
-        )
-        .map_err(model::Error::from)?;
-        tensors.insert(p.name, t);
-    }
-    let n = tensors.len();
-    candle_core::safetensors::save(&tensors, out)
-        .map_err(|e| model::Error::Load(format!("writing {}: {e}", out.display())))?;
-    Ok(n)
 }

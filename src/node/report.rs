@@ -1,0 +1,191 @@
+//! What a node reports: the live [`Status`] (`/status`, `status.json`, the
+//! dashboard, tests) and the [`Summary`] of a finished node, built from the
+//! protocol core's counters, the compute state and the swarm's numbers.
+
+use crate::proto::{ComputeState, Core, Peer, Stats};
+use crate::replica::VersionVector;
+use crate::seed::hex;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+/// Live state of a node, for tables and tests.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub peer_id: String,
+    /// "zeroth-order" or "first-order".
+    pub mode: String,
+    pub origin: String,
+    pub run_id: String,
+    pub listen: Vec<String>,
+    pub peers: usize,
+    pub connected: usize,
+    pub own_updates: u64,
+    /// Own updates handed to gossipsub (published), a prefix of `own_updates`.
+    pub published_through: u64,
+    pub updates_applied: u64,
+    pub updates_received: u64,
+    pub backlog: u64,
+    pub loss: f32,
+    pub accuracy: Option<f64>,
+    pub digest: String,
+    pub version_vector: BTreeMap<String, u64>,
+    pub training_done: bool,
+    pub settled: bool,
+    pub rejected: BTreeMap<String, u64>,
+    pub repaired_updates: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub uptime_s: f64,
+    pub updates_per_s: f64,
+    pub bytes_in_per_s: f64,
+    pub bytes_out_per_s: f64,
+    pub mesh_peers: usize,
+    pub digest_mismatches: u64,
+}
+
+/// What a finished node measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub peer_id: String,
+    /// "zeroth-order" or "first-order".
+    pub mode: String,
+    pub origin: String,
+    pub run_id: String,
+    pub digest: String,
+    pub version_vector: BTreeMap<String, u64>,
+    pub updates_applied: u64,
+    pub own_updates: u64,
+    pub initial_accuracy: f64,
+    pub accuracy: f64,
+    pub final_loss: f64,
+    pub wall_seconds: f64,
+    pub settled: bool,
+    pub peers_seen: usize,
+    pub max_connected: usize,
+    pub rejected: BTreeMap<String, u64>,
+    pub dropped_by_test_hook: u64,
+    pub repaired_updates: u64,
+    pub foreign_updates_received: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// All inbound libp2p bytes (every protocol, all overhead) per foreign update received.
+    pub wire_bytes_in_per_update: f64,
+    pub gossip_messages_published: u64,
+    pub mean_updates_per_message: f64,
+    pub max_backlog: u64,
+    pub mean_backlog: f64,
+    /// How this node caught up: "snapshot", "replay" or "none".
+    pub join: String,
+    pub join_seconds: Option<f64>,
+    pub snapshot_bytes_fetched: u64,
+    pub snapshot_raw_bytes: u64,
+}
+
+/// A version vector keyed by hex origins.
+pub fn vv_hex(vv: &VersionVector) -> BTreeMap<String, u64> {
+    vv.iter().map(|(o, n)| (o.to_hex(), *n)).collect()
+}
+
+/// What the shell knows that the core does not.
+pub(super) struct Swarm {
+    pub peer_id: String,
+    pub mode: String,
+    pub listen: Vec<String>,
+    pub connected: usize,
+    pub mesh_peers: usize,
+    pub bytes: (u64, u64),
+    pub uptime_s: f64,
+    /// Per second: applied updates, bytes in, bytes out.
+    pub rates: (f64, f64, f64),
+}
+
+/// The status of a node now.
+pub(super) fn status<P: Peer, M: Clone + Debug, C: Debug>(
+    core: &Core<P, M, C>,
+    sw: Swarm,
+) -> Status {
+    let st = core.state().cloned().unwrap_or_default();
+    let stats: Stats = core.stats();
+    Status {
+        peer_id: sw.peer_id,
+        mode: sw.mode,
+        origin: core.origin().to_hex(),
+        run_id: core.log().run().to_hex(),
+        listen: sw.listen,
+        peers: core.peers().len(),
+        connected: sw.connected,
+        own_updates: st.own,
+        published_through: stats.published_through,
+        updates_applied: st.applied,
+        updates_received: core.log().len(),
+        backlog: core.backlog(),
+        loss: if core.state().is_some() {
+            st.loss
+        } else {
+            f32::NAN
+        },
+        accuracy: st.eval.map(|e| e.accuracy()),
+        digest: core.state().map(|s| hex(&s.digest)).unwrap_or_default(),
+        version_vector: vv_hex(&st.vv),
+        training_done: core.training_done(),
+        settled: core.settled(),
+        rejected: stats.rejected,
+        repaired_updates: stats.repaired,
+        bytes_in: sw.bytes.0,
+        bytes_out: sw.bytes.1,
+        uptime_s: sw.uptime_s,
+        updates_per_s: sw.rates.0,
+        bytes_in_per_s: sw.rates.1,
+        bytes_out_per_s: sw.rates.2,
+        mesh_peers: sw.mesh_peers,
+        digest_mismatches: stats.digest_mismatches,
+    }
+}
+
+/// The summary of a finished node.
+pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
+    core: &Core<P, M, C>,
+    status: Status,
+    initial: Option<crate::model::Eval>,
+    last: Option<crate::model::Eval>,
+    max_connected: usize,
+    wall_seconds: f64,
+) -> Summary {
+    let stats = core.stats();
+    let st: ComputeState = core.state().cloned().unwrap_or_default();
+    let join = core.join();
+    Summary {
+        peer_id: status.peer_id,
+        mode: status.mode,
+        origin: status.origin,
+        run_id: status.run_id,
+        digest: status.digest,
+        version_vector: status.version_vector,
+        updates_applied: st.applied,
+        own_updates: st.own,
+        initial_accuracy: initial.map_or(f64::NAN, |e| e.accuracy()),
+        accuracy: last.map_or(f64::NAN, |e| e.accuracy()),
+        final_loss: last.map_or(f64::NAN, |e| e.loss()),
+        wall_seconds,
+        settled: core.settled(),
+        peers_seen: stats.peers_seen,
+        max_connected,
+        rejected: stats.rejected,
+        dropped_by_test_hook: stats.dropped,
+        repaired_updates: stats.repaired,
+        foreign_updates_received: stats.foreign_received,
+        bytes_in: status.bytes_in,
+        bytes_out: status.bytes_out,
+        wire_bytes_in_per_update: status.bytes_in as f64 / stats.foreign_received.max(1) as f64,
+        gossip_messages_published: stats.published_messages,
+        mean_updates_per_message: stats.published_updates as f64
+            / stats.published_messages.max(1) as f64,
+        max_backlog: stats.backlog_max,
+        mean_backlog: stats.backlog_sum / stats.backlog_samples.max(1) as f64,
+        join: join.chosen.to_string(),
+        join_seconds: join.seconds(),
+        snapshot_bytes_fetched: join.fetched_bytes,
+        snapshot_raw_bytes: join.raw_bytes,
+    }
+}

@@ -1,0 +1,278 @@
+//! Judging gossip: every update batch, delta announcement and heartbeat is
+//! checked here before gossipsub may forward it.
+//!
+//! An update batch is refused when it is unsigned, its author is not an
+//! ed25519 identity, it does not decode, it is over its origin's rate, or it
+//! contradicts what that origin already signed (equivocation); it is ignored
+//! when it is our own, already held (replayed), or of an unknown wire version
+//! (counted, never penalized, so a rolling upgrade does not graylist peers).
+//! A delta announcement is judged only once its payload has been pulled from
+//! the forwarding peer and checked against the announced size and hash and
+//! against this run's trainable tensors.
+
+use super::*;
+use crate::log::DELTA;
+use crate::net::wire::DeltaAnnounce;
+
+impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
+    pub(super) fn on_gossip(
+        &mut self,
+        now: Instant,
+        id: M,
+        from: P,
+        source: Option<P>,
+        topic: Option<Topic>,
+        data: &[u8],
+    ) {
+        let (protocol, verdict) = match topic {
+            Some(Topic::Updates) => ("gossip_updates", self.on_updates(now, source, data)),
+            Some(Topic::Status) => ("gossip_status", self.on_heartbeat(now, source, data)),
+            Some(Topic::Deltas) => (
+                "gossip_deltas",
+                self.on_delta_announce(now, &id, &from, source, data),
+            ),
+            None => {
+                self.count("wrong_run");
+                ("other", Some(Verdict::Reject))
+            }
+        };
+        self.event(Event::Bytes {
+            protocol,
+            inbound: true,
+            n: data.len(),
+        });
+        if let Some(verdict) = verdict {
+            self.emit(Output::Verdict { id, from, verdict });
+        }
+    }
+
+    /// The author's origin, or the verdict refusing the message.
+    fn author(&mut self, source: Option<P>) -> Result<Origin, Verdict> {
+        let Some(source) = source else {
+            self.count("unsigned");
+            return Err(Verdict::Reject);
+        };
+        source.origin().ok_or_else(|| {
+            self.count("forged");
+            Verdict::Reject
+        })
+    }
+
+    /// Counts an input that did not decode: an unknown version is ignored,
+    /// anything else refused (penalizing the forwarder).
+    pub(super) fn refuse_decode(&mut self, e: &wire::Error) -> Verdict {
+        match e {
+            wire::Error::Version(_) => {
+                self.count("unknown_version");
+                Verdict::Ignore
+            }
+            wire::Error::Oversized(_) => {
+                self.count("oversized");
+                Verdict::Reject
+            }
+            _ => {
+                self.count("malformed");
+                Verdict::Reject
+            }
+        }
+    }
+
+    fn on_updates(&mut self, now: Instant, source: Option<P>, data: &[u8]) -> Option<Verdict> {
+        let origin = match self.author(source) {
+            Ok(o) => o,
+            Err(v) => return Some(v),
+        };
+        let (first, codes) = match wire::decode_updates(data) {
+            Ok(v) => v,
+            Err(e) => return Some(self.refuse_decode(&e)),
+        };
+        if origin == self.settings.origin {
+            // Our own updates echoed back by someone: we know them.
+            return Some(Verdict::Ignore);
+        }
+        if !self.take_tokens(now, origin, codes.len() as f64) {
+            self.count("over_rate");
+            return Some(Verdict::Reject);
+        }
+        // An origin may never sign two different codes for one seq.
+        let held = self.log.range(&origin, first, first + codes.len() as u64);
+        if held != &codes[..held.len()] {
+            self.count("equivocation");
+            return Some(Verdict::Reject);
+        }
+        if held.len() == codes.len() {
+            self.count("replayed");
+            return Some(Verdict::Ignore);
+        }
+        if self.test_drop() {
+            return Some(Verdict::Ignore);
+        }
+        self.accept(origin, first, codes, &[]);
+        Some(Verdict::Accept)
+    }
+
+    fn on_heartbeat(&mut self, now: Instant, source: Option<P>, data: &[u8]) -> Option<Verdict> {
+        let Some(source) = source else {
+            self.count("unsigned");
+            return Some(Verdict::Reject);
+        };
+        let hb = match Heartbeat::decode(data) {
+            Ok(hb) => hb,
+            Err(e) => return Some(self.refuse_decode(&e)),
+        };
+        if source.origin() == Some(self.settings.origin) {
+            return Some(Verdict::Ignore);
+        }
+        self.peers_seen.insert(source.clone());
+        if let Some(st) = &self.state {
+            let same_vv =
+                hb.vv.len() == st.vv.len() && hb.vv.iter().all(|(o, n)| st.vv.get(o) == Some(n));
+            if same_vv && hb.digest != st.digest {
+                self.stats.digest_mismatches += 1;
+                self.event(Event::DigestMismatch(source.clone()));
+            }
+        }
+        if hb.leaving {
+            self.event(Event::PeerLeft(source.clone()));
+        }
+        self.repair.on_heartbeat(
+            source,
+            PeerView {
+                vv: hb.vv.into_iter().collect(),
+                digest: hb.digest,
+                done: hb.done,
+                backlog: hb.backlog,
+                loss: hb.loss,
+                seen: now,
+            },
+            hb.leaving,
+        );
+        Some(Verdict::Accept)
+    }
+
+    /// Validates a delta announcement. The payload is pulled from the peer
+    /// that forwarded it (which validated it, so it holds the payload); the
+    /// verdict waits until the payload checks out (None: pending).
+    fn on_delta_announce(
+        &mut self,
+        now: Instant,
+        id: &M,
+        from: &P,
+        source: Option<P>,
+        data: &[u8],
+    ) -> Option<Verdict> {
+        let origin = match self.author(source) {
+            Ok(o) => o,
+            Err(v) => return Some(v),
+        };
+        let a = match DeltaAnnounce::decode(data, self.settings.max_delta_bytes) {
+            Ok(a) => a,
+            Err(e) => return Some(self.refuse_decode(&e)),
+        };
+        if origin == self.settings.origin {
+            return Some(Verdict::Ignore);
+        }
+        if let Some(&code) = self.log.range(&origin, a.seq, a.seq + 1).first() {
+            let same = code == DELTA
+                && self
+                    .log
+                    .payload(&origin, a.seq)
+                    .is_some_and(|p| *blake3::hash(p).as_bytes() == a.hash);
+            return Some(if same {
+                self.count("replayed");
+                Verdict::Ignore
+            } else {
+                self.count("equivocation");
+                Verdict::Reject
+            });
+        }
+        if !self.take_tokens(now, origin, 1.0) {
+            self.count("over_rate");
+            return Some(Verdict::Reject);
+        }
+        if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {
+            return Some(Verdict::Ignore);
+        }
+        // Bounded work per announcer: beyond the caps an announcement is
+        // ignored (unpenalized); range repair fetches what it missed later.
+        let of_origin = self
+            .delta_waits
+            .keys()
+            .filter(|(o, _)| *o == origin)
+            .count();
+        if of_origin >= MAX_WAITS_PER_ORIGIN || self.delta_waits.len() >= MAX_WAITS {
+            self.count("deltas_busy");
+            return Some(Verdict::Ignore);
+        }
+        self.delta_waits.insert(
+            (origin, a.seq),
+            DeltaWait {
+                id: id.clone(),
+                from: from.clone(),
+                hash: a.hash,
+                len: a.len,
+            },
+        );
+        self.send(from.clone(), wire::Request::Delta { origin, seq: a.seq });
+        None
+    }
+
+    /// The payload of an announced delta arrived (or could not be fetched):
+    /// judge the announcement.
+    pub(super) fn on_delta_payload(&mut self, origin: Origin, seq: u64, data: Option<Vec<u8>>) {
+        let Some(w) = self.delta_waits.remove(&(origin, seq)) else {
+            return;
+        };
+        let verdict = match data {
+            None => Verdict::Ignore,
+            Some(data) => {
+                let fits =
+                    data.len() == w.len as usize && *blake3::hash(&data).as_bytes() == w.hash;
+                match (fits, self.check_delta(&data)) {
+                    (true, Ok(())) => {
+                        self.event(Event::Bytes {
+                            protocol: "delta",
+                            inbound: true,
+                            n: data.len(),
+                        });
+                        self.accept(origin, seq, &[DELTA], &[Arc::new(data)]);
+                        Verdict::Accept
+                    }
+                    (false, _) => {
+                        self.count("bad_delta");
+                        Verdict::Reject
+                    }
+                    (true, Err(e)) => {
+                        tracing::warn!(origin = %origin.short(), seq, error = %e, "invalid delta");
+                        self.count("bad_delta");
+                        Verdict::Reject
+                    }
+                }
+            }
+        };
+        self.emit(Output::Verdict {
+            id: w.id,
+            from: w.from,
+            verdict,
+        });
+    }
+
+    /// Decodes a delta payload and checks it fits this run's trainable
+    /// tensors: the one check a delta gets before it is stored (the replica
+    /// decodes it again only to apply it).
+    pub(super) fn check_delta(&self, payload: &[u8]) -> Result<(), String> {
+        if payload.len() > self.settings.max_delta_bytes {
+            return Err(format!("delta of {} bytes", payload.len()));
+        }
+        let params: u64 = self.settings.shapes.iter().map(|(_, n)| *n).sum();
+        let d = crate::fedzip::decode(payload, params).map_err(|e| e.to_string())?;
+        for t in &d.tensors {
+            match self.settings.shapes.iter().find(|(n, _)| *n == t.name) {
+                Some((_, len)) if *len == t.len => {}
+                Some(_) => return Err(format!("tensor {} has another length", t.name)),
+                None => return Err(format!("tensor {} is not trainable in this run", t.name)),
+            }
+        }
+        Ok(())
+    }
+}

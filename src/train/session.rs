@@ -1,0 +1,198 @@
+//! The one training loop, shared by `seedswarm train` and the node's compute
+//! thread: a [`Session`] owns the [`Trainer`], the task data (loaded once),
+//! the dev batches and the log's file; it takes own steps (zeroth- or
+//! first-order, by the node's mode), appends each before it can be
+//! published, applies what the protocol core hands over, and evaluates on the
+//! same cadence in both modes (every `node.eval_every` own updates).
+
+use super::*;
+use crate::config::{FirstOrder, Mode};
+use crate::proto::{ComputeState, Own};
+
+/// What one own step made.
+#[derive(Clone, Debug)]
+pub struct Made {
+    /// The update's seq.
+    pub seq: u64,
+    /// The update (already applied and stored).
+    pub update: Own,
+    /// Training loss of the step (mean of `ℓ₊`, `ℓ₋`, or of the local steps).
+    pub loss: f32,
+    /// Wall time of the step, seconds.
+    pub seconds: f64,
+    /// Wall time of each loss forward (zeroth-order), seconds.
+    pub forward_seconds: Vec<f64>,
+    /// First-order: size of the uncompressed f32 delta, bytes.
+    pub raw_bytes: usize,
+    /// The evaluation due after this step, when one was.
+    pub eval: Option<Eval>,
+}
+
+/// A node's training state: trainer, data, and the log's file.
+pub struct Session {
+    trainer: Trainer,
+    data: Data,
+    dev: Vec<Batch>,
+    store: Option<Store>,
+    cfg: Config,
+    loss: f32,
+    eval: Option<Eval>,
+}
+
+impl Session {
+    /// Builds the model and replica, opens the update log of `data_dir` (kept
+    /// in memory without one), replays it, and loads the task data. Returns
+    /// the log for the protocol core, which owns it from then on.
+    pub fn open(
+        cfg: &Config,
+        origin: Origin,
+        data_dir: Option<&Path>,
+    ) -> Result<(Self, Log), Error> {
+        let mut trainer = Trainer::new(cfg, origin)?;
+        let (log, store) = match data_dir {
+            Some(dir) => {
+                let (log, store) = open_log(dir, trainer.run())?;
+                (log, Some(store))
+            }
+            None => (Log::in_memory(trainer.run()), None),
+        };
+        trainer.replay(&log)?;
+        let data = build_data(&cfg.run)?;
+        let dev = data.dev(cfg.node.eval_batch);
+        let session = Self {
+            trainer,
+            data,
+            dev,
+            store,
+            cfg: cfg.clone(),
+            loss: f32::NAN,
+            eval: None,
+        };
+        Ok((session, log))
+    }
+
+    /// The trainer.
+    pub fn trainer(&self) -> &Trainer {
+        &self.trainer
+    }
+
+    /// This node's mode.
+    pub fn mode(&self) -> Mode {
+        self.cfg.node.mode
+    }
+
+    /// Loss and accuracy on the dev set now (kept as the latest evaluation).
+    pub fn evaluate(&mut self) -> Result<Eval, Error> {
+        let e = self.trainer.evaluate(&self.dev)?;
+        self.eval = Some(e);
+        Ok(e)
+    }
+
+    /// The latest evaluation.
+    pub fn last_eval(&self) -> Option<Eval> {
+        self.eval
+    }
+
+    /// Recent training loss (moving average; NaN before the first step).
+    pub fn loss(&self) -> f32 {
+        self.loss
+    }
+
+    /// One own step as update `next_seq()`: made, applied, stored (before
+    /// anyone can publish it), and evaluated after when due.
+    pub fn step(&mut self) -> Result<Made, Error> {
+        let origin = self.trainer.origin();
+        let seq = self.trainer.next_seq();
+        let t = Instant::now();
+        let (update, loss, forward_seconds, raw_bytes, keep) = match self.cfg.node.mode {
+            Mode::FirstOrder => {
+                let fo: &FirstOrder = &self.cfg.node.first_order;
+                let batches = first_order_batches(&self.cfg, &self.data, &origin, seq);
+                let s = self
+                    .trainer
+                    .step_first_order(&batches, fo.lr as f32, &fo.compression)?;
+                (Own::Delta(s.payload), s.loss, Vec::new(), s.raw_bytes, 0.8)
+            }
+            Mode::ZerothOrder => {
+                let batch = self.data.train_batch(&origin, seq, self.cfg.run.batch_size);
+                let s = self.trainer.step(&batch)?;
+                let loss = 0.5 * (s.loss_plus + s.loss_minus);
+                (Own::Code(s.code), loss, s.forward_seconds.to_vec(), 0, 0.98)
+            }
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        if let Some(store) = &mut self.store {
+            let (codes, payloads) = match &update {
+                Own::Code(c) => (vec![*c], Vec::new()),
+                Own::Delta(p) => (vec![log::DELTA], vec![p.clone()]),
+            };
+            store.append(&Segment {
+                origin,
+                first_seq: seq,
+                codes,
+                payloads,
+            })?;
+        }
+        self.loss = if self.loss.is_nan() {
+            loss
+        } else {
+            keep * self.loss + (1.0 - keep) * loss
+        };
+        let every = self.cfg.node.eval_every;
+        let eval = if every > 0 && (seq + 1).is_multiple_of(every) {
+            Some(self.evaluate()?)
+        } else {
+            None
+        };
+        Ok(Made {
+            seq,
+            update,
+            loss,
+            seconds,
+            forward_seconds,
+            raw_bytes,
+            eval,
+        })
+    }
+
+    /// Applies a segment the protocol core handed over, then appends it to
+    /// the log's file; returns the updates applied.
+    pub fn apply(&mut self, segment: &Segment) -> Result<usize, Error> {
+        let n = self.trainer.apply(segment)?;
+        if n > 0 {
+            if let Some(store) = &mut self.store {
+                store.append(segment)?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Installs a snapshot (see [`Trainer::install`]) and stores its log.
+    pub fn install(
+        &mut self,
+        chunks: &[Vec<u8>],
+        hashes: &[[u8; 32]],
+    ) -> Result<Vec<Segment>, String> {
+        let segments = self.trainer.install(chunks, hashes)?;
+        if let Some(store) = &mut self.store {
+            for s in &segments {
+                store.append(s).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(segments)
+    }
+
+    /// What the protocol core needs to know of the replica.
+    pub fn state(&self, training_done: bool) -> ComputeState {
+        let r = self.trainer.replica();
+        ComputeState {
+            vv: r.version_vector().clone(),
+            digest: r.digest_bytes(),
+            applied: r.applied(),
+            own: self.trainer.next_seq(),
+            loss: self.loss,
+            eval: self.eval,
+            training_done,
+        }
+    }
+}
