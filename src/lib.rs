@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod delta;
 pub mod fedzip;
 pub mod http;
 pub mod log;

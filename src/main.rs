@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seedswarm::config::Config;
-use seedswarm::{node, train};
+use seedswarm::{delta, node, train};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -345,7 +345,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
             summary,
         } => match (apply, input) {
-            (Some(apply), _) => delta::apply(&base, &apply, out.as_deref()),
+            (Some(apply), _) => delta_apply(&base, &apply, out.as_deref()),
             (None, Some(input)) => {
                 let d = seedswarm::fedzip::Settings::default();
                 let s = seedswarm::fedzip::Settings {
@@ -354,11 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     iterations: iterations.unwrap_or(d.iterations),
                     positions: positions.unwrap_or(d.positions),
                 };
-                let s = delta::compress(&base, &input, &s, out.as_deref())?;
-                if let Some(path) = summary {
-                    write_json(&path, &s)?;
-                }
-                Ok(())
+                delta_compress(&base, &input, &s, out.as_deref(), summary.as_deref())
             }
             (None, None) => anyhow::bail!("delta needs --input or --apply"),
         },
@@ -485,237 +481,58 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
     std::fs::write(path, text + "\n").with_context(|| format!("writing summary {}", path.display()))
 }
 
-/// `seedswarm delta`: FedZip deltas between safetensors files.
-mod delta {
-    use anyhow::{anyhow, bail, Context};
-    use candle_core::{DType, Device, Tensor};
-    use seedswarm::fedzip::{self, Positions, Settings};
-    use std::collections::{BTreeMap, HashMap};
-    use std::path::Path;
-    use std::time::Instant;
-
-    /// What `delta --summary` writes.
-    #[derive(serde::Serialize)]
-    pub struct Summary {
-        pub tensors: usize,
-        pub elements: u64,
-        pub kept: u64,
-        pub raw_bytes: u64,
-        pub compressed_bytes: u64,
-        pub compressed_bytes_diff: u64,
-        pub compressed_bytes_plain: u64,
-        pub ratio: f64,
-        pub ratio_plain: f64,
-        pub rel_l2_error: f64,
-        pub max_abs_error: f64,
-        pub top_z: f64,
-        pub clusters: usize,
-        pub iterations: usize,
-        pub positions: Positions,
-        pub skipped: Vec<String>,
-        pub compress_s: f64,
-        pub wall_s: f64,
-    }
-
-    fn load(path: &Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
-        let map = candle_core::safetensors::load(path, &Device::Cpu)
-            .with_context(|| format!("reading {}", path.display()))?;
-        Ok(map.into_iter().collect())
-    }
-
-    fn is_float(dtype: DType) -> bool {
-        matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64)
-    }
-
-    fn to_f32(name: &str, t: &Tensor) -> anyhow::Result<Vec<f32>> {
-        let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>();
-        v.with_context(|| format!("tensor {name}: converting {:?} to f32", t.dtype()))
-    }
-
-    /// Compresses `input − base` over the tensors present in both.
-    pub fn compress(
-        base: &Path,
-        input: &Path,
-        s: &Settings,
-        out: Option<&Path>,
-    ) -> anyhow::Result<Summary> {
-        let start = Instant::now();
-        s.validate("delta")
-            .map_err(|message| seedswarm::config::Error::Invalid {
-                path: "command line".into(),
-                message: message.replace("delta.", "--").replace('_', "-"),
-            })?;
-        let a = load(base)?;
-        let b = load(input)?;
-        let mut names = Vec::new();
-        let mut diffs = Vec::new();
-        let mut skipped = Vec::new();
-        for (name, tb) in &b {
-            let Some(ta) = a.get(name) else {
-                skipped.push(name.clone());
-                continue;
-            };
-            if ta.dims() != tb.dims() {
-                bail!(
-                    "tensor {name}: shape {:?} in {} but {:?} in {}",
-                    ta.dims(),
-                    base.display(),
-                    tb.dims(),
-                    input.display()
-                );
-            }
-            if !is_float(ta.dtype()) || !is_float(tb.dtype()) {
-                let same = ta.dtype() == tb.dtype()
-                    && ta.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?
-                        == tb.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                if same {
-                    skipped.push(name.clone());
-                    continue;
-                }
-                bail!(
-                    "tensor {name}: dtype {:?}/{:?} differs between the files and is not a float type",
-                    ta.dtype(),
-                    tb.dtype()
-                );
-            }
-            let xa = to_f32(name, ta)?;
-            let xb = to_f32(name, tb)?;
-            let d: Vec<f32> = xb.iter().zip(&xa).map(|(y, x)| y - x).collect();
-            if let Some(i) = d.iter().position(|v| !v.is_finite()) {
-                bail!("tensor {name}: difference at element {i} is not finite");
-            }
-            names.push(name.clone());
-            diffs.push(d);
-        }
-        for name in a.keys().filter(|n| !b.contains_key(*n)) {
-            skipped.push(name.clone());
-        }
-        if !skipped.is_empty() {
-            eprintln!(
-                "note: {} tensors not compressed (in one file only, or equal non-float): {}",
-                skipped.len(),
-                skipped.join(", ")
-            );
-        }
-        let t0 = Instant::now();
-        let refs: Vec<(&str, &[f32])> = names
-            .iter()
-            .map(String::as_str)
-            .zip(diffs.iter().map(Vec::as_slice))
-            .collect();
-        let d = fedzip::compress(&refs, s)?;
-        let bytes = fedzip::encode(&d, s.positions);
-        let compress_s = t0.elapsed().as_secs_f64();
-        let diff_len = fedzip::encode(&d, Positions::Diff).len() as u64;
-        let plain_len = fedzip::encode(&d, Positions::Plain).len() as u64;
-        // Measure the error on what a receiver decodes.
-        let decoded = fedzip::decode(&bytes, d.elements())?;
-        if decoded != d {
-            bail!("internal error: the delta does not decode to itself");
-        }
-        drop(refs);
-        let (mut norm, mut err, mut max_abs) = (0f64, 0f64, 0f64);
-        for (t, x) in decoded.tensors.iter().zip(&mut diffs) {
-            norm += x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
-            for (p, v) in t.values() {
-                x[p] -= v;
-            }
-            for &r in x.iter() {
-                err += f64::from(r) * f64::from(r);
-                max_abs = max_abs.max(f64::from(r.abs()));
-            }
-        }
-        if let Some(path) = out {
-            std::fs::write(path, &bytes).with_context(|| format!("writing {}", path.display()))?;
-        }
-        let elements = d.elements();
-        let raw_bytes = 4 * elements;
-        let ratio = |n: u64| raw_bytes as f64 / n.max(1) as f64;
-        let s = Summary {
-            tensors: d.tensors.len(),
-            elements,
-            kept: d.kept(),
-            raw_bytes,
-            compressed_bytes: bytes.len() as u64,
-            compressed_bytes_diff: diff_len,
-            compressed_bytes_plain: plain_len,
-            ratio: ratio(bytes.len() as u64),
-            ratio_plain: ratio(plain_len),
-            rel_l2_error: if norm > 0.0 { (err / norm).sqrt() } else { 0.0 },
-            max_abs_error: max_abs,
-            top_z: s.top_z,
-            clusters: s.clusters,
-            iterations: s.iterations,
-            positions: s.positions,
-            skipped,
-            compress_s,
-            wall_s: start.elapsed().as_secs_f64(),
-        };
-        println!(
-            "delta: {} tensors, {} of {} entries kept; {} -> {} bytes ({:.1}x; plain positions {} bytes, {:.1}x); rel L2 error {:.4}, max abs error {:.3e}; {:.2}s",
-            s.tensors,
-            s.kept,
-            s.elements,
-            s.raw_bytes,
-            s.compressed_bytes,
-            s.ratio,
-            s.compressed_bytes_plain,
-            s.ratio_plain,
-            s.rel_l2_error,
-            s.max_abs_error,
-            s.wall_s
+/// `seedswarm delta`: compresses `input − base`, prints what it did and
+/// writes `--summary`.
+fn delta_compress(
+    base: &Path,
+    input: &Path,
+    s: &seedswarm::fedzip::Settings,
+    out: Option<&Path>,
+    summary: Option<&Path>,
+) -> anyhow::Result<()> {
+    s.validate("delta")
+        .map_err(|message| seedswarm::config::Error::Invalid {
+            path: "command line".into(),
+            message: message.replace("delta.", "--").replace('_', "-"),
+        })?;
+    let s = delta::compress(base, input, s, out)?;
+    if !s.skipped.is_empty() {
+        eprintln!(
+            "note: {} tensors not compressed (in one file only, or equal non-float): {}",
+            s.skipped.len(),
+            s.skipped.join(", ")
         );
-        Ok(s)
     }
+    println!(
+        "delta: {} tensors, {} of {} entries kept; {} -> {} bytes ({:.1}x; plain positions {} bytes, {:.1}x); rel L2 error {:.4}, max abs error {:.3e}; {:.2}s",
+        s.tensors,
+        s.kept,
+        s.elements,
+        s.raw_bytes,
+        s.compressed_bytes,
+        s.ratio,
+        s.compressed_bytes_plain,
+        s.ratio_plain,
+        s.rel_l2_error,
+        s.max_abs_error,
+        s.wall_s
+    );
+    if let Some(path) = summary {
+        write_json(path, &s)?;
+    }
+    Ok(())
+}
 
-    /// Writes `base + delta` to `out`; tensors not in the delta are copied.
-    pub fn apply(base: &Path, delta: &Path, out: Option<&Path>) -> anyhow::Result<()> {
-        let out = out.ok_or_else(|| anyhow!("--apply needs --out"))?;
-        let mut a: HashMap<String, Tensor> = load(base)?.into_iter().collect();
-        let bytes = std::fs::read(delta).with_context(|| format!("reading {}", delta.display()))?;
-        let max = a.values().map(|t| t.elem_count() as u64).sum();
-        let d =
-            fedzip::decode(&bytes, max).with_context(|| format!("decoding {}", delta.display()))?;
-        for t in &d.tensors {
-            let ta = a.get(&t.name).ok_or_else(|| {
-                anyhow!(
-                    "tensor {} of the delta is not in {}",
-                    t.name,
-                    base.display()
-                )
-            })?;
-            if ta.elem_count() as u64 != t.len {
-                bail!(
-                    "tensor {}: {} elements in the delta but {} in {}",
-                    t.name,
-                    t.len,
-                    ta.elem_count(),
-                    base.display()
-                );
-            }
-            if !is_float(ta.dtype()) {
-                bail!(
-                    "tensor {}: dtype {:?} is not a float type",
-                    t.name,
-                    ta.dtype()
-                );
-            }
-            let mut x = to_f32(&t.name, ta)?;
-            for (p, v) in t.values() {
-                x[p] += v;
-            }
-            let c = Tensor::from_vec(x, ta.shape().clone(), &Device::Cpu)?.to_dtype(ta.dtype())?;
-            a.insert(t.name.clone(), c);
-        }
-        candle_core::safetensors::save(&a, out)
-            .with_context(|| format!("writing {}", out.display()))?;
-        println!(
-            "applied {} tensors ({} entries) to {}, wrote {}",
-            d.tensors.len(),
-            d.kept(),
-            base.display(),
-            out.display()
-        );
-        Ok(())
-    }
+/// `seedswarm delta --apply`: writes `base + delta` to `out` and says so.
+fn delta_apply(base: &Path, delta: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let out = out.context("--apply needs --out")?;
+    let a = delta::apply(base, delta, out)?;
+    println!(
+        "applied {} tensors ({} entries) to {}, wrote {}",
+        a.tensors,
+        a.kept,
+        base.display(),
+        out.display()
+    );
+    Ok(())
 }
