@@ -213,6 +213,65 @@ pub struct Trainer {
     max_delta_bytes: usize,
 }
 
+/// A copy of a replica's `δ`, version vector and digest.
+pub fn image(replica: &Replica) -> Image {
+    Image {
+        deltas: replica.slots().iter().map(|s| s.delta.clone()).collect(),
+        vv: replica.version_vector().clone(),
+        digest: replica.digest_bytes(),
+    }
+}
+
+/// Installs a snapshot into a replica that holds no update yet: checks the
+/// chunks, the digest of the received `δ` and that its log covers exactly its
+/// version vector (every delta with its payload); returns the snapshot's log.
+pub fn install_snapshot(
+    replica: &mut Replica,
+    chunks: &[Vec<u8>],
+    hashes: &[[u8; 32]],
+) -> Result<Vec<Segment>, String> {
+    if replica.applied() > 0 {
+        return Err("this node already holds updates; a snapshot is only for joining".into());
+    }
+    let lens: Vec<usize> = replica.slots().iter().map(|s| s.delta.len()).collect();
+    let d = crate::snapshot::decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
+    if replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
+        return Err("snapshot digest does not match its contents".into());
+    }
+    let segments: Vec<Segment> = d
+        .codes
+        .into_iter()
+        .map(|(origin, codes, payloads)| Segment {
+            origin,
+            first_seq: 0,
+            codes,
+            payloads: payloads.into_iter().map(Arc::new).collect(),
+        })
+        .collect();
+    let vv_of_log: VersionVector = segments
+        .iter()
+        .filter(|s| !s.codes.is_empty())
+        .map(|s| (s.origin, s.end()))
+        .collect();
+    let mut want = d.vv.clone();
+    want.retain(|_, n| *n > 0);
+    if vv_of_log != want {
+        return Err("snapshot log does not match its version vector".into());
+    }
+    for s in &segments {
+        let markers = s.codes.iter().filter(|&&c| c == log::DELTA).count();
+        if markers != s.payloads.len() {
+            return Err(format!(
+                "snapshot log of {} has {markers} delta updates but {} payloads",
+                s.origin.short(),
+                s.payloads.len()
+            ));
+        }
+    }
+    replica.install(d.deltas, d.vv).map_err(|e| e.to_string())?;
+    Ok(segments)
+}
+
 /// Opens (or creates) the update log of `data_dir` for `run`, recovering
 /// every complete record.
 pub fn open_log(data_dir: &Path, run: RunId) -> Result<(Log, Store), Error> {
@@ -386,67 +445,17 @@ impl Trainer {
     /// A copy of `δ`, the version vector and the digest: what a snapshot
     /// is made of (with the log's prefix up to that version vector).
     pub fn image(&self) -> Image {
-        Image {
-            deltas: self
-                .replica
-                .slots()
-                .iter()
-                .map(|s| s.delta.clone())
-                .collect(),
-            vv: self.replica.version_vector().clone(),
-            digest: self.replica.digest_bytes(),
-        }
+        image(&self.replica)
     }
 
-    /// Installs a snapshot into a replica that holds no update yet; checks
-    /// the digest of the received `δ` first. Returns the snapshot's log.
+    /// Installs a snapshot into a replica that holds no update yet (see
+    /// [`install_snapshot`]) and materializes the weights.
     pub fn install(
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
     ) -> Result<Vec<Segment>, String> {
-        if self.replica.applied() > 0 {
-            return Err("this node already holds updates; a snapshot is only for joining".into());
-        }
-        let lens: Vec<usize> = self.replica.slots().iter().map(|s| s.delta.len()).collect();
-        let d = crate::snapshot::decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
-        if replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
-            return Err("snapshot digest does not match its contents".into());
-        }
-        let segments: Vec<Segment> = d
-            .codes
-            .into_iter()
-            .map(|(origin, codes, payloads)| Segment {
-                origin,
-                first_seq: 0,
-                codes,
-                payloads: payloads.into_iter().map(Arc::new).collect(),
-            })
-            .collect();
-        // The log must cover exactly the version vector, with every payload.
-        let vv_of_log: VersionVector = segments
-            .iter()
-            .filter(|s| !s.codes.is_empty())
-            .map(|s| (s.origin, s.end()))
-            .collect();
-        let mut want = d.vv.clone();
-        want.retain(|_, n| *n > 0);
-        if vv_of_log != want {
-            return Err("snapshot log does not match its version vector".into());
-        }
-        for s in &segments {
-            let markers = s.codes.iter().filter(|&&c| c == log::DELTA).count();
-            if markers != s.payloads.len() {
-                return Err(format!(
-                    "snapshot log of {} has {markers} delta updates but {} payloads",
-                    s.origin.short(),
-                    s.payloads.len()
-                ));
-            }
-        }
-        self.replica
-            .install(d.deltas, d.vv)
-            .map_err(|e| e.to_string())?;
+        let segments = install_snapshot(&mut self.replica, chunks, hashes)?;
         self.materialize().map_err(|e| e.to_string())?;
         Ok(segments)
     }
