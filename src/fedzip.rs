@@ -9,9 +9,10 @@
 //!
 //! # Byte format (version 1)
 //!
-//! Varints are unsigned LEB128, at most 10 bytes, minimal (no trailing zero
-//! byte), and must fit in `u64`. Bitstreams are packed LSB-first; a code word
-//! of the Huffman code is written most significant bit first.
+//! Varints are unsigned LEB128 ([`crate::varint`]): at most 10 bytes, minimal
+//! (no trailing zero byte), and must fit in `u64`. Bitstreams are packed
+//! LSB-first; a code word of the Huffman code is written most significant bit
+//! first.
 //!
 //! ```text
 //! delta    = "FZDL" version:u8(=1) tensors:varint tensor*
@@ -40,6 +41,7 @@
 //! (Kraft sum exactly 1). With exactly one used id its length must be 1 and
 //! ids take no bits at all.
 
+use crate::varint;
 use serde::{Deserialize, Serialize};
 use std::collections::{BinaryHeap, HashSet};
 use std::fmt;
@@ -471,23 +473,23 @@ pub fn encode(d: &Delta, positions: Positions) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    put_varint(&mut out, d.tensors.len() as u64);
+    varint::put(&mut out, d.tensors.len() as u64);
     for t in &d.tensors {
-        put_varint(&mut out, t.name.len() as u64);
+        varint::put(&mut out, t.name.len() as u64);
         out.extend_from_slice(t.name.as_bytes());
-        put_varint(&mut out, t.len);
-        put_varint(&mut out, t.centroids.len() as u64);
+        varint::put(&mut out, t.len);
+        varint::put(&mut out, t.centroids.len() as u64);
         for c in &t.centroids {
             out.extend_from_slice(&c.to_le_bytes());
         }
         let count = t.positions.len().min(t.ids.len());
-        put_varint(&mut out, count as u64);
+        varint::put(&mut out, count as u64);
         out.push(match positions {
             Positions::Diff => 0,
             Positions::Plain => 1,
         });
         if count == 0 {
-            put_varint(&mut out, 0);
+            varint::put(&mut out, 0);
             continue;
         }
         let mut freq = vec![0u64; t.centroids.len()];
@@ -519,18 +521,10 @@ pub fn encode(d: &Delta, positions: Positions) -> Vec<u8> {
             }
         }
         let bits = w.finish();
-        put_varint(&mut out, bits.len() as u64);
+        varint::put(&mut out, bits.len() as u64);
         out.extend_from_slice(&bits);
     }
     out
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// Bits of each position in the `plain` coding: `ceil(log2(len))`.
@@ -889,28 +883,16 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self, what: &str) -> Result<u64, Error> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let b = self.take(1, what)?[0];
-            let part = u64::from(b & 0x7f);
-            if i == 9 && part > 1 {
-                break;
-            }
-            v |= part << (7 * i);
-            if b & 0x80 == 0 {
-                if b == 0 && i > 0 {
-                    return Err(Error::Invalid {
-                        context: "varint".into(),
-                        message: format!("{what} is not minimally encoded"),
-                    });
-                }
-                return Ok(v);
-            }
-        }
-        Err(Error::Invalid {
-            context: "varint".into(),
-            message: format!("{what} overflows u64"),
-        })
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
+        let (v, n) = varint::decode(rest).map_err(|e| match e {
+            varint::Error::Truncated => Error::Truncated(what.to_string()),
+            e => Error::Invalid {
+                context: "varint".into(),
+                message: format!("{what}: {e}"),
+            },
+        })?;
+        self.pos += n;
+        Ok(v)
     }
 }
 
@@ -1194,16 +1176,16 @@ mod tests {
     fn handmade(len: u64, centroids: &[f32], lengths: &[u8], body: &[(u64, u32)]) -> Vec<u8> {
         let mut out = MAGIC.to_vec();
         out.push(VERSION);
-        put_varint(&mut out, 1);
-        put_varint(&mut out, 1);
+        varint::put(&mut out, 1);
+        varint::put(&mut out, 1);
         out.push(b'w');
-        put_varint(&mut out, len);
-        put_varint(&mut out, centroids.len() as u64);
+        varint::put(&mut out, len);
+        varint::put(&mut out, centroids.len() as u64);
         for c in centroids {
             out.extend_from_slice(&c.to_le_bytes());
         }
         let count = body.iter().filter(|(_, w)| *w == plain_width(len)).count();
-        put_varint(&mut out, count as u64);
+        varint::put(&mut out, count as u64);
         out.push(1);
         out.extend_from_slice(lengths);
         let mut w = BitWriter::default();
@@ -1211,7 +1193,7 @@ mod tests {
             w.write(v, bits);
         }
         let bits = w.finish();
-        put_varint(&mut out, bits.len() as u64);
+        varint::put(&mut out, bits.len() as u64);
         out.extend_from_slice(&bits);
         out
     }
@@ -1316,13 +1298,13 @@ mod tests {
         // A huge count with a short bitstream is refused before allocating.
         let mut b2 = MAGIC.to_vec();
         b2.push(VERSION);
-        put_varint(&mut b2, 1);
-        put_varint(&mut b2, 1);
+        varint::put(&mut b2, 1);
+        varint::put(&mut b2, 1);
         b2.push(b'w');
-        put_varint(&mut b2, MAX_LEN);
-        put_varint(&mut b2, 1);
+        varint::put(&mut b2, MAX_LEN);
+        varint::put(&mut b2, 1);
         b2.extend_from_slice(&1f32.to_le_bytes());
-        put_varint(&mut b2, MAX_LEN);
+        varint::put(&mut b2, MAX_LEN);
         b2.extend_from_slice(&[0, 1, 1, 0]);
         let e = decode(&b2, u64::MAX).unwrap_err();
         assert!(e.to_string().contains("cannot fit"), "{e}");

@@ -14,6 +14,7 @@
 
 use crate::replica::VersionVector;
 use crate::seed::Origin;
+use crate::varint;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -86,15 +87,6 @@ pub fn id_of(vv: &[(Origin, u64)], digest: &[u8; 32], hashes: &[[u8; 32]]) -> [u
     *h.finalize().as_bytes()
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i32) {
-    let mut z = ((v << 1) ^ (v >> 31)) as u32;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
 /// Encodes `δ` (per tensor), its version vector and digest, and the log codes.
 pub fn encode(
     deltas: &[&[i32]],
@@ -108,7 +100,7 @@ pub fn encode(
         .map(|seg| {
             let mut buf = Vec::with_capacity(seg.len() * 2);
             for &v in *seg {
-                put_varint(&mut buf, v);
+                varint::put(&mut buf, u64::from(varint::zigzag(v)));
             }
             zstd::bulk::compress(&buf, 1).unwrap_or_default()
         })
@@ -152,23 +144,14 @@ fn decode_segment(frame: &[u8], out: &mut [i32]) -> Result<(), Error> {
         .map_err(|e| Error::Body(format!("segment: {e}")))?;
     let mut pos = 0usize;
     for o in out.iter_mut() {
-        let mut z: u32 = 0;
-        let mut shift = 0;
-        loop {
-            let &b = raw
-                .get(pos)
-                .ok_or_else(|| Error::Body("truncated values".into()))?;
-            pos += 1;
-            if shift == 28 && b > 0x0f {
-                return Err(Error::Body("varint overflows i32".into()));
-            }
-            z |= u32::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        *o = ((z >> 1) as i32) ^ -((z & 1) as i32);
+        let rest = raw.get(pos..).unwrap_or_default();
+        let (z, n) = varint::decode(rest).map_err(|e| match e {
+            varint::Error::Truncated => Error::Body("truncated values".into()),
+            e => Error::Body(format!("segment value: {e}")),
+        })?;
+        let z = u32::try_from(z).map_err(|_| Error::Body("varint overflows i32".into()))?;
+        pos += n;
+        *o = varint::unzigzag(z);
     }
     if pos != raw.len() {
         return Err(Error::Body("trailing bytes in a segment".into()));

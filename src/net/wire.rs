@@ -12,6 +12,7 @@
 //!   payloads of the delta updates in them), delta payloads, snapshots.
 
 use crate::seed::Origin;
+use crate::varint;
 use serde::{Deserialize, Serialize};
 
 /// Wire version byte of update batches.
@@ -42,20 +43,20 @@ pub enum Error {
     Malformed(String),
 }
 
+impl From<varint::Error> for Error {
+    fn from(e: varint::Error) -> Self {
+        match e {
+            varint::Error::Truncated => Error::Truncated,
+            e => Error::Malformed(e.to_string()),
+        }
+    }
+}
+
 /// Encodes an update batch.
 pub fn encode_updates(first_seq: u64, codes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(11 + codes.len());
+    let mut out = Vec::with_capacity(1 + varint::MAX_LEN + codes.len());
     out.push(UPDATES_VERSION);
-    let mut v = first_seq;
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
+    varint::put(&mut out, first_seq);
     out.extend_from_slice(codes);
     out
 }
@@ -66,25 +67,7 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
     if version != UPDATES_VERSION {
         return Err(Error::Version(version));
     }
-    let mut first: u64 = 0;
-    let mut i = 0;
-    loop {
-        let &b = rest.get(i).ok_or(Error::Truncated)?;
-        if i == 9 && b > 1 {
-            return Err(Error::Malformed("sequence number overflows u64".into()));
-        }
-        first |= u64::from(b & 0x7f) << (7 * i);
-        i += 1;
-        if b & 0x80 == 0 {
-            if b == 0 && i > 1 {
-                return Err(Error::Malformed("non-canonical varint".into()));
-            }
-            break;
-        }
-        if i >= 10 {
-            return Err(Error::Malformed("varint too long".into()));
-        }
-    }
+    let (first, i) = varint::decode(rest)?;
     let codes = &rest[i..];
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
