@@ -52,7 +52,7 @@ struct Header {
 }
 
 /// An origin's log from seq 0: codes, and the payloads of its delta updates
-/// (one per [`crate::log::DELTA`] code, in order).
+/// (one per [`crate::codec::DELTA`] code, in order).
 pub type LogEntries = (Origin, Vec<u8>, Vec<Vec<u8>>);
 
 /// A snapshot ready to serve.
@@ -241,7 +241,7 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
                 "log codes do not match the version vector".into(),
             ));
         }
-        if c.iter().filter(|&&x| x == crate::log::DELTA).count() != p.len() {
+        if c.iter().filter(|&&x| x == crate::codec::DELTA).count() != p.len() {
             return Err(Error::Body(
                 "delta payloads do not match the log's delta updates".into(),
             ));
@@ -329,7 +329,7 @@ mod tests {
         let d = vec![5i32; 10];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::log::DELTA, 3], vec![vec![7u8; 40]])];
+        let codes = vec![(o, vec![1, crate::codec::DELTA, 3], vec![vec![7u8; 40]])];
         let s = encode(&[&d], &vv, [9; 32], codes.clone());
         let got = decode(&s.chunks, &s.hashes, &[10]).unwrap();
         assert_eq!(got.codes, codes);
@@ -338,7 +338,7 @@ mod tests {
             &[&d],
             &vv,
             [9; 32],
-            vec![(o, vec![1, crate::log::DELTA, 3], vec![])],
+            vec![(o, vec![1, crate::codec::DELTA, 3], vec![])],
         );
         assert!(matches!(
             decode(&bad.chunks, &bad.hashes, &[10]),

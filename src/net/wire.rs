@@ -72,7 +72,7 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
     }
-    if codes.contains(&crate::log::DELTA) {
+    if codes.contains(&crate::codec::DELTA) {
         return Err(Error::Malformed(
             "delta marker in a batch of one-byte updates".into(),
         ));
@@ -336,7 +336,11 @@ impl Response {
                 if *first_seq > *from || end > *to {
                     return Err(Error::Malformed("range outside the request".into()));
                 }
-                let markers = codes.0.iter().filter(|&&c| c == crate::log::DELTA).count();
+                let markers = codes
+                    .0
+                    .iter()
+                    .filter(|&&c| c == crate::codec::DELTA)
+                    .count();
                 if markers != payloads.len() {
                     return Err(Error::Malformed(format!(
                         "{markers} delta updates but {} payloads",
@@ -475,7 +479,7 @@ mod tests {
         assert!(DeltaAnnounce::decode(&zero.encode(), 1000).is_err());
         // A one-byte batch may not carry the delta marker.
         assert!(matches!(
-            decode_updates(&encode_updates(0, &[1, crate::log::DELTA])),
+            decode_updates(&encode_updates(0, &[1, crate::codec::DELTA])),
             Err(Error::Malformed(_))
         ));
     }
@@ -491,14 +495,14 @@ mod tests {
         let ok = Response::Range {
             origin: o,
             first_seq: 0,
-            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            codes: Blob(vec![1, crate::codec::DELTA, 2]),
             payloads: vec![Blob(vec![9; 5])],
         };
         assert!(ok.validate(&req).is_ok());
         let missing = Response::Range {
             origin: o,
             first_seq: 0,
-            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            codes: Blob(vec![1, crate::codec::DELTA, 2]),
             payloads: vec![],
         };
         assert!(missing.validate(&req).is_err());
@@ -519,7 +523,7 @@ mod tests {
         #[test]
         fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
             prop_assume!(first.checked_add(codes.len() as u64).is_some());
-            prop_assume!(!codes.contains(&crate::log::DELTA));
+            prop_assume!(!codes.contains(&crate::codec::DELTA));
             let enc = encode_updates(first, &codes);
             prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
         }
