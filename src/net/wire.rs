@@ -3,8 +3,9 @@
 //!
 //! - Update batches (gossipsub, topic `…/updates`): `0x01 ‖ uvarint first_seq ‖
 //!   codes`. The origin is the message's authenticated source, not repeated.
-//! - Heartbeats (gossipsub, topic `…/status`): bincode (standard config, size
-//!   limited) of [`Heartbeat`]: version vector, digest, counters, done flag.
+//! - Heartbeats (gossipsub, topic `…/status`): `0x01 ‖ bincode` (standard
+//!   config, size limited) of [`Heartbeat`]: version vector, digest,
+//!   counters, done flag.
 //! - Delta announcements (gossipsub, topic `…/deltas`): `0x01 ‖ seq: u64 LE ‖
 //!   len: u32 LE ‖ BLAKE3(payload)` — 45 bytes. The payload itself (a
 //!   compressed sparse delta) is pulled over request-response.
@@ -160,14 +161,21 @@ pub struct Heartbeat {
     pub backlog: u64,
 }
 
+/// Wire version byte of heartbeats.
+pub const HEARTBEAT_VERSION: u8 = 1;
+
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_HEARTBEAT>()
 }
 
 impl Heartbeat {
-    /// Encodes for the wire.
+    /// Encodes for the wire: [`HEARTBEAT_VERSION`] ‖ bincode.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode_config()).unwrap_or_default()
+        let mut out = vec![HEARTBEAT_VERSION];
+        match bincode::serde::encode_into_std_write(self, &mut out, bincode_config()) {
+            Ok(_) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Decodes and validates.
@@ -177,6 +185,10 @@ impl Heartbeat {
                 "heartbeat of {} bytes",
                 data.len()
             )));
+        }
+        let (&version, data) = data.split_first().ok_or(Error::Truncated)?;
+        if version != HEARTBEAT_VERSION {
+            return Err(Error::Version(version));
         }
         let (hb, used): (Heartbeat, usize) =
             bincode::serde::decode_from_slice(data, bincode_config())
@@ -456,6 +468,44 @@ mod tests {
         bytes.push(0);
         assert!(Heartbeat::decode(&bytes).is_err());
         assert!(Heartbeat::decode(&[0xff; 10]).is_err());
+    }
+
+    #[test]
+    fn golden_heartbeat() {
+        let hb = Heartbeat {
+            vv: vec![(Origin([1; 32]), 5)],
+            digest: [3; 32],
+            done: true,
+            leaving: false,
+            loss: 0.25,
+            backlog: 300,
+        };
+        // version ‖ bincode (standard: varint lengths and integers, arrays
+        // and tuples without length, f32 LE).
+        let mut want = vec![HEARTBEAT_VERSION, 1]; // vv: one entry
+        want.extend_from_slice(&[1; 32]); // origin
+        want.push(5); // seq count
+        want.extend_from_slice(&[3; 32]); // digest
+        want.extend_from_slice(&[1, 0]); // done, leaving
+        want.extend_from_slice(&[0x00, 0x00, 0x80, 0x3e]); // loss 0.25
+        want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // backlog 300: u16 marker + LE
+        let bytes = hb.encode();
+        assert_eq!(bytes.len(), 76);
+        assert_eq!(bytes, want);
+        assert_eq!(Heartbeat::decode(&want), Ok(hb));
+        // An unknown version is told apart from malformed input.
+        let mut v2 = want.clone();
+        v2[0] = 2;
+        assert_eq!(Heartbeat::decode(&v2), Err(Error::Version(2)));
+        assert_eq!(Heartbeat::decode(&[]), Err(Error::Truncated));
+        assert!(matches!(
+            Heartbeat::decode(&want[1..]),
+            Err(Error::Version(_) | Error::Malformed(_))
+        ));
+        assert!(matches!(
+            Heartbeat::decode(&want[..40]),
+            Err(Error::Malformed(_))
+        ));
     }
 
     #[test]
