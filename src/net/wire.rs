@@ -1,16 +1,34 @@
 //! Wire formats of the network, with decoders that validate everything and
 //! never panic on hostile input.
 //!
-//! - Update batches (gossipsub, topic `…/updates`): `0x01 ‖ uvarint first_seq ‖
-//!   codes`. The origin is the message's authenticated source, not repeated.
-//! - Heartbeats (gossipsub, topic `…/status`): `0x01 ‖ bincode` (standard
-//!   config, size limited) of [`Heartbeat`]: version vector, digest,
-//!   counters, done flag.
-//! - Delta announcements (gossipsub, topic `…/deltas`): `0x01 ‖ seq: u64 LE ‖
-//!   len: u32 LE ‖ BLAKE3(payload)` — 45 bytes. The payload itself (a
-//!   compressed sparse delta) is pulled over request-response.
-//! - Sync requests/responses (request-response, CBOR): log ranges (with the
-//!   payloads of the delta updates in them), delta payloads, snapshots.
+//! Every format seedswarm sends, serves or stores starts with a version (or
+//! travels under a versioned protocol name), so that a node can tell a
+//! message of a newer format from a malformed one:
+//!
+//! | format | where | version | layout |
+//! |---|---|---|---|
+//! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 1 | `0x01 ‖ varint first_seq ‖ codes` |
+//! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 1 | `0x01 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload)` (45 bytes) |
+//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 1 | `0x01 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
+//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/1` | CBOR of [`Request`] / [`Response`] |
+//! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::snapshot::VERSION) = 1 | see [`crate::snapshot`] |
+//! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x01` (16 bytes) | see [`crate::log`] |
+//! | FedZip delta | delta payloads (sync, log, snapshot) | magic `FZDL` + byte [`fedzip::VERSION`](crate::fedzip::VERSION) = 1 | see [`crate::fedzip`] |
+//!
+//! Varints are [`crate::varint`] (unsigned LEB128, shortest form only). The
+//! gossip decoders ([`decode_updates`], [`DeltaAnnounce::decode`],
+//! [`Heartbeat::decode`]) return [`Error::Version`] for an unknown version and
+//! another [`Error`] for malformed input: the first is to be ignored (and
+//! counted), not penalized. Golden vectors pin the bytes of every format in
+//! the unit tests of its module.
+//!
+//! - Update batches: the origin is the message's authenticated source, not
+//!   repeated; seqs run from `first_seq`, one per code.
+//! - Delta announcements: the payload itself (a compressed sparse delta) is
+//!   pulled over request-response.
+//! - Heartbeats: version vector, digest, counters, done flag.
+//! - Sync requests/responses: log ranges (with the payloads of the delta
+//!   updates in them), delta payloads, snapshot offers and chunks.
 
 use crate::seed::Origin;
 use crate::varint;
@@ -33,7 +51,8 @@ pub enum Error {
     /// Shorter than its own framing.
     #[error("truncated")]
     Truncated,
-    /// Unknown version.
+    /// Unknown version: a format this node cannot read (perhaps a newer
+    /// one), not malformed input; to be ignored, not penalized.
     #[error("unknown wire version {0}")]
     Version(u8),
     /// Over a size limit.
@@ -532,6 +551,38 @@ mod tests {
             decode_updates(&encode_updates(0, &[1, crate::codec::DELTA])),
             Err(Error::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn every_gossip_decoder_names_an_unknown_version() {
+        let hb = Heartbeat {
+            vv: vec![],
+            digest: [0; 32],
+            done: false,
+            leaving: false,
+            loss: 1.0,
+            backlog: 0,
+        };
+        let announce = DeltaAnnounce {
+            seq: 1,
+            len: 10,
+            hash: [0; 32],
+        };
+        for v in [0u8, 2, 0x80, 0xff] {
+            let mut b = encode_updates(7, &[1, 2]);
+            b[0] = v;
+            assert_eq!(decode_updates(&b), Err(Error::Version(v)));
+            let mut b = announce.encode();
+            b[0] = v;
+            assert_eq!(DeltaAnnounce::decode(&b, 100), Err(Error::Version(v)));
+            let mut b = hb.encode();
+            b[0] = v;
+            assert_eq!(Heartbeat::decode(&b), Err(Error::Version(v)));
+            // Whatever follows an unknown version is not looked at.
+            assert_eq!(decode_updates(&[v]), Err(Error::Version(v)));
+            assert_eq!(DeltaAnnounce::decode(&[v], 100), Err(Error::Version(v)));
+            assert_eq!(Heartbeat::decode(&[v]), Err(Error::Version(v)));
+        }
     }
 
     #[test]
