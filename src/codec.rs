@@ -13,6 +13,13 @@ use crate::perturb::{uniform, CODEC_STREAM};
 use crate::seed::Seed;
 use serde::{Deserialize, Serialize};
 
+/// The code that marks a delta update (a compressed sparse delta,
+/// [`crate::fedzip`]) in an origin's stream of codes: "negative zero" (sign
+/// bit, magnitude index 0). [`Codec::encode`] never produces it (a zero
+/// magnitude is always encoded as `0`), and as a one-byte update it decodes
+/// to exactly zero, so it contributes nothing.
+pub const DELTA: u8 = 0x80;
+
 /// Codec settings, part of the run manifest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +243,50 @@ mod tests {
         assert_eq!(c.encode_with(f64::NAN, 0.5), 0);
         assert_eq!(c.encode_with(0.0, 0.5), 0);
         assert_eq!(c.encode_with(f64::INFINITY, 0.5), 127);
+    }
+
+    #[test]
+    fn encode_never_produces_the_delta_marker() {
+        assert_eq!(codec(true).decode(DELTA), 0.0);
+        let run = RunId([5; 32]);
+        let tiny = [
+            0.0,
+            -0.0,
+            f64::MIN_POSITIVE,
+            -f64::MIN_POSITIVE,
+            -5e-324,
+            -1e-300,
+            -1e-6,
+            f64::NAN,
+            -f64::NAN,
+            f64::NEG_INFINITY,
+        ];
+        for stochastic in [false, true] {
+            let c = codec(stochastic);
+            let below = c.decode(1);
+            let mut gs: Vec<f64> = tiny.to_vec();
+            // Around and below the smallest magnitude, both signs.
+            for k in 0..=64 {
+                let g = below * f64::from(k) / 32.0;
+                gs.extend([g, -g]);
+            }
+            for (i, &g) in gs.iter().enumerate() {
+                for u in [0.0, 0.25, 0.5, 0.999_999] {
+                    assert_ne!(c.encode_with(g, u), DELTA, "g {g} u {u}");
+                }
+                let seed = derive(&run, &Origin([2; 32]), i as u64);
+                assert_ne!(c.encode(g, &seed), DELTA, "g {g}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_never_produces_delta(g in proptest::num::f64::ANY, u in 0.0f64..1.0) {
+            for stochastic in [false, true] {
+                proptest::prop_assert_ne!(codec(stochastic).encode_with(g, u), DELTA);
+            }
+        }
     }
 
     #[test]

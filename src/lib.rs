@@ -23,3 +23,4 @@ pub mod snapshot;
 pub mod status;
 pub mod task;
 pub mod train;
+pub mod varint;

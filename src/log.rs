@@ -35,8 +35,7 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x01";
-/// The code that marks a delta update (its payload is held beside the codes).
-pub const DELTA: u8 = 0x80;
+pub use crate::codec::DELTA;
 /// Largest delta payload a log record may hold.
 pub const MAX_DELTA_BYTES: usize = 64 << 20;
 /// Flag bit of a delta record's length field.

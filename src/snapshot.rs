@@ -1,8 +1,8 @@
 //! Snapshots for joining: `δ` at a version vector plus the update log up to
 //! it, losslessly compressed, split into integrity-checked chunks.
 //!
-//! Body: `header_len: u64 LE ‖ zstd(bincode header) ‖ segment frames`. The
-//! header holds the version vector, digest, tensor lengths, the log codes per
+//! Body: `"SSNP" ‖ version: u8 (= 1) ‖ header_len: u64 LE ‖ zstd(bincode
+//! header) ‖ segment frames`. The header holds the version vector, digest, tensor lengths, the log codes per
 //! origin with the payloads of their delta updates, and the compressed size
 //! of every segment frame. `δ` is cut into segments of [`SEGMENT`] values
 //! (tensor by tensor); each is an independent zstd frame of zigzag LEB128
@@ -14,6 +14,7 @@
 
 use crate::replica::VersionVector;
 use crate::seed::Origin;
+use crate::varint;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,10 @@ pub const CHUNK: usize = 1 << 20;
 pub const MAX_CHUNKS: usize = 1 << 14;
 /// Values of `δ` per independently compressed segment.
 pub const SEGMENT: usize = 1 << 20;
+/// Magic at the start of a snapshot body.
+pub const MAGIC: [u8; 4] = *b"SSNP";
+/// Version of the snapshot body format.
+pub const VERSION: u8 = 1;
 /// Largest decompressed header accepted.
 const MAX_HEADER: usize = 1 << 30;
 
@@ -32,6 +37,12 @@ pub enum Error {
     /// A chunk did not match its hash.
     #[error("chunk {0} failed its integrity check")]
     Chunk(usize),
+    /// The body does not start with [`MAGIC`].
+    #[error("not a seedswarm snapshot body (bad magic)")]
+    Magic,
+    /// The body is of a format version this node cannot read.
+    #[error("unsupported snapshot body version {0} (this node reads version {VERSION})")]
+    Version(u8),
     /// The body could not be decoded.
     #[error("snapshot body: {0}")]
     Body(String),
@@ -51,7 +62,7 @@ struct Header {
 }
 
 /// An origin's log from seq 0: codes, and the payloads of its delta updates
-/// (one per [`crate::log::DELTA`] code, in order).
+/// (one per [`crate::codec::DELTA`] code, in order).
 pub type LogEntries = (Origin, Vec<u8>, Vec<Vec<u8>>);
 
 /// A snapshot ready to serve.
@@ -86,15 +97,6 @@ pub fn id_of(vv: &[(Origin, u64)], digest: &[u8; 32], hashes: &[[u8; 32]]) -> [u
     *h.finalize().as_bytes()
 }
 
-fn put_varint(out: &mut Vec<u8>, v: i32) {
-    let mut z = ((v << 1) ^ (v >> 31)) as u32;
-    while z >= 0x80 {
-        out.push((z as u8) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
 /// Encodes `δ` (per tensor), its version vector and digest, and the log codes.
 pub fn encode(
     deltas: &[&[i32]],
@@ -108,7 +110,7 @@ pub fn encode(
         .map(|seg| {
             let mut buf = Vec::with_capacity(seg.len() * 2);
             for &v in *seg {
-                put_varint(&mut buf, v);
+                varint::put(&mut buf, u64::from(varint::zigzag(v)));
             }
             zstd::bulk::compress(&buf, 1).unwrap_or_default()
         })
@@ -124,7 +126,9 @@ pub fn encode(
         bincode::serde::encode_to_vec(&header, bincode::config::standard()).unwrap_or_default();
     let head = zstd::bulk::compress(&head, 3).unwrap_or_default();
     let raw_len: u64 = deltas.iter().map(|d| 4 * d.len() as u64).sum();
-    let mut body = Vec::with_capacity(8 + head.len() + frames.iter().map(Vec::len).sum::<usize>());
+    let mut body = Vec::with_capacity(13 + head.len() + frames.iter().map(Vec::len).sum::<usize>());
+    body.extend_from_slice(&MAGIC);
+    body.push(VERSION);
     body.extend_from_slice(&(head.len() as u64).to_le_bytes());
     body.extend_from_slice(&head);
     for f in &frames {
@@ -152,23 +156,14 @@ fn decode_segment(frame: &[u8], out: &mut [i32]) -> Result<(), Error> {
         .map_err(|e| Error::Body(format!("segment: {e}")))?;
     let mut pos = 0usize;
     for o in out.iter_mut() {
-        let mut z: u32 = 0;
-        let mut shift = 0;
-        loop {
-            let &b = raw
-                .get(pos)
-                .ok_or_else(|| Error::Body("truncated values".into()))?;
-            pos += 1;
-            if shift == 28 && b > 0x0f {
-                return Err(Error::Body("varint overflows i32".into()));
-            }
-            z |= u32::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-        }
-        *o = ((z >> 1) as i32) ^ -((z & 1) as i32);
+        let rest = raw.get(pos..).unwrap_or_default();
+        let (z, n) = varint::decode(rest).map_err(|e| match e {
+            varint::Error::Truncated => Error::Body("truncated values".into()),
+            e => Error::Body(format!("segment value: {e}")),
+        })?;
+        let z = u32::try_from(z).map_err(|_| Error::Body("varint overflows i32".into()))?;
+        pos += n;
+        *o = varint::unzigzag(z);
     }
     if pos != raw.len() {
         return Err(Error::Body("trailing bytes in a segment".into()));
@@ -201,11 +196,17 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
         return Err(Error::Chunk(i));
     }
     let body = chunks.concat();
-    let head_len = body
-        .get(..8)
-        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
-        .ok_or_else(|| Error::Body("truncated".into()))?;
-    let rest = &body[8..];
+    let truncated = || Error::Body("truncated".into());
+    let (magic, rest) = body.split_at_checked(MAGIC.len()).ok_or_else(truncated)?;
+    if magic != MAGIC {
+        return Err(Error::Magic);
+    }
+    let (&version, rest) = rest.split_first().ok_or_else(truncated)?;
+    if version != VERSION {
+        return Err(Error::Version(version));
+    }
+    let (head_len, rest) = rest.split_at_checked(8).ok_or_else(truncated)?;
+    let head_len = u64::from_le_bytes(head_len.try_into().unwrap_or_default());
     if head_len > rest.len() as u64 {
         return Err(Error::Body("header longer than the body".into()));
     }
@@ -258,7 +259,7 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
                 "log codes do not match the version vector".into(),
             ));
         }
-        if c.iter().filter(|&&x| x == crate::log::DELTA).count() != p.len() {
+        if c.iter().filter(|&&x| x == crate::codec::DELTA).count() != p.len() {
             return Err(Error::Body(
                 "delta payloads do not match the log's delta updates".into(),
             ));
@@ -341,12 +342,88 @@ mod tests {
         }
     }
 
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Re-hashes a body (so it passes the chunk check) and decodes it.
+    fn decode_body(body: Vec<u8>, lens: &[usize]) -> Result<Decoded, Error> {
+        let h = vec![*blake3::hash(&body).as_bytes()];
+        decode(&[body], &h, lens)
+    }
+
+    #[test]
+    fn golden_body() {
+        let a = [0, -1, 1, -64, 64, i32::MIN, i32::MAX];
+        let b = [7];
+        let o = Origin([1; 32]);
+        let vv: VersionVector = [(o, 3)].into_iter().collect();
+        let codes = vec![(o, vec![1, crate::codec::DELTA, 3], vec![vec![0xaa; 2]])];
+        let s = encode(&[&a, &b], &vv, [9; 32], codes.clone());
+        assert_eq!(s.chunks.len(), 1);
+        let body = &s.chunks[0];
+        assert_eq!(&body[..5], b"SSNP\x01");
+        let head_len = u64::from_le_bytes(body[5..13].try_into().unwrap()) as usize;
+        let (head, frames) = body[13..].split_at(head_len);
+        // The segment frames, decompressed: zigzag LEB128 of each value.
+        let head = zstd::bulk::decompress(head, 1 << 16).unwrap();
+        let sizes = &head[head.len() - 2..];
+        let (fa, fb) = frames.split_at(sizes[0] as usize);
+        assert_eq!(fb.len(), sizes[1] as usize);
+        assert_eq!(
+            hex(&zstd::bulk::decompress(fa, 64).unwrap()),
+            "0001027f8001ffffffff0ffeffffff0f"
+        );
+        assert_eq!(hex(&zstd::bulk::decompress(fb, 64).unwrap()), "0e");
+        // The header, decompressed: bincode (standard) of vv, digest, tensor
+        // lengths, log codes with delta payloads, segment frame sizes.
+        let mut want = vec![1];
+        want.extend_from_slice(&[1; 32]);
+        want.push(3);
+        want.extend_from_slice(&[9; 32]);
+        want.extend_from_slice(&[2, 7, 1]);
+        want.push(1);
+        want.extend_from_slice(&[1; 32]);
+        want.extend_from_slice(&[3, 1, 0x80, 3, 1, 2, 0xaa, 0xaa]);
+        want.extend_from_slice(&[2, sizes[0], sizes[1]]);
+        assert_eq!(head, want);
+        // The whole body and the snapshot id also pin zstd's output (level 1
+        // frames, level 3 header) of the zstd in Cargo.lock: identical
+        // replicas offer identical ids only if they compress alike.
+        assert_eq!(hex(blake3::hash(body).as_bytes()), GOLDEN_BODY_HASH);
+        assert_eq!(hex(&s.id), GOLDEN_ID);
+        let d = decode(&s.chunks, &s.hashes, &[7, 1]).unwrap();
+        assert_eq!(d.deltas, vec![a.to_vec(), b.to_vec()]);
+        assert_eq!(d.codes, codes);
+    }
+
+    const GOLDEN_BODY_HASH: &str =
+        "40ca471fbeafbe0638d3d6a45c5990e039e58bf3b47497bb213d6121a7af73e6";
+    const GOLDEN_ID: &str = "1a9dd4da145322770cc5f24f19c621c47e705b9e3e3b1c87497618c1fb15f298";
+
+    #[test]
+    fn unknown_versions_and_foreign_bodies_are_named() {
+        let d = vec![5i32; 10];
+        let s = encode(&[&d], &VersionVector::new(), [0; 32], vec![]);
+        let mut body = s.chunks.concat();
+        body[4] = 2;
+        let e = decode_body(body.clone(), &[10]).err().unwrap();
+        assert!(matches!(e, Error::Version(2)), "{e}");
+        assert!(e.to_string().contains("version 2"), "{e}");
+        body[0] = b'X';
+        assert!(matches!(decode_body(body, &[10]), Err(Error::Magic)));
+        for n in 0..13 {
+            let cut = s.chunks[0][..n].to_vec();
+            assert!(decode_body(cut, &[10]).is_err(), "prefix {n}");
+        }
+    }
+
     #[test]
     fn delta_payloads_travel_with_the_log() {
         let d = vec![5i32; 10];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::log::DELTA, 3], vec![vec![7u8; 40]])];
+        let codes = vec![(o, vec![1, crate::codec::DELTA, 3], vec![vec![7u8; 40]])];
         let s = encode(&[&d], &vv, [9; 32], codes.clone());
         let got = decode(&s.chunks, &s.hashes, &[10]).unwrap();
         assert_eq!(got.codes, codes);
@@ -355,7 +432,7 @@ mod tests {
             &[&d],
             &vv,
             [9; 32],
-            vec![(o, vec![1, crate::log::DELTA, 3], vec![])],
+            vec![(o, vec![1, crate::codec::DELTA, 3], vec![])],
         );
         assert!(matches!(
             decode(&bad.chunks, &bad.hashes, &[10]),

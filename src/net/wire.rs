@@ -1,17 +1,37 @@
 //! Wire formats of the network, with decoders that validate everything and
 //! never panic on hostile input.
 //!
-//! - Update batches (gossipsub, topic `…/updates`): `0x01 ‖ uvarint first_seq ‖
-//!   codes`. The origin is the message's authenticated source, not repeated.
-//! - Heartbeats (gossipsub, topic `…/status`): bincode (standard config, size
-//!   limited) of [`Heartbeat`]: version vector, digest, counters, done flag.
-//! - Delta announcements (gossipsub, topic `…/deltas`): `0x01 ‖ seq: u64 LE ‖
-//!   len: u32 LE ‖ BLAKE3(payload)` — 45 bytes. The payload itself (a
-//!   compressed sparse delta) is pulled over request-response.
-//! - Sync requests/responses (request-response, CBOR): log ranges (with the
-//!   payloads of the delta updates in them), delta payloads, snapshots.
+//! Every format seedswarm sends, serves or stores starts with a version (or
+//! travels under a versioned protocol name), so that a node can tell a
+//! message of a newer format from a malformed one:
+//!
+//! | format | where | version | layout |
+//! |---|---|---|---|
+//! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 1 | `0x01 ‖ varint first_seq ‖ codes` |
+//! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 1 | `0x01 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload)` (45 bytes) |
+//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 1 | `0x01 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
+//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/1` | CBOR of [`Request`] / [`Response`] |
+//! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::snapshot::VERSION) = 1 | see [`crate::snapshot`] |
+//! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x01` (16 bytes) | see [`crate::log`] |
+//! | FedZip delta | delta payloads (sync, log, snapshot) | magic `FZDL` + byte [`fedzip::VERSION`](crate::fedzip::VERSION) = 1 | see [`crate::fedzip`] |
+//!
+//! Varints are [`crate::varint`] (unsigned LEB128, shortest form only). The
+//! gossip decoders ([`decode_updates`], [`DeltaAnnounce::decode`],
+//! [`Heartbeat::decode`]) return [`Error::Version`] for an unknown version and
+//! another [`Error`] for malformed input: the first is to be ignored (and
+//! counted), not penalized. Golden vectors pin the bytes of every format in
+//! the unit tests of its module.
+//!
+//! - Update batches: the origin is the message's authenticated source, not
+//!   repeated; seqs run from `first_seq`, one per code.
+//! - Delta announcements: the payload itself (a compressed sparse delta) is
+//!   pulled over request-response.
+//! - Heartbeats: version vector, digest, counters, done flag.
+//! - Sync requests/responses: log ranges (with the payloads of the delta
+//!   updates in them), delta payloads, snapshot offers and chunks.
 
 use crate::seed::Origin;
+use crate::varint;
 use serde::{Deserialize, Serialize};
 
 /// Wire version byte of update batches.
@@ -31,7 +51,8 @@ pub enum Error {
     /// Shorter than its own framing.
     #[error("truncated")]
     Truncated,
-    /// Unknown version.
+    /// Unknown version: a format this node cannot read (perhaps a newer
+    /// one), not malformed input; to be ignored, not penalized.
     #[error("unknown wire version {0}")]
     Version(u8),
     /// Over a size limit.
@@ -42,20 +63,20 @@ pub enum Error {
     Malformed(String),
 }
 
+impl From<varint::Error> for Error {
+    fn from(e: varint::Error) -> Self {
+        match e {
+            varint::Error::Truncated => Error::Truncated,
+            e => Error::Malformed(e.to_string()),
+        }
+    }
+}
+
 /// Encodes an update batch.
 pub fn encode_updates(first_seq: u64, codes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(11 + codes.len());
+    let mut out = Vec::with_capacity(1 + varint::MAX_LEN + codes.len());
     out.push(UPDATES_VERSION);
-    let mut v = first_seq;
-    loop {
-        let b = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
+    varint::put(&mut out, first_seq);
     out.extend_from_slice(codes);
     out
 }
@@ -66,30 +87,12 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
     if version != UPDATES_VERSION {
         return Err(Error::Version(version));
     }
-    let mut first: u64 = 0;
-    let mut i = 0;
-    loop {
-        let &b = rest.get(i).ok_or(Error::Truncated)?;
-        if i == 9 && b > 1 {
-            return Err(Error::Malformed("sequence number overflows u64".into()));
-        }
-        first |= u64::from(b & 0x7f) << (7 * i);
-        i += 1;
-        if b & 0x80 == 0 {
-            if b == 0 && i > 1 {
-                return Err(Error::Malformed("non-canonical varint".into()));
-            }
-            break;
-        }
-        if i >= 10 {
-            return Err(Error::Malformed("varint too long".into()));
-        }
-    }
+    let (first, i) = varint::decode(rest)?;
     let codes = &rest[i..];
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
     }
-    if codes.contains(&crate::log::DELTA) {
+    if codes.contains(&crate::codec::DELTA) {
         return Err(Error::Malformed(
             "delta marker in a batch of one-byte updates".into(),
         ));
@@ -177,14 +180,21 @@ pub struct Heartbeat {
     pub backlog: u64,
 }
 
+/// Wire version byte of heartbeats.
+pub const HEARTBEAT_VERSION: u8 = 1;
+
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_HEARTBEAT>()
 }
 
 impl Heartbeat {
-    /// Encodes for the wire.
+    /// Encodes for the wire: [`HEARTBEAT_VERSION`] ‖ bincode.
     pub fn encode(&self) -> Vec<u8> {
-        bincode::serde::encode_to_vec(self, bincode_config()).unwrap_or_default()
+        let mut out = vec![HEARTBEAT_VERSION];
+        match bincode::serde::encode_into_std_write(self, &mut out, bincode_config()) {
+            Ok(_) => out,
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Decodes and validates.
@@ -194,6 +204,10 @@ impl Heartbeat {
                 "heartbeat of {} bytes",
                 data.len()
             )));
+        }
+        let (&version, data) = data.split_first().ok_or(Error::Truncated)?;
+        if version != HEARTBEAT_VERSION {
+            return Err(Error::Version(version));
         }
         let (hb, used): (Heartbeat, usize) =
             bincode::serde::decode_from_slice(data, bincode_config())
@@ -353,7 +367,11 @@ impl Response {
                 if *first_seq > *from || end > *to {
                     return Err(Error::Malformed("range outside the request".into()));
                 }
-                let markers = codes.0.iter().filter(|&&c| c == crate::log::DELTA).count();
+                let markers = codes
+                    .0
+                    .iter()
+                    .filter(|&&c| c == crate::codec::DELTA)
+                    .count();
                 if markers != payloads.len() {
                     return Err(Error::Malformed(format!(
                         "{markers} delta updates but {} payloads",
@@ -472,6 +490,44 @@ mod tests {
     }
 
     #[test]
+    fn golden_heartbeat() {
+        let hb = Heartbeat {
+            vv: vec![(Origin([1; 32]), 5)],
+            digest: [3; 32],
+            done: true,
+            leaving: false,
+            loss: 0.25,
+            backlog: 300,
+        };
+        // version ‖ bincode (standard: varint lengths and integers, arrays
+        // and tuples without length, f32 LE).
+        let mut want = vec![HEARTBEAT_VERSION, 1]; // vv: one entry
+        want.extend_from_slice(&[1; 32]); // origin
+        want.push(5); // seq count
+        want.extend_from_slice(&[3; 32]); // digest
+        want.extend_from_slice(&[1, 0]); // done, leaving
+        want.extend_from_slice(&[0x00, 0x00, 0x80, 0x3e]); // loss 0.25
+        want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // backlog 300: u16 marker + LE
+        let bytes = hb.encode();
+        assert_eq!(bytes.len(), 76);
+        assert_eq!(bytes, want);
+        assert_eq!(Heartbeat::decode(&want), Ok(hb));
+        // An unknown version is told apart from malformed input.
+        let mut v2 = want.clone();
+        v2[0] = 2;
+        assert_eq!(Heartbeat::decode(&v2), Err(Error::Version(2)));
+        assert_eq!(Heartbeat::decode(&[]), Err(Error::Truncated));
+        assert!(matches!(
+            Heartbeat::decode(&want[1..]),
+            Err(Error::Version(_) | Error::Malformed(_))
+        ));
+        assert!(matches!(
+            Heartbeat::decode(&want[..40]),
+            Err(Error::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn golden_delta_announcement() {
         let a = DeltaAnnounce {
             seq: 258,
@@ -492,9 +548,41 @@ mod tests {
         assert!(DeltaAnnounce::decode(&zero.encode(), 1000).is_err());
         // A one-byte batch may not carry the delta marker.
         assert!(matches!(
-            decode_updates(&encode_updates(0, &[1, crate::log::DELTA])),
+            decode_updates(&encode_updates(0, &[1, crate::codec::DELTA])),
             Err(Error::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn every_gossip_decoder_names_an_unknown_version() {
+        let hb = Heartbeat {
+            vv: vec![],
+            digest: [0; 32],
+            done: false,
+            leaving: false,
+            loss: 1.0,
+            backlog: 0,
+        };
+        let announce = DeltaAnnounce {
+            seq: 1,
+            len: 10,
+            hash: [0; 32],
+        };
+        for v in [0u8, 2, 0x80, 0xff] {
+            let mut b = encode_updates(7, &[1, 2]);
+            b[0] = v;
+            assert_eq!(decode_updates(&b), Err(Error::Version(v)));
+            let mut b = announce.encode();
+            b[0] = v;
+            assert_eq!(DeltaAnnounce::decode(&b, 100), Err(Error::Version(v)));
+            let mut b = hb.encode();
+            b[0] = v;
+            assert_eq!(Heartbeat::decode(&b), Err(Error::Version(v)));
+            // Whatever follows an unknown version is not looked at.
+            assert_eq!(decode_updates(&[v]), Err(Error::Version(v)));
+            assert_eq!(DeltaAnnounce::decode(&[v], 100), Err(Error::Version(v)));
+            assert_eq!(Heartbeat::decode(&[v]), Err(Error::Version(v)));
+        }
     }
 
     #[test]
@@ -508,14 +596,14 @@ mod tests {
         let ok = Response::Range {
             origin: o,
             first_seq: 0,
-            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            codes: Blob(vec![1, crate::codec::DELTA, 2]),
             payloads: vec![Blob(vec![9; 5])],
         };
         assert!(ok.validate(&req).is_ok());
         let missing = Response::Range {
             origin: o,
             first_seq: 0,
-            codes: Blob(vec![1, crate::log::DELTA, 2]),
+            codes: Blob(vec![1, crate::codec::DELTA, 2]),
             payloads: vec![],
         };
         assert!(missing.validate(&req).is_err());
@@ -536,7 +624,7 @@ mod tests {
         #[test]
         fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
             prop_assume!(first.checked_add(codes.len() as u64).is_some());
-            prop_assume!(!codes.contains(&crate::log::DELTA));
+            prop_assume!(!codes.contains(&crate::codec::DELTA));
             let enc = encode_updates(first, &codes);
             prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
         }
