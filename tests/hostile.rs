@@ -250,7 +250,8 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
 async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviour> {
     let mut registry = libp2p::metrics::Registry::default();
     let key = libp2p::identity::Keypair::generate_ed25519();
-    let mut evil = net::build(key, topics, false, &mut registry).unwrap();
+    let bw = net::Bandwidth::register(&mut registry);
+    let mut evil = net::build(key, topics, false, &mut registry, bw).unwrap();
     evil.dial(victim.listen[0].clone()).unwrap();
     tokio::time::timeout(Duration::from_secs(20), async {
         let (mut updates, mut deltas) = (false, false);

@@ -52,7 +52,7 @@ async fn metrics_status_and_unknown_paths() {
         "seedswarm_payload_bytes_total{protocol=\"gossip_updates\",direction=\"in\"}",
         "seedswarm_step_seconds_count 300",
         "seedswarm_digest_mismatches_total 0",
-        "libp2p_bandwidth_bytes_total{",
+        "seedswarm_wire_bytes_total{",
         "libp2p_swarm_",
         "libp2p_gossipsub_",
     ] {

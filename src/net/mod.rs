@@ -6,15 +6,22 @@
 //! Kademlia fed by identify and bootstrap addresses. Transports: TCP (noise,
 //! yamux) and QUIC, with bandwidth metrics.
 
+pub mod bandwidth;
 pub mod wire;
 
+pub use bandwidth::Bandwidth;
+
 use crate::seed::{Origin, RunId};
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, OrTransport};
+use libp2p::core::{upgrade, Transport};
 use libp2p::identity::{self, Keypair};
 use libp2p::metrics::Registry;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, quic, request_response, tcp,
+    yamux,
 };
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use std::path::Path;
@@ -153,25 +160,44 @@ pub fn peer_of_origin(origin: &Origin) -> Option<PeerId> {
     Some(PeerId::from_public_key(&identity::PublicKey::from(pk)))
 }
 
-/// Builds the swarm for `run` with `key`; registers bandwidth metrics in `registry`.
+/// The transports: TCP (noise, yamux) or QUIC, every connection's bytes
+/// counted by `bw`.
+fn transport(
+    key: &Keypair,
+    bw: Bandwidth,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    let quic = quic::tokio::Transport::new(quic::Config::new(key))
+        .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
+    Ok(OrTransport::new(quic, tcp)
+        .map(move |either, _| {
+            let (p, m) = either.into_inner();
+            (p, bw.wrap(m))
+        })
+        .boxed())
+}
+
+/// Builds the swarm for `run` with `key`; registers gossipsub metrics in
+/// `registry`; counts wire bytes in `bw`.
 pub fn build(
     key: Keypair,
     topics: &Topics,
     mdns_on: bool,
     registry: &mut Registry,
+    bw: Bandwidth,
 ) -> Result<Swarm<Behaviour>, Error> {
     let b = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let topics = topics.clone();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| {
+            transport(key, bw).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+        })
         .map_err(|e| b(&e))?
-        .with_quic()
-        .with_bandwidth_metrics(registry)
         .with_behaviour(
             |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer = key.public().to_peer_id();

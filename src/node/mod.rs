@@ -7,15 +7,26 @@
 //! snapshots are encoded there.
 
 use crate::config::{self, Config, NodeSettings};
-use crate::net;
-use crate::proto::{join, Timing};
+use crate::http;
+use crate::log::Log;
+use crate::metrics::Series;
+use crate::net::{self, Topics};
+use crate::proto::{self, join, Core, Timing};
 use crate::seed::Origin;
 use crate::train::{self, Session};
+use compute::{FromCompute, ToCompute};
+use futures::StreamExt;
 use libp2p::identity::Keypair;
+use libp2p::metrics::{Metrics, Registry};
+use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc as smpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod compute;
@@ -212,7 +223,7 @@ impl Node {
         })
         .await
         .map_err(|e| Error::Compute(e.to_string()))??;
-        shell::start(cfg, opts, key, origin, session, log).await
+        start(cfg, opts, key, origin, session, log).await
     }
 
     /// The latest status.
@@ -272,4 +283,127 @@ enum Control {
     Unblock(Vec<PeerId>),
     /// Stop at once without announcing anything, as a crash would.
     Crash,
+}
+
+/// Builds the swarm, listens, and spawns the shell and the compute thread.
+async fn start(
+    cfg: Config,
+    opts: Options,
+    key: Keypair,
+    origin: Origin,
+    session: Session,
+    log: Log,
+) -> Result<Node, Error> {
+    let peer_id = key.public().to_peer_id();
+    let topics = Topics::new(&log.run());
+    let mut registry = Registry::default();
+    let bandwidth = net::Bandwidth::register(&mut registry);
+    let mut swarm = net::build(key, &topics, opts.mdns, &mut registry, bandwidth.clone())?;
+    let metrics = Metrics::new(&mut registry);
+    let series = Series::register(&mut registry);
+    let registry = Arc::new(Mutex::new(registry));
+    for addr in &opts.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    // Wait until every listener reports its address.
+    let mut listen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while listen.len() < opts.listen.len() {
+        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { address, .. }) => listen.push(address),
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let http_addr = match opts.http {
+        Some(addr) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Listen {
+                        addr: format!("http://{addr}"),
+                        reason: e.to_string(),
+                    })?;
+            let local = listener.local_addr().ok();
+            let shared = http::Shared {
+                registry: registry.clone(),
+                status: status_rx.clone(),
+            };
+            tokio::spawn(http::serve(listener, shared));
+            local
+        }
+        None => None,
+    };
+    let settings = proto::Settings {
+        origin,
+        max_rate: opts.max_rate,
+        publish_interval: opts.publish_interval,
+        publish_max: opts.publish_max,
+        heartbeat_interval: opts.heartbeat_interval,
+        timing: opts.timing,
+        join: opts.join,
+        min_peers: opts.min_peers,
+        exit_when_settled: opts.exit_when_settled,
+        settle_timeout: opts.settle_timeout,
+        max_delta_bytes: cfg.run.delta.max_bytes,
+        shapes: session.trainer().shapes(),
+        drop_incoming: opts.drop_incoming,
+    };
+    let core = Core::new(settings, log, Instant::now());
+    let gate = Arc::new(AtomicBool::new(false));
+    let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(64);
+    let (compute_tx, from_compute) = mpsc::channel::<FromCompute>(1024);
+    let limits = compute::Limits {
+        series: series.clone(),
+        max_updates: opts.max_updates,
+        duration: opts.duration,
+        gate: gate.clone(),
+    };
+    let compute = std::thread::Builder::new()
+        .name("seedswarm-compute".into())
+        .spawn(move || compute::run(session, limits, compute_rx, compute_tx))
+        .map_err(|e| Error::Compute(e.to_string()))?;
+    let (done_tx, done_rx) = mpsc::channel(64);
+    let shell = shell::Shell {
+        mode: cfg.node.mode.to_string(),
+        bootstrap: opts.bootstrap.clone(),
+        data_dir: opts.data_dir.clone(),
+        heartbeat: opts.heartbeat_interval,
+        swarm,
+        topics,
+        core,
+        requests: HashMap::new(),
+        to_compute: Some(to_compute),
+        queue: VecDeque::new(),
+        gate,
+        done_tx,
+        bandwidth,
+        metrics,
+        series,
+        status_tx,
+        listen: listen.clone(),
+        started: Instant::now(),
+        last_rate: None,
+        initial_eval: None,
+        max_connected: 0,
+        finished: false,
+        failure: None,
+    };
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let task = tokio::spawn(shell.run(stop_rx, control_rx, from_compute, done_rx, compute));
+    Ok(Node {
+        peer_id,
+        origin,
+        listen,
+        http: http_addr,
+        status: status_rx,
+        control: control_tx,
+        stop: Some(stop_tx),
+        task,
+    })
 }

@@ -5,23 +5,18 @@
 //! bookkeeping, metrics, the status it publishes, and files for kept
 //! snapshot chunks. It decides nothing about the protocol.
 
-use super::compute::{self, FromCompute, ToCompute};
+use super::compute::{FromCompute, ToCompute};
 use super::report::{self, Status, Summary};
-use super::{Control, Error, Node, Options};
-use crate::config::Config;
-use crate::http;
-use crate::log::Log;
+use super::{Control, Error};
 use crate::metrics::Series;
 use crate::model::Eval;
 use crate::net::{self, wire, Behaviour, BehaviourEvent, Topics};
-use crate::proto::{self, Core, Event, Input, Output, Verdict};
-use crate::seed::{hex, Origin};
+use crate::proto::{Core, Event, Input, Output, Verdict};
+use crate::seed::hex;
 use crate::snapshot::{self, Snapshot};
-use crate::train::Session;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
-use libp2p::identity::Keypair;
-use libp2p::metrics::{Metrics, Recorder, Registry};
+use libp2p::metrics::{Metrics, Recorder};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, request_response, Multiaddr, PeerId, Swarm};
@@ -29,15 +24,15 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as smpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
-type Channel = request_response::ResponseChannel<wire::Response>;
+pub(super) type Channel = request_response::ResponseChannel<wire::Response>;
 type NodeCore = Core<PeerId, gossipsub::MessageId, Channel>;
 
 /// Results of work done on blocking threads, fed back to the core.
-enum Done {
+pub(super) enum Done {
     Snapshot(Arc<Snapshot>),
     Kept {
         id: [u8; 32],
@@ -46,157 +41,35 @@ enum Done {
     },
 }
 
-/// Builds the swarm, listens, and spawns the shell and the compute thread.
-pub(super) async fn start(
-    cfg: Config,
-    opts: Options,
-    key: Keypair,
-    origin: Origin,
-    session: Session,
-    log: Log,
-) -> Result<Node, Error> {
-    let peer_id = key.public().to_peer_id();
-    let topics = Topics::new(&log.run());
-    let mut registry = Registry::default();
-    let mut swarm = net::build(key, &topics, opts.mdns, &mut registry)?;
-    let metrics = Metrics::new(&mut registry);
-    let series = Series::register(&mut registry);
-    let registry = Arc::new(Mutex::new(registry));
-    for addr in &opts.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        })?;
-    }
-    // Wait until every listener reports its address.
-    let mut listen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while listen.len() < opts.listen.len() {
-        match tokio::time::timeout_at(deadline, swarm.select_next_some()).await {
-            Ok(SwarmEvent::NewListenAddr { address, .. }) => listen.push(address),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    let (status_tx, status_rx) = watch::channel(Status::default());
-    let http_addr = match opts.http {
-        Some(addr) => {
-            let listener =
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| Error::Listen {
-                        addr: format!("http://{addr}"),
-                        reason: e.to_string(),
-                    })?;
-            let local = listener.local_addr().ok();
-            let shared = http::Shared {
-                registry: registry.clone(),
-                status: status_rx.clone(),
-            };
-            tokio::spawn(http::serve(listener, shared));
-            local
-        }
-        None => None,
-    };
-    let settings = proto::Settings {
-        origin,
-        max_rate: opts.max_rate,
-        publish_interval: opts.publish_interval,
-        publish_max: opts.publish_max,
-        heartbeat_interval: opts.heartbeat_interval,
-        timing: opts.timing,
-        join: opts.join,
-        min_peers: opts.min_peers,
-        exit_when_settled: opts.exit_when_settled,
-        settle_timeout: opts.settle_timeout,
-        max_delta_bytes: cfg.run.delta.max_bytes,
-        shapes: session.trainer().shapes(),
-        drop_incoming: opts.drop_incoming,
-    };
-    let core = Core::new(settings, log, Instant::now());
-    let gate = Arc::new(AtomicBool::new(false));
-    let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(64);
-    let (compute_tx, from_compute) = mpsc::channel::<FromCompute>(1024);
-    let limits = compute::Limits {
-        series: series.clone(),
-        max_updates: opts.max_updates,
-        duration: opts.duration,
-        gate: gate.clone(),
-    };
-    let compute = std::thread::Builder::new()
-        .name("seedswarm-compute".into())
-        .spawn(move || compute::run(session, limits, compute_rx, compute_tx))
-        .map_err(|e| Error::Compute(e.to_string()))?;
-    let (done_tx, done_rx) = mpsc::channel(64);
-    let shell = Shell {
-        mode: cfg.node.mode.to_string(),
-        bootstrap: opts.bootstrap.clone(),
-        data_dir: opts.data_dir.clone(),
-        heartbeat: opts.heartbeat_interval,
-        swarm,
-        topics,
-        core,
-        requests: HashMap::new(),
-        to_compute: Some(to_compute),
-        queue: VecDeque::new(),
-        gate,
-        done_tx,
-        registry,
-        metrics,
-        series,
-        status_tx,
-        listen: listen.clone(),
-        started: Instant::now(),
-        last_rate: None,
-        initial_eval: None,
-        max_connected: 0,
-        finished: false,
-        failure: None,
-    };
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let (control_tx, control_rx) = mpsc::channel(16);
-    let task = tokio::spawn(shell.run(stop_rx, control_rx, from_compute, done_rx, compute));
-    Ok(Node {
-        peer_id,
-        origin,
-        listen,
-        http: http_addr,
-        status: status_rx,
-        control: control_tx,
-        stop: Some(stop_tx),
-        task,
-    })
-}
-
-struct Shell {
-    mode: String,
-    bootstrap: Vec<Multiaddr>,
-    data_dir: Option<PathBuf>,
-    heartbeat: Duration,
-    swarm: Swarm<Behaviour>,
-    topics: Topics,
-    core: NodeCore,
-    requests: HashMap<request_response::OutboundRequestId, u64>,
-    to_compute: Option<smpsc::SyncSender<ToCompute>>,
+pub(super) struct Shell {
+    pub(super) mode: String,
+    pub(super) bootstrap: Vec<Multiaddr>,
+    pub(super) data_dir: Option<PathBuf>,
+    pub(super) heartbeat: Duration,
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) topics: Topics,
+    pub(super) core: NodeCore,
+    pub(super) requests: HashMap<request_response::OutboundRequestId, u64>,
+    pub(super) to_compute: Option<smpsc::SyncSender<ToCompute>>,
     /// Work for the compute thread that did not fit its channel yet.
-    queue: VecDeque<ToCompute>,
-    gate: Arc<AtomicBool>,
-    done_tx: mpsc::Sender<Done>,
-    registry: Arc<Mutex<Registry>>,
-    metrics: Metrics,
-    series: Series,
-    status_tx: watch::Sender<Status>,
-    listen: Vec<Multiaddr>,
-    started: Instant,
-    last_rate: Option<(Instant, u64, u64, u64)>,
-    initial_eval: Option<Eval>,
-    max_connected: usize,
-    finished: bool,
-    failure: Option<String>,
+    pub(super) queue: VecDeque<ToCompute>,
+    pub(super) gate: Arc<AtomicBool>,
+    pub(super) done_tx: mpsc::Sender<Done>,
+    pub(super) bandwidth: net::Bandwidth,
+    pub(super) metrics: Metrics,
+    pub(super) series: Series,
+    pub(super) status_tx: watch::Sender<Status>,
+    pub(super) listen: Vec<Multiaddr>,
+    pub(super) started: Instant,
+    pub(super) last_rate: Option<(Instant, u64, u64, u64)>,
+    pub(super) initial_eval: Option<Eval>,
+    pub(super) max_connected: usize,
+    pub(super) finished: bool,
+    pub(super) failure: Option<String>,
 }
 
 impl Shell {
-    async fn run(
+    pub(super) async fn run(
         mut self,
         mut stop: oneshot::Receiver<()>,
         mut control: mpsc::Receiver<Control>,
@@ -578,7 +451,7 @@ impl Shell {
 
     /// Publishes (and returns) the node's status; also writes `status.json`.
     fn publish_status(&mut self) -> Status {
-        let bytes = bandwidth(&self.registry.lock().unwrap_or_else(|e| e.into_inner()));
+        let bytes = self.bandwidth.totals();
         let now = Instant::now();
         let applied = self.core.state().map_or(0, |s| s.applied);
         let mut rates = (0.0, 0.0, 0.0);
@@ -642,29 +515,4 @@ fn is_dialable(addr: &Multiaddr) -> bool {
     !addr
         .iter()
         .any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified()))
-}
-
-/// Total inbound and outbound bytes from the libp2p bandwidth counters.
-fn bandwidth(registry: &Registry) -> (u64, u64) {
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
-        return (0, 0);
-    }
-    let (mut inb, mut out) = (0u64, 0u64);
-    for line in text.lines() {
-        if !line.starts_with("libp2p_bandwidth_bytes_total{") {
-            continue;
-        }
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64;
-        if line.contains("direction=\"Inbound\"") {
-            inb += value;
-        } else if line.contains("direction=\"Outbound\"") {
-            out += value;
-        }
-    }
-    (inb, out)
 }

@@ -1,0 +1,316 @@
+//! The core's interface: its inputs, outputs, events, settings and counters,
+//! and what it needs to know of peers and of the compute side.
+
+use crate::log::{Payload, Segment};
+use crate::model::Eval;
+use crate::net::wire;
+use crate::replica::VersionVector;
+use crate::seed::Origin;
+use crate::snapshot::Snapshot;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{join, Timing};
+
+/// A peer of the swarm, as the core sees it.
+pub trait Peer: Clone + Eq + Hash + Ord + Debug {
+    /// The origin whose updates this peer signs, when its identity is one
+    /// (an ed25519 key).
+    fn origin(&self) -> Option<Origin>;
+}
+
+/// The gossip topics of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// One-byte update batches.
+    Updates,
+    /// Heartbeats.
+    Status,
+    /// Delta announcements.
+    Deltas,
+}
+
+/// A validation verdict for gossipsub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid: deliver and forward.
+    Accept,
+    /// Invalid: drop and penalize the forwarder.
+    Reject,
+    /// Drop without penalty (duplicate, unknown version, busy).
+    Ignore,
+}
+
+/// An own update, as the compute side produced it.
+#[derive(Clone, Debug)]
+pub enum Own {
+    /// A one-byte update.
+    Code(u8),
+    /// A compressed sparse delta (its code in the log is [`crate::log::DELTA`]).
+    Delta(Payload),
+}
+
+/// What the compute side reports about the replica.
+#[derive(Clone, Debug, Default)]
+pub struct ComputeState {
+    /// Version vector of the replica (what is applied).
+    pub vv: VersionVector,
+    /// Digest of `δ` at `vv`.
+    pub digest: [u8; 32],
+    /// Updates applied.
+    pub applied: u64,
+    /// Own updates made.
+    pub own: u64,
+    /// Recent training loss (moving average; NaN when unknown).
+    pub loss: f32,
+    /// Latest evaluation.
+    pub eval: Option<Eval>,
+    /// Training has stopped for good.
+    pub training_done: bool,
+}
+
+/// Settings of the core.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node's origin.
+    pub origin: Origin,
+    /// Most updates per second accepted from one origin (burst of two seconds).
+    pub max_rate: f64,
+    /// Own one-byte updates are published once per interval...
+    pub publish_interval: Duration,
+    /// ... or as soon as this many are waiting.
+    pub publish_max: usize,
+    /// Heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Repair timing.
+    pub timing: Timing,
+    /// How a node with an empty log catches up.
+    pub join: join::Mode,
+    /// Start training only once this many peers have been heard from.
+    pub min_peers: usize,
+    /// Finish once training is over and the swarm agrees (or after `settle_timeout`).
+    pub exit_when_settled: bool,
+    /// After training, wait at most this long for the swarm to agree.
+    pub settle_timeout: Duration,
+    /// Largest delta payload accepted (`run.delta.max_bytes`).
+    pub max_delta_bytes: usize,
+    /// Trainable tensors (name, length): what a delta may touch.
+    pub shapes: Vec<(String, u64)>,
+    /// Test hook: fraction of incoming update messages dropped unseen.
+    pub drop_incoming: f64,
+}
+
+/// What the core takes in.
+#[derive(Debug)]
+pub enum Input<P, M, C> {
+    /// Time passed: repairs, heartbeats, joins, publishing by time, settling.
+    Tick,
+    /// A gossip message to judge (`topic` None: not one of this run's).
+    Gossip {
+        /// Its id, to report the verdict with.
+        id: M,
+        /// The peer that forwarded it.
+        from: P,
+        /// Its signed author, when signed.
+        source: Option<P>,
+        /// Which topic.
+        topic: Option<Topic>,
+        /// The payload.
+        data: Vec<u8>,
+    },
+    /// A sync request from a peer.
+    Request {
+        /// Who asks.
+        from: P,
+        /// What.
+        request: wire::Request,
+        /// Where the answer goes.
+        channel: C,
+    },
+    /// The answer to our request `tag`.
+    Response {
+        /// Who answered.
+        from: P,
+        /// The tag of [`Output::Send`].
+        tag: u64,
+        /// The answer.
+        response: wire::Response,
+    },
+    /// Our request `tag` failed (timeout, connection closed, unsupported).
+    RequestFailed {
+        /// The tag of [`Output::Send`].
+        tag: u64,
+    },
+    /// Own updates up to `end` were handed to gossipsub.
+    Published {
+        /// One past the last own seq published.
+        end: u64,
+    },
+    /// The compute side made own update `seq` (already applied and persisted).
+    Own {
+        /// Its seq.
+        seq: u64,
+        /// The update.
+        update: Own,
+    },
+    /// The compute side's latest state.
+    State(Box<ComputeState>),
+    /// A snapshot asked for by [`Output::MakeSnapshot`] is ready.
+    Snapshot(Arc<Snapshot>),
+    /// The snapshot of [`Output::Install`] was installed (its log), or not.
+    Installed(Result<Vec<Segment>, String>),
+    /// A chunk kept by an interrupted join ([`Output::Resume`]).
+    KeptChunk {
+        /// Snapshot id.
+        id: [u8; 32],
+        /// Chunk index.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Stop talking to this peer (blocked, partitioned).
+    Forget(P),
+    /// Leave the swarm: flush own updates, announce it.
+    Leave,
+}
+
+/// What the core asks the shell to do.
+#[derive(Debug)]
+pub enum Output<P, M, C> {
+    /// Publish on a topic; `end`: one past the last own seq it carries.
+    Publish {
+        /// Topic.
+        topic: Topic,
+        /// Payload.
+        data: Vec<u8>,
+        /// One past the last own seq carried (update batches and announcements).
+        end: Option<u64>,
+    },
+    /// Report a gossip validation verdict.
+    Verdict {
+        /// The message.
+        id: M,
+        /// The peer that forwarded it.
+        from: P,
+        /// The verdict.
+        verdict: Verdict,
+    },
+    /// Send a sync request; answer with [`Input::Response`] or [`Input::RequestFailed`].
+    Send {
+        /// To whom.
+        to: P,
+        /// Our tag for it.
+        tag: u64,
+        /// The request.
+        request: wire::Request,
+    },
+    /// Answer a sync request.
+    Respond {
+        /// The request's channel.
+        channel: C,
+        /// The answer.
+        response: wire::Response,
+    },
+    /// Make a snapshot of the replica (`δ` at its version vector plus
+    /// [`Core::log`]'s prefix up to it) and hand it back as [`Input::Snapshot`].
+    MakeSnapshot,
+    /// Install these verified snapshot chunks into the (empty) replica and
+    /// report [`Input::Installed`].
+    Install {
+        /// The chunks.
+        chunks: Vec<Vec<u8>>,
+        /// Their hashes.
+        hashes: Vec<[u8; 32]>,
+    },
+    /// Keep this verified snapshot chunk, so an interrupted join resumes.
+    KeepChunk {
+        /// Snapshot id.
+        id: [u8; 32],
+        /// Chunk index.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Hand back kept chunks of snapshot `id` as [`Input::KeptChunk`].
+    Resume {
+        /// Snapshot id.
+        id: [u8; 32],
+        /// Its chunk count.
+        chunks: usize,
+    },
+    /// Training may start (enough peers, join over).
+    StartTraining,
+    /// The node is finished: training over and the swarm agreed, or it waited
+    /// `settle_timeout` for that.
+    Finished {
+        /// Whether the swarm agreed.
+        settled: bool,
+    },
+    /// Something to count or log.
+    Event(Event<P>),
+}
+
+/// Things worth counting or logging.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event<P> {
+    /// A message or response was refused or dropped, for this reason.
+    Rejected(&'static str),
+    /// Payload bytes on a protocol (`gossip_updates`, `gossip_status`,
+    /// `gossip_deltas`, `sync`, `delta`, `snapshot`), in or out.
+    Bytes {
+        /// Protocol label.
+        protocol: &'static str,
+        /// Inbound (else outbound).
+        inbound: bool,
+        /// Bytes.
+        n: usize,
+    },
+    /// Own updates published.
+    UpdatesPublished(u64),
+    /// Foreign updates newly stored (gossip or repair).
+    UpdatesReceived(u64),
+    /// Of which by range repair.
+    UpdatesRepaired(u64),
+    /// A peer announced our version vector with another digest.
+    DigestMismatch(P),
+    /// A peer announced it is leaving.
+    PeerLeft(P),
+    /// A peer went silent and is no longer waited on.
+    PeerSilent(P),
+    /// The join decided or finished (`"snapshot"`, `"replay"`, `"none"`).
+    Joined(&'static str),
+    /// The swarm agrees: same version vector and digest everywhere.
+    Settled,
+}
+
+/// Counters the core keeps for status and summaries.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Refusals by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Messages dropped by the test hook.
+    pub dropped: u64,
+    /// Updates received by repair.
+    pub repaired: u64,
+    /// Foreign updates stored.
+    pub foreign_received: u64,
+    /// Gossip messages published with own updates.
+    pub published_messages: u64,
+    /// Own updates in them.
+    pub published_updates: u64,
+    /// One past the last own seq handed to gossipsub.
+    pub published_through: u64,
+    /// Heartbeats at our version vector with another digest.
+    pub digest_mismatches: u64,
+    /// Distinct peers heard from.
+    pub peers_seen: usize,
+    /// Largest backlog sampled at heartbeats.
+    pub backlog_max: u64,
+    /// Sum of sampled backlogs.
+    pub backlog_sum: f64,
+    /// Backlog samples.
+    pub backlog_samples: u64,
+}

@@ -1,0 +1,106 @@
+//! Publishing: own updates into the log and the outbox (one gossip batch per
+//! interval or per `publish_max` updates; a delta announced on its own), and
+//! heartbeats of the replica's version vector and digest.
+
+use super::*;
+
+impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
+    /// Stores an own update (the compute side applied and persisted it) and
+    /// queues it for publishing.
+    pub(super) fn on_own(&mut self, now: Instant, seq: u64, update: Own) {
+        let origin = self.settings.origin;
+        self.event(Event::UpdatesPublished(1));
+        match update {
+            Own::Code(code) => {
+                if let Err(e) = self.log.insert(origin, seq, &[code]) {
+                    tracing::warn!(error = %e, "cannot store own update");
+                }
+                match &mut self.outbox {
+                    Some((first, codes)) if *first + codes.len() as u64 == seq => codes.push(code),
+                    _ => {
+                        self.flush_outbox();
+                        self.outbox = Some((seq, vec![code]));
+                        self.last_publish = self.last_publish.min(now);
+                    }
+                }
+                let max = self.settings.publish_max.clamp(1, wire::MAX_BATCH);
+                if self.outbox.as_ref().is_some_and(|(_, c)| c.len() >= max) {
+                    self.flush_outbox();
+                    self.last_publish = now;
+                }
+            }
+            Own::Delta(payload) => {
+                self.flush_outbox();
+                let announce = wire::DeltaAnnounce {
+                    seq,
+                    len: payload.len() as u32,
+                    hash: *blake3::hash(&payload).as_bytes(),
+                };
+                if let Err(e) = self
+                    .log
+                    .insert_with(origin, seq, &[crate::log::DELTA], &[payload])
+                {
+                    tracing::warn!(error = %e, "cannot store own delta");
+                }
+                let data = announce.encode();
+                self.stats.published_messages += 1;
+                self.stats.published_updates += 1;
+                self.event(Event::Bytes {
+                    protocol: "gossip_deltas",
+                    inbound: false,
+                    n: data.len(),
+                });
+                self.emit(Output::Publish {
+                    topic: Topic::Deltas,
+                    data,
+                    end: Some(seq + 1),
+                });
+            }
+        }
+        let end = self.log.next_seq(&origin);
+        let d = self.delivered.entry(origin).or_insert(0);
+        *d = (*d).max(end);
+    }
+
+    pub(super) fn flush_outbox(&mut self) {
+        let Some((first, codes)) = self.outbox.take() else {
+            return;
+        };
+        let data = wire::encode_updates(first, &codes);
+        self.stats.published_messages += 1;
+        self.stats.published_updates += codes.len() as u64;
+        self.event(Event::Bytes {
+            protocol: "gossip_updates",
+            inbound: false,
+            n: data.len(),
+        });
+        self.emit(Output::Publish {
+            topic: Topic::Updates,
+            data,
+            end: Some(first + codes.len() as u64),
+        });
+    }
+
+    pub(super) fn heartbeat(&mut self, done: bool, leaving: bool) {
+        let Some(st) = &self.state else { return };
+        let hb = Heartbeat {
+            vv: st.vv.iter().map(|(o, n)| (*o, *n)).collect(),
+            digest: st.digest,
+            done,
+            leaving,
+            loss: st.loss,
+            backlog: self.backlog(),
+        };
+        let data = hb.encode();
+        self.event(Event::Bytes {
+            protocol: "gossip_status",
+            inbound: false,
+            n: data.len(),
+        });
+        self.emit(Output::Publish {
+            topic: Topic::Status,
+            data,
+            end: None,
+        });
+    }
+}
