@@ -239,3 +239,79 @@ async fn a_partition_heals_into_equal_digests() {
     assert_identical(&s);
     assert_eq!(s[0].updates_applied, 4 * 3000);
 }
+
+/// The regression for one log per node: a node whose log holds another
+/// origin's delta updates is restarted through `Node::start` from its data
+/// dir. It comes back with the same version vector and digest, and a new
+/// node that joins after the delta's author has left gets those deltas, by
+/// range repair, from the restarted node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_from_a_log_with_deltas_keeps_and_serves_them() {
+    let zo = config();
+    let mut fo = config();
+    fo.node.mode = seedswarm::config::Mode::FirstOrder;
+    fo.node.first_order.local_steps = 3;
+    fo.node.first_order.compression.top_z = 0.25;
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = Some(dir.path().join("a"));
+    let a = Node::start(
+        zo.clone(),
+        Options {
+            min_peers: 1,
+            data_dir: a_dir.clone(),
+            exit_when_settled: false,
+            ..options(300, &[])
+        },
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        fo,
+        Options {
+            min_peers: 1,
+            ..options(5, &[&a])
+        },
+    )
+    .await
+    .unwrap();
+    let b_origin = b.origin.to_hex();
+    until(&a, |s| s.updates_applied == 305 && s.settled).await;
+    let before = a.status();
+    let mut b = b;
+    b.stop();
+    b.wait().await.unwrap();
+    let mut a = a;
+    a.stop();
+    a.wait().await.unwrap();
+    assert_eq!(before.version_vector.get(&b_origin), Some(&5));
+    // Restart from the data dir: same state, before any peer is heard from.
+    let a = Node::start(
+        zo.clone(),
+        Options {
+            data_dir: a_dir,
+            exit_when_settled: false,
+            ..options(300, &[])
+        },
+    )
+    .await
+    .unwrap();
+    until(&a, |s| !s.digest.is_empty()).await;
+    let after = a.status();
+    assert_eq!(after.version_vector, before.version_vector);
+    assert_eq!(after.digest, before.digest);
+    // The author of the deltas is gone; a newcomer replays them from A.
+    let c = Node::start(
+        zo,
+        Options {
+            join: seedswarm::proto::join::Mode::Replay,
+            ..options(20, &[&a])
+        },
+    )
+    .await
+    .unwrap();
+    until(&c, |s| s.version_vector.get(&b_origin) == Some(&5)).await;
+    let s = stop_when_complete(vec![a, c], 325).await;
+    assert_identical(&s);
+    assert_eq!(s[1].join, "replay");
+    assert!(s[1].repaired_updates >= 305, "{:?}", s[1]);
+}
