@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+mod blocking;
 mod compute;
 mod report;
 mod shell;
@@ -387,7 +388,7 @@ async fn start(
         status_tx,
         listen: listen.clone(),
         started: Instant::now(),
-        last_rate: None,
+        rates: Default::default(),
         initial_eval: None,
         max_connected: 0,
         finished: false,

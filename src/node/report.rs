@@ -2,12 +2,15 @@
 //! dashboard, tests) and the [`Summary`] of a finished node, built from the
 //! protocol core's counters, the compute state and the swarm's numbers.
 
-use crate::proto::{ComputeState, Core, Peer, Stats};
+use crate::metrics::Series;
+use crate::proto::{ComputeState, Core, Event, Peer, Stats};
 use crate::replica::VersionVector;
 use crate::seed::hex;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::fmt::Debug;
+use std::fmt::{Debug, Display};
+use std::path::PathBuf;
+use std::time::Instant;
 
 /// Live state of a node, for tables and tests.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -80,6 +83,65 @@ pub struct Summary {
     pub join_seconds: Option<f64>,
     pub snapshot_bytes_fetched: u64,
     pub snapshot_raw_bytes: u64,
+}
+
+/// Per-second rates between two status samples.
+#[derive(Debug, Default)]
+pub(super) struct Rates {
+    last: Option<(Instant, u64, (u64, u64))>,
+}
+
+impl Rates {
+    /// Applied updates, bytes in and bytes out per second since the last sample.
+    pub(super) fn sample(
+        &mut self,
+        now: Instant,
+        applied: u64,
+        bytes: (u64, u64),
+    ) -> (f64, f64, f64) {
+        let mut rates = (0.0, 0.0, 0.0);
+        if let Some((t, a, (bi, bo))) = self.last {
+            let dt = now.duration_since(t).as_secs_f64().max(1e-3);
+            rates = (
+                applied.saturating_sub(a) as f64 / dt,
+                bytes.0.saturating_sub(bi) as f64 / dt,
+                bytes.1.saturating_sub(bo) as f64 / dt,
+            );
+        }
+        self.last = Some((now, applied, bytes));
+        rates
+    }
+}
+
+/// Sets the sampled (not counted) metrics from a status.
+pub(super) fn gauges<P: Peer, M: Clone + Debug, C: Debug>(
+    s: &Series,
+    core: &Core<P, M, C>,
+    status: &Status,
+) {
+    s.peers.set(status.peers as i64);
+    s.mesh_peers.set(status.mesh_peers as i64);
+    s.backlog.set(status.backlog as i64);
+    s.updates_applied.set(status.updates_applied as i64);
+    s.version_vector_lag.set(core.lag() as i64);
+    if let Some(st) = core.state() {
+        s.loss.set(f64::from(st.loss));
+        if let Some(e) = st.eval {
+            s.accuracy.set(e.accuracy());
+        }
+    }
+}
+
+/// Writes `status.json` in `dir` (atomically, off the reactor).
+pub(super) fn write_json(dir: PathBuf, status: &Status) {
+    if let Ok(text) = serde_json::to_string_pretty(status) {
+        tokio::task::spawn_blocking(move || {
+            let tmp = dir.join("status.json.tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, dir.join("status.json"));
+            }
+        });
+    }
 }
 
 /// A version vector keyed by hex origins.
@@ -187,5 +249,40 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         join_seconds: join.seconds(),
         snapshot_bytes_fetched: join.fetched_bytes,
         snapshot_raw_bytes: join.raw_bytes,
+    }
+}
+
+/// Counts or logs an event of the core.
+pub(super) fn record<P: Display>(s: &Series, e: Event<P>) {
+    match e {
+        Event::Rejected(reason) => s.reject(reason),
+        Event::Bytes {
+            protocol,
+            inbound,
+            n,
+        } => {
+            s.bytes(protocol, if inbound { "in" } else { "out" }, n);
+        }
+        Event::UpdatesPublished(n) => {
+            s.updates_published.inc_by(n);
+        }
+        Event::UpdatesReceived(n) => {
+            s.updates_received.inc_by(n);
+        }
+        Event::UpdatesRepaired(n) => {
+            s.updates_repaired.inc_by(n);
+        }
+        Event::DigestMismatch(peer) => {
+            s.digest_mismatches.inc();
+            tracing::error!(%peer, "digest mismatch at an equal version vector");
+        }
+        Event::PeerLeft(peer) => tracing::info!(%peer, "peer left"),
+        Event::PeerSilent(peer) => {
+            tracing::info!(%peer, "peer went silent; no longer waited on")
+        }
+        Event::Joined(how) => tracing::info!(how, "join finished"),
+        Event::Settled => {
+            tracing::info!("swarm agrees: same version vector and digest everywhere")
+        }
     }
 }

@@ -5,15 +5,14 @@
 //! bookkeeping, metrics, the status it publishes, and files for kept
 //! snapshot chunks. It decides nothing about the protocol.
 
+use super::blocking::{self, Done};
 use super::compute::{FromCompute, ToCompute};
 use super::report::{self, Status, Summary};
 use super::{Control, Error};
 use crate::metrics::Series;
 use crate::model::Eval;
 use crate::net::{self, wire, Behaviour, BehaviourEvent, Topics};
-use crate::proto::{Core, Event, Input, Output, Verdict};
-use crate::seed::hex;
-use crate::snapshot::{self, Snapshot};
+use crate::proto::{Core, Input, Output, Verdict};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance};
 use libp2p::metrics::{Metrics, Recorder};
@@ -30,16 +29,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub(super) type Channel = request_response::ResponseChannel<wire::Response>;
 type NodeCore = Core<PeerId, gossipsub::MessageId, Channel>;
-
-/// Results of work done on blocking threads, fed back to the core.
-pub(super) enum Done {
-    Snapshot(Arc<Snapshot>),
-    Kept {
-        id: [u8; 32],
-        index: u32,
-        data: Vec<u8>,
-    },
-}
 
 pub(super) struct Shell {
     pub(super) mode: String,
@@ -61,7 +50,7 @@ pub(super) struct Shell {
     pub(super) status_tx: watch::Sender<Status>,
     pub(super) listen: Vec<Multiaddr>,
     pub(super) started: Instant,
-    pub(super) last_rate: Option<(Instant, u64, u64, u64)>,
+    pub(super) rates: report::Rates,
     pub(super) initial_eval: Option<Eval>,
     pub(super) max_connected: usize,
     pub(super) finished: bool,
@@ -207,24 +196,12 @@ impl Shell {
             }
             Output::KeepChunk { id, index, data } => {
                 if let Some(dir) = &self.data_dir {
-                    let d = dir.join("snapshot").join(hex(&id));
-                    tokio::task::spawn_blocking(move || {
-                        let _ = std::fs::create_dir_all(&d)
-                            .and_then(|()| std::fs::write(d.join(index.to_string()), data));
-                    });
+                    blocking::keep_chunk(dir, id, index, data);
                 }
             }
             Output::Resume { id, chunks } => {
                 if let Some(dir) = &self.data_dir {
-                    let d = dir.join("snapshot").join(hex(&id));
-                    let tx = self.done_tx.clone();
-                    tokio::task::spawn_blocking(move || {
-                        for index in 0..chunks as u32 {
-                            if let Ok(data) = std::fs::read(d.join(index.to_string())) {
-                                let _ = tx.blocking_send(Done::Kept { id, index, data });
-                            }
-                        }
-                    });
+                    blocking::resume(dir, id, chunks, self.done_tx.clone());
                 }
             }
             Output::StartTraining => {
@@ -237,42 +214,7 @@ impl Shell {
                 }
                 self.finished = true;
             }
-            Output::Event(e) => self.event(e),
-        }
-    }
-
-    fn event(&mut self, e: Event<PeerId>) {
-        let s = &self.series;
-        match e {
-            Event::Rejected(reason) => s.reject(reason),
-            Event::Bytes {
-                protocol,
-                inbound,
-                n,
-            } => {
-                s.bytes(protocol, if inbound { "in" } else { "out" }, n);
-            }
-            Event::UpdatesPublished(n) => {
-                s.updates_published.inc_by(n);
-            }
-            Event::UpdatesReceived(n) => {
-                s.updates_received.inc_by(n);
-            }
-            Event::UpdatesRepaired(n) => {
-                s.updates_repaired.inc_by(n);
-            }
-            Event::DigestMismatch(peer) => {
-                s.digest_mismatches.inc();
-                tracing::error!(%peer, "digest mismatch at an equal version vector");
-            }
-            Event::PeerLeft(peer) => tracing::info!(%peer, "peer left"),
-            Event::PeerSilent(peer) => {
-                tracing::info!(%peer, "peer went silent; no longer waited on")
-            }
-            Event::Joined(how) => tracing::info!(how, "join finished"),
-            Event::Settled => {
-                tracing::info!("swarm agrees: same version vector and digest everywhere")
-            }
+            Output::Event(e) => report::record(&self.series, e),
         }
     }
 
@@ -314,27 +256,9 @@ impl Shell {
                 self.input(Input::State(st));
             }
             FromCompute::Image(image) => {
-                // δ from compute, the log's prefix from the core; encoded off the reactor.
-                let prefix: Vec<snapshot::LogEntries> = self
-                    .core
-                    .log()
-                    .prefix(&image.vv)
-                    .into_iter()
-                    .map(|s| {
-                        (
-                            s.origin,
-                            s.codes,
-                            s.payloads.iter().map(|p| p.to_vec()).collect(),
-                        )
-                    })
-                    .collect();
-                let tx = self.done_tx.clone();
-                tokio::task::spawn_blocking(move || {
-                    let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
-                    let s = snapshot::encode(&deltas, &image.vv, image.digest, prefix);
-                    tracing::info!(chunks = s.chunks.len(), "snapshot made");
-                    let _ = tx.blocking_send(Done::Snapshot(Arc::new(s)));
-                });
+                // δ from compute, the log's prefix from the core.
+                let prefix = self.core.log().prefix(&image.vv);
+                blocking::snapshot(*image, prefix, self.done_tx.clone());
             }
             FromCompute::Installed(r) => self.input(Input::Installed(r)),
             FromCompute::Failed(e) => self.failure = Some(e),
@@ -454,57 +378,22 @@ impl Shell {
         let bytes = self.bandwidth.totals();
         let now = Instant::now();
         let applied = self.core.state().map_or(0, |s| s.applied);
-        let mut rates = (0.0, 0.0, 0.0);
-        if let Some((t, a, bi, bo)) = self.last_rate {
-            let dt = now.duration_since(t).as_secs_f64().max(1e-3);
-            rates = (
-                applied.saturating_sub(a) as f64 / dt,
-                bytes.0.saturating_sub(bi) as f64 / dt,
-                bytes.1.saturating_sub(bo) as f64 / dt,
-            );
-        }
-        self.last_rate = Some((now, applied, bytes.0, bytes.1));
-        let mesh_peers = self
-            .swarm
-            .behaviour()
-            .gossipsub
-            .mesh_peers(&self.topics.updates.hash())
-            .count();
-        let status = report::status(
-            &self.core,
-            report::Swarm {
-                peer_id: self.swarm.local_peer_id().to_string(),
-                mode: self.mode.clone(),
-                listen: self.listen.iter().map(|a| a.to_string()).collect(),
-                connected: self.swarm.connected_peers().count(),
-                mesh_peers,
-                bytes,
-                uptime_s: now.duration_since(self.started).as_secs_f64(),
-                rates,
-            },
-        );
-        let s = &self.series;
-        s.peers.set(status.peers as i64);
-        s.mesh_peers.set(mesh_peers as i64);
-        s.backlog.set(status.backlog as i64);
-        s.updates_applied.set(applied as i64);
-        s.version_vector_lag.set(self.core.lag() as i64);
-        if let Some(st) = self.core.state() {
-            s.loss.set(f64::from(st.loss));
-            if let Some(e) = st.eval {
-                s.accuracy.set(e.accuracy());
-            }
-        }
+        let g = &self.swarm.behaviour().gossipsub;
+        let mesh_peers = g.mesh_peers(&self.topics.updates.hash()).count();
+        let swarm = report::Swarm {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            mode: self.mode.clone(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            connected: self.swarm.connected_peers().count(),
+            mesh_peers,
+            bytes,
+            uptime_s: now.duration_since(self.started).as_secs_f64(),
+            rates: self.rates.sample(now, applied, bytes),
+        };
+        let status = report::status(&self.core, swarm);
+        report::gauges(&self.series, &self.core, &status);
         if let Some(dir) = &self.data_dir {
-            if let Ok(text) = serde_json::to_string_pretty(&status) {
-                let dir = dir.clone();
-                tokio::task::spawn_blocking(move || {
-                    let tmp = dir.join("status.json.tmp");
-                    if std::fs::write(&tmp, text).is_ok() {
-                        let _ = std::fs::rename(&tmp, dir.join("status.json"));
-                    }
-                });
-            }
+            report::write_json(dir.clone(), &status);
         }
         self.status_tx.send_replace(status.clone());
         status
