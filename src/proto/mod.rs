@@ -482,3 +482,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

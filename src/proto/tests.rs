@@ -1,0 +1,176 @@
+//! Unit tests of the core alone (the simulator in `tests/sim` checks the
+//! swarm's properties over many cores).
+
+use super::*;
+use crate::seed::RunId;
+
+impl Peer for u8 {
+    fn origin(&self) -> Option<Origin> {
+        Some(Origin([*self; 32]))
+    }
+}
+
+fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
+    let t0 = Instant::now();
+    let settings = Settings {
+        origin: Origin([origin; 32]),
+        max_rate: 1000.0,
+        publish_interval: Duration::from_millis(100),
+        publish_max: 4,
+        heartbeat_interval: Duration::from_millis(300),
+        timing: Timing::default(),
+        join,
+        min_peers: 0,
+        exit_when_settled: true,
+        settle_timeout: Duration::from_secs(60),
+        max_delta_bytes: 1 << 20,
+        shapes: vec![("w".into(), 8)],
+        drop_incoming: 0.0,
+    };
+    (Core::new(settings, Log::in_memory(RunId([0; 32])), t0), t0)
+}
+
+fn drain(c: &mut Core<u8, u64, u64>) -> Vec<Output<u8, u64, u64>> {
+    std::iter::from_fn(|| c.poll())
+        .filter(|o| !matches!(o, Output::Event(_)))
+        .collect()
+}
+
+#[test]
+fn own_updates_are_stored_batched_and_never_handed_back() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    for seq in 0..4 {
+        c.handle(
+            t0,
+            Input::Own {
+                seq,
+                update: Own::Code(3),
+            },
+        );
+    }
+    // publish_max = 4: one batch of four, published at once.
+    let out = drain(&mut c);
+    let batches: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Publish {
+                topic: Topic::Updates,
+                data,
+                end,
+            } => Some((data.clone(), *end)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(batches, vec![(wire::encode_updates(0, &[3; 4]), Some(4))]);
+    assert_eq!(c.log().next_seq(&Origin([1; 32])), 4);
+    assert!(
+        c.next_apply(100).is_none(),
+        "own updates are applied by compute"
+    );
+}
+
+#[test]
+fn foreign_batches_are_handed_out_in_order_once() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    let gossip = |id, first, codes: &[u8]| Input::Gossip {
+        id,
+        from: 2,
+        source: Some(2),
+        topic: Some(Topic::Updates),
+        data: wire::encode_updates(first, codes),
+    };
+    c.handle(t0, gossip(1, 2, &[7, 8]));
+    assert!(c.next_apply(100).is_none(), "nothing contiguous yet");
+    c.handle(t0, gossip(2, 0, &[5, 6]));
+    let verdicts: Vec<_> = drain(&mut c)
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Verdict { id, verdict, .. } => Some((id, verdict)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(verdicts, vec![(1, Verdict::Accept), (2, Verdict::Accept)]);
+    let seg = c.next_apply(3).expect("contiguous");
+    assert_eq!((seg.first_seq, seg.codes.clone()), (0, vec![5, 6, 7]));
+    let seg = c.next_apply(3).expect("the rest");
+    assert_eq!((seg.first_seq, seg.codes), (3, vec![8]));
+    assert!(c.next_apply(3).is_none());
+}
+
+#[test]
+fn unknown_versions_are_ignored_and_counted_not_rejected() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    for (id, topic) in [Topic::Updates, Topic::Status, Topic::Deltas]
+        .into_iter()
+        .enumerate()
+    {
+        c.handle(
+            t0,
+            Input::Gossip {
+                id: id as u64,
+                from: 2,
+                source: Some(2),
+                topic: Some(topic),
+                data: vec![200, 1, 2, 3],
+            },
+        );
+    }
+    let out = drain(&mut c);
+    assert!(out.iter().all(|o| matches!(
+        o,
+        Output::Verdict {
+            verdict: Verdict::Ignore,
+            ..
+        }
+    )));
+    assert_eq!(out.len(), 3);
+    assert_eq!(c.stats().rejected.get("unknown_version"), Some(&3));
+}
+
+#[test]
+fn nothing_is_handed_out_while_joining_by_snapshot() {
+    let (mut c, t0) = core(1, join::Mode::Snapshot);
+    c.handle(
+        t0,
+        Input::Gossip {
+            id: 0,
+            from: 2,
+            source: Some(2),
+            topic: Some(Topic::Updates),
+            data: wire::encode_updates(0, &[5]),
+        },
+    );
+    assert!(c.next_apply(10).is_none(), "held until the snapshot is in");
+    c.handle(t0, Input::Tick);
+    assert!(!drain(&mut c)
+        .iter()
+        .any(|o| matches!(o, Output::StartTraining)));
+}
+
+#[test]
+fn held_offer_requests_are_bounded() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    for ch in 0..(MAX_OFFER_WAITING as u64 + 10) {
+        c.handle(
+            t0,
+            Input::Request {
+                from: 2,
+                request: wire::Request::Offer,
+                channel: ch,
+            },
+        );
+    }
+    let busy = drain(&mut c)
+        .into_iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Respond {
+                    response: wire::Response::Refused(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(busy, 10, "beyond the bound, offers are refused at once");
+}
