@@ -4,7 +4,7 @@
 
 use crate::log::Segment;
 use crate::seed::hex;
-use crate::snapshot::{self, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::train::Image;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,18 +25,7 @@ pub(super) enum Done {
 /// Encodes a snapshot of `image` with the log's `prefix` up to its version vector.
 pub(super) fn snapshot(image: Image, prefix: Vec<Segment>, tx: mpsc::Sender<Done>) {
     tokio::task::spawn_blocking(move || {
-        let entries: Vec<snapshot::LogEntries> = prefix
-            .into_iter()
-            .map(|s| {
-                (
-                    s.origin,
-                    s.codes,
-                    s.payloads.iter().map(|p| p.to_vec()).collect(),
-                )
-            })
-            .collect();
-        let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
-        let s = snapshot::encode(&deltas, &image.vv, image.digest, entries);
+        let s = crate::train::snapshot(&image, prefix);
         tracing::info!(chunks = s.chunks.len(), "snapshot made");
         let _ = tx.blocking_send(Done::Snapshot(Arc::new(s)));
     });

@@ -222,6 +222,23 @@ pub fn image(replica: &Replica) -> Image {
     }
 }
 
+/// The snapshot of `image` with the log's `prefix` up to its version vector
+/// (from [`crate::log::Log::prefix`]).
+pub fn snapshot(image: &Image, prefix: Vec<Segment>) -> crate::snapshot::Snapshot {
+    let entries: Vec<crate::snapshot::LogEntries> = prefix
+        .into_iter()
+        .map(|s| {
+            (
+                s.origin,
+                s.codes,
+                s.payloads.iter().map(|p| p.to_vec()).collect(),
+            )
+        })
+        .collect();
+    let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
+    crate::snapshot::encode(&deltas, &image.vv, image.digest, entries)
+}
+
 /// Installs a snapshot into a replica that holds no update yet: checks the
 /// chunks, the digest of the received `δ` and that its log covers exactly its
 /// version vector (every delta with its payload); returns the snapshot's log.

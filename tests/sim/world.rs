@@ -26,7 +26,6 @@ use seedswarm::net::wire;
 use seedswarm::proto::{self, join, ComputeState, Core, Input, Output, Own, Topic, Verdict};
 use seedswarm::replica::{Replica, Rules};
 use seedswarm::seed::{Origin, RunId};
-use seedswarm::snapshot;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
@@ -801,21 +800,7 @@ impl World {
     fn make_snapshot(&mut self, id: Id) {
         let Some(n) = self.nodes.get(&id) else { return };
         let image = seedswarm::train::image(&n.replica);
-        let prefix: Vec<snapshot::LogEntries> = n
-            .core
-            .log()
-            .prefix(&image.vv)
-            .into_iter()
-            .map(|s| {
-                (
-                    s.origin,
-                    s.codes,
-                    s.payloads.iter().map(|p| p.to_vec()).collect(),
-                )
-            })
-            .collect();
-        let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
-        let s = snapshot::encode(&deltas, &image.vv, image.digest, prefix);
+        let s = seedswarm::train::snapshot(&image, n.core.log().prefix(&image.vv));
         self.input(id, Input::Snapshot(Arc::new(s)));
     }
 
