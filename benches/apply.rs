@@ -5,9 +5,9 @@
 //! Run: `cargo bench --bench apply` (set `RAYON_NUM_THREADS=1` for per-core figures).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use seedswarm::perturb::{self, Kind};
-use seedswarm::replica::{apply_gaussian, apply_rademacher};
-use seedswarm::seed::{derive, Origin, RunId, Seed};
+use seedswarm::crdt::replica::{apply_gaussian, apply_rademacher};
+use seedswarm::zo::perturb::{self, Kind};
+use seedswarm::zo::seed::{derive, Origin, RunId, Seed};
 use std::hint::black_box;
 
 const PARAMS: usize = 134_515_008;

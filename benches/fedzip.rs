@@ -10,10 +10,10 @@
 //! the fixed per-tensor header matters less); one JSON line per setting.
 
 use seedswarm::config::{Config, TaskSpec};
-use seedswarm::fedzip::{self, Positions, Settings};
+use seedswarm::delta::fedzip::{self, Positions, Settings};
 use seedswarm::model::{Batch, Eval, Model};
-use seedswarm::seed::Origin;
 use seedswarm::train;
+use seedswarm::zo::seed::Origin;
 
 fn config() -> Config {
     Config::load(std::path::Path::new(concat!(

@@ -13,7 +13,7 @@
 //! otherwise). One JSON line per setting.
 
 use seedswarm::config::Config;
-use seedswarm::fedzip::{self, Positions, Settings};
+use seedswarm::delta::fedzip::{self, Positions, Settings};
 use seedswarm::model::{Batch, Eval, Model};
 use seedswarm::train;
 use std::path::Path;

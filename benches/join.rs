@@ -31,7 +31,7 @@ fn config() -> Config {
     }
     cfg.run.batch_size = 8;
     // Contributions of a few hundred units, as with LM learning rates.
-    cfg.run.schedule = seedswarm::replica::Schedule::Constant { lr: 1e-5 };
+    cfg.run.schedule = seedswarm::crdt::replica::Schedule::Constant { lr: 1e-5 };
     cfg.node.eval_every = 0;
     cfg.node.eval_batch = 64;
     cfg

@@ -5,12 +5,12 @@
 //! message naming the field. The run id is the BLAKE3 hash of the canonical
 //! (JSON, fixed field order) manifest together with the base model hash.
 
-use crate::codec;
+use crate::crdt::replica::Schedule;
 use crate::model::tiny;
-use crate::perturb::Kind;
-use crate::replica::Schedule;
-use crate::seed::RunId;
 use crate::task;
+use crate::zo::codec;
+use crate::zo::perturb::Kind;
+use crate::zo::seed::RunId;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -169,7 +169,7 @@ pub struct FirstOrder {
     /// Examples per local step (0 = run.batch_size).
     pub batch_size: usize,
     /// How the delta is compressed.
-    pub compression: crate::fedzip::Settings,
+    pub compression: crate::delta::fedzip::Settings,
 }
 
 impl Default for FirstOrder {
@@ -178,7 +178,7 @@ impl Default for FirstOrder {
             local_steps: 10,
             lr: 0.5,
             batch_size: 0,
-            compression: crate::fedzip::Settings::default(),
+            compression: crate::delta::fedzip::Settings::default(),
         }
     }
 }
@@ -406,10 +406,10 @@ impl Config {
                 d.max_norm
             ));
         }
-        if !(64..=crate::log::MAX_DELTA_BYTES).contains(&d.max_bytes) {
+        if !(64..=crate::crdt::log::MAX_DELTA_BYTES).contains(&d.max_bytes) {
             return Err(format!(
                 "run.delta.max_bytes must be within 64..={}, got {}",
-                crate::log::MAX_DELTA_BYTES,
+                crate::crdt::log::MAX_DELTA_BYTES,
                 d.max_bytes
             ));
         }

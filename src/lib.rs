@@ -4,23 +4,31 @@
 //! of `(run, origin, seq)`, measures two losses, and publishes the projected
 //! gradient as one byte. Replicas are a CRDT over integer accumulators, so the
 //! same set of updates gives the same bits in any order.
+//!
+//! The modules follow the pipeline of an update:
+//!
+//! | stage | module |
+//! |---|---|
+//! | randomness and the one-byte codec | [`zo`] (`seed`, `perturb`, `codec`), [`varint`] |
+//! | CRDT replica, update log, snapshots | [`crdt`] (`replica`, `log`, `snapshot`) |
+//! | compressed sparse deltas | [`delta`] (`fedzip`, safetensors `files`) |
+//! | model | [`model`] (built-in classifier, llama) |
+//! | data | [`task`] |
+//! | training | [`train`] (`Trainer`, the one loop `Session`, single-node commands) |
+//! | protocol core (no IO) | [`proto`] |
+//! | network shell | [`net`] (behaviour, transports, wire formats), [`node`] (shell, compute thread) |
+//! | observability | [`obs`] (`metrics`, `http`, `status`) |
+//! | configuration, CLI | [`config`], `main.rs` |
 
-pub mod codec;
 pub mod config;
+pub mod crdt;
 pub mod delta;
-pub mod fedzip;
-pub mod http;
-pub mod log;
-pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod node;
-pub mod perturb;
+pub mod obs;
 pub mod proto;
-pub mod replica;
-pub mod seed;
-pub mod snapshot;
-pub mod status;
 pub mod task;
 pub mod train;
 pub mod varint;
+pub mod zo;

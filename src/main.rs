@@ -5,7 +5,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seedswarm::config::Config;
-use seedswarm::{delta, node, train};
+use seedswarm::delta::files as delta;
+use seedswarm::{node, train};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -146,7 +147,7 @@ enum Command {
         iterations: Option<usize>,
         /// Position coding: diff or plain (default diff).
         #[arg(long, conflicts_with = "apply")]
-        positions: Option<seedswarm::fedzip::Positions>,
+        positions: Option<seedswarm::delta::fedzip::Positions>,
         /// Output: the compressed delta, or with --apply the weights (.safetensors).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -292,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch,
             interval,
         } => loop {
-            let rep = seedswarm::status::poll(&urls, Duration::from_secs(3));
+            let rep = seedswarm::obs::status::poll(&urls, Duration::from_secs(3));
             if watch {
                 print!("\x1b[2J\x1b[H");
             }
@@ -347,8 +348,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => match (apply, input) {
             (Some(apply), _) => delta_apply(&base, &apply, out.as_deref()),
             (None, Some(input)) => {
-                let d = seedswarm::fedzip::Settings::default();
-                let s = seedswarm::fedzip::Settings {
+                let d = seedswarm::delta::fedzip::Settings::default();
+                let s = seedswarm::delta::fedzip::Settings {
                     top_z: top_z.unwrap_or(d.top_z),
                     clusters: clusters.unwrap_or(d.clusters),
                     iterations: iterations.unwrap_or(d.iterations),
@@ -486,7 +487,7 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> 
 fn delta_compress(
     base: &Path,
     input: &Path,
-    s: &seedswarm::fedzip::Settings,
+    s: &seedswarm::delta::fedzip::Settings,
     out: Option<&Path>,
     summary: Option<&Path>,
 ) -> anyhow::Result<()> {

@@ -11,7 +11,7 @@
 //! `0, 1, 2, 3, …`), so that small magnitudes of either sign stay short.
 //!
 //! Used by update batches ([`crate::net::wire`]), snapshot segments
-//! ([`crate::snapshot`], zigzag `i32`) and FedZip deltas ([`crate::fedzip`]).
+//! ([`crate::crdt::snapshot`], zigzag `i32`) and FedZip deltas ([`crate::delta::fedzip`]).
 
 /// Longest encoding of a `u64`, bytes.
 pub const MAX_LEN: usize = 10;

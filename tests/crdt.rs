@@ -2,12 +2,12 @@
 //! order, through the log (which buffers out-of-order batches) and the replica.
 
 use proptest::prelude::*;
-use seedswarm::codec::{Codec, Settings};
-use seedswarm::fedzip;
-use seedswarm::log::{Log, Payload, DELTA};
-use seedswarm::perturb::Kind;
-use seedswarm::replica::{Replica, Rules, Schedule, Update};
-use seedswarm::seed::{Origin, RunId};
+use seedswarm::crdt::log::{Log, Payload, DELTA};
+use seedswarm::crdt::replica::{Replica, Rules, Schedule, Update};
+use seedswarm::delta::fedzip;
+use seedswarm::zo::codec::{Codec, Settings};
+use seedswarm::zo::perturb::Kind;
+use seedswarm::zo::seed::{Origin, RunId};
 
 fn replica(kind: Kind) -> Replica {
     let rules = Rules {
@@ -181,7 +181,7 @@ fn gaps_are_refused_by_the_replica() {
 #[test]
 fn perturbation_is_undone_by_rematerializing() {
     let r = replica(Kind::Gaussian);
-    let seed = seedswarm::seed::derive(&RunId([9; 32]), &Origin([4; 32]), 0);
+    let seed = seedswarm::zo::seed::derive(&RunId([9; 32]), &Origin([4; 32]), 0);
     let mut w = vec![0f32; 1000];
     r.materialize(0, &mut w);
     let clean = w.clone();

@@ -2,7 +2,7 @@
 //! result to A, and reject mismatched inputs.
 
 use candle_core::{DType, Device, Tensor};
-use seedswarm::fedzip::{self, Settings};
+use seedswarm::delta::fedzip::{self, Settings};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;

@@ -16,7 +16,7 @@ use libp2p::gossipsub;
 use libp2p::swarm::SwarmEvent;
 use seedswarm::net::{self, wire, BehaviourEvent, Topics};
 use seedswarm::node::{Node, Options};
-use seedswarm::seed::RunId;
+use seedswarm::zo::seed::RunId;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,9 +143,9 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
     let topics = Topics::new(&run);
     let mut peer = attacker(&topics, &victim).await;
     let origin = net::origin_of_peer(peer.local_peer_id()).unwrap().to_hex();
-    let s = seedswarm::fedzip::Settings::default();
-    let good = seedswarm::fedzip::encode(
-        &seedswarm::fedzip::compress(&[("head.bias", &[0.01f32, -0.02][..])], &s).unwrap(),
+    let s = seedswarm::delta::fedzip::Settings::default();
+    let good = seedswarm::delta::fedzip::encode(
+        &seedswarm::delta::fedzip::compress(&[("head.bias", &[0.01f32, -0.02][..])], &s).unwrap(),
         s.positions,
     );
     let garbage = vec![0xabu8; 50];

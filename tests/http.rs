@@ -6,8 +6,8 @@ mod common;
 
 use common::{config, until};
 
-use seedswarm::http::get;
 use seedswarm::node::{Node, Options};
+use seedswarm::obs::http::get;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;

@@ -101,7 +101,7 @@ async fn a_node_joins_a_mixed_swarm_from_a_snapshot_that_carries_deltas() {
     cfg.node.steps = 100;
     let e = seedswarm::train::Trainer::from_dir(
         &cfg,
-        seedswarm::seed::Origin([0; 32]),
+        seedswarm::zo::seed::Origin([0; 32]),
         Some(&dir.path().join("c")),
     )
     .unwrap();

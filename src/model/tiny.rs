@@ -5,8 +5,8 @@
 //! node builds the same base model without a download.
 
 use super::{Batch, Error, Eval, Model, ParamSpec};
-use crate::perturb;
-use crate::seed::Seed;
+use crate::zo::perturb;
+use crate::zo::seed::Seed;
 use candle_core::{DType, Device, Tensor, D};
 use serde::{Deserialize, Serialize};
 

@@ -11,7 +11,7 @@ pub mod wire;
 
 pub use bandwidth::Bandwidth;
 
-use crate::seed::{Origin, RunId};
+use crate::zo::seed::{Origin, RunId};
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, OrTransport};
 use libp2p::core::{upgrade, Transport};
@@ -244,7 +244,7 @@ pub fn build(
                     request_response::cbor::codec::Codec::default()
                         .set_request_size_maximum(4 * 1024)
                         .set_response_size_maximum(
-                            4 * wire::MAX_RANGE + 4096 + crate::log::MAX_DELTA_BYTES as u64,
+                            4 * wire::MAX_RANGE + 4096 + crate::crdt::log::MAX_DELTA_BYTES as u64,
                         ),
                     [(
                         StreamProtocol::new(SYNC_PROTOCOL),

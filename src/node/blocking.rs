@@ -2,10 +2,10 @@
 //! keeping and reading back the chunks of an interrupted join. Results come
 //! back to the shell as [`Done`] and go on to the core as inputs.
 
-use crate::log::Segment;
-use crate::seed::hex;
-use crate::snapshot::Snapshot;
-use crate::train::Image;
+use crate::crdt::log::Segment;
+use crate::crdt::snapshot::Image;
+use crate::crdt::snapshot::Snapshot;
+use crate::zo::seed::hex;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ pub(super) enum Done {
 /// Encodes a snapshot of `image` with the log's `prefix` up to its version vector.
 pub(super) fn snapshot(image: Image, prefix: Vec<Segment>, tx: mpsc::Sender<Done>) {
     tokio::task::spawn_blocking(move || {
-        let s = crate::train::snapshot(&image, prefix);
+        let s = crate::crdt::snapshot::of(&image, prefix);
         tracing::info!(chunks = s.chunks.len(), "snapshot made");
         let _ = tx.blocking_send(Done::Snapshot(Arc::new(s)));
     });

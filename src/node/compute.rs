@@ -3,11 +3,12 @@
 //! the protocol core hands over, copies the replica for snapshots, installs
 //! them, and reports its state; the network loop never waits on it.
 
-use crate::log::Segment;
-use crate::metrics::Series;
+use crate::crdt::log::Segment;
+use crate::crdt::snapshot::Image;
 use crate::model::Eval;
+use crate::obs::metrics::Series;
 use crate::proto::ComputeState;
-use crate::train::{Image, Made, Session};
+use crate::train::{Made, Session};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as smpsc;
 use std::sync::Arc;

@@ -7,13 +7,13 @@
 //! snapshots are encoded there.
 
 use crate::config::{self, Config, NodeSettings};
-use crate::http;
-use crate::log::Log;
-use crate::metrics::Series;
+use crate::crdt::log::Log;
 use crate::net::{self, Topics};
+use crate::obs::http;
+use crate::obs::metrics::Series;
 use crate::proto::{self, join, Core, Timing};
-use crate::seed::Origin;
 use crate::train::{self, Session};
+use crate::zo::seed::Origin;
 use compute::{FromCompute, ToCompute};
 use futures::StreamExt;
 use libp2p::identity::Keypair;

@@ -2,10 +2,10 @@
 //! dashboard, tests) and the [`Summary`] of a finished node, built from the
 //! protocol core's counters, the compute state and the swarm's numbers.
 
-use crate::metrics::Series;
+use crate::crdt::replica::VersionVector;
+use crate::obs::metrics::Series;
 use crate::proto::{ComputeState, Core, Event, Peer, Stats};
-use crate::replica::VersionVector;
-use crate::seed::hex;
+use crate::zo::seed::hex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};

@@ -11,7 +11,7 @@
 //! against this run's trainable tensors.
 
 use super::*;
-use crate::log::DELTA;
+use crate::crdt::log::DELTA;
 use crate::net::wire::DeltaAnnounce;
 
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
@@ -265,7 +265,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return Err(format!("delta of {} bytes", payload.len()));
         }
         let params: u64 = self.settings.shapes.iter().map(|(_, n)| *n).sum();
-        let d = crate::fedzip::decode(payload, params).map_err(|e| e.to_string())?;
+        let d = crate::delta::fedzip::decode(payload, params).map_err(|e| e.to_string())?;
         for t in &d.tensors {
             match self.settings.shapes.iter().find(|(n, _)| *n == t.name) {
                 Some((_, len)) if *len == t.len => {}

@@ -1,12 +1,12 @@
 //! The core's interface: its inputs, outputs, events, settings and counters,
 //! and what it needs to know of peers and of the compute side.
 
-use crate::log::{Payload, Segment};
+use crate::crdt::log::{Payload, Segment};
+use crate::crdt::replica::VersionVector;
+use crate::crdt::snapshot::Snapshot;
 use crate::model::Eval;
 use crate::net::wire;
-use crate::replica::VersionVector;
-use crate::seed::Origin;
-use crate::snapshot::Snapshot;
+use crate::zo::seed::Origin;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -49,7 +49,7 @@ pub enum Verdict {
 pub enum Own {
     /// A one-byte update.
     Code(u8),
-    /// A compressed sparse delta (its code in the log is [`crate::log::DELTA`]).
+    /// A compressed sparse delta (its code in the log is [`crate::crdt::log::DELTA`]).
     Delta(Payload),
 }
 

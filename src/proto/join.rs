@@ -12,7 +12,7 @@
 //! resumes.
 
 use crate::net::wire::{Request, Response};
-use crate::seed::hex;
+use crate::zo::seed::hex;
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};

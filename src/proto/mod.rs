@@ -31,11 +31,11 @@ mod io;
 mod publish;
 mod serve;
 
-use crate::log::{Log, Payload, Segment};
+use crate::crdt::log::{Log, Payload, Segment};
+use crate::crdt::replica::VersionVector;
+use crate::crdt::snapshot::Snapshot;
 use crate::net::wire::{self, Heartbeat};
-use crate::replica::VersionVector;
-use crate::seed::Origin;
-use crate::snapshot::Snapshot;
+use crate::zo::seed::Origin;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::sync::Arc;

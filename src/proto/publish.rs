@@ -36,9 +36,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                     len: payload.len() as u32,
                     hash: *blake3::hash(&payload).as_bytes(),
                 };
-                if let Err(e) = self
-                    .log
-                    .insert_with(origin, seq, &[crate::log::DELTA], &[payload])
+                if let Err(e) =
+                    self.log
+                        .insert_with(origin, seq, &[crate::crdt::log::DELTA], &[payload])
                 {
                     tracing::warn!(error = %e, "cannot store own delta");
                 }

@@ -5,8 +5,8 @@
 //! fails, forgets peers that left or went silent, and tells when the swarm has
 //! settled (every live peer done, same version vector, same digest).
 
-use crate::replica::VersionVector;
-use crate::seed::Origin;
+use crate::crdt::replica::VersionVector;
+use crate::zo::seed::Origin;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! snapshot offers and chunks, and taking in the answers to our own requests.
 
 use super::*;
-use crate::log::DELTA;
+use crate::crdt::log::DELTA;
 
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub(super) fn on_request(&mut self, from: P, request: wire::Request, channel: C) {

@@ -2,7 +2,7 @@
 //! swarm's properties over many cores).
 
 use super::*;
-use crate::seed::RunId;
+use crate::zo::seed::RunId;
 
 impl Peer for u8 {
     fn origin(&self) -> Option<Origin> {

@@ -30,8 +30,8 @@
 //! the held-out split and the tokenized [`PromptData`].
 
 use crate::model::Batch;
-use crate::perturb;
-use crate::seed::Origin;
+use crate::zo::perturb;
+use crate::zo::seed::Origin;
 use rand_core::Rng;
 use std::path::Path;
 

@@ -3,8 +3,8 @@
 //! stream; the dev set is shared.
 
 use crate::model::Batch;
-use crate::perturb;
-use crate::seed::{Origin, Seed};
+use crate::zo::perturb;
+use crate::zo::seed::{Origin, Seed};
 use rand_core::Rng;
 use serde::{Deserialize, Serialize};
 

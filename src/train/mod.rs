@@ -14,13 +14,14 @@ mod session;
 pub use commands::{evaluate, export, run_single, EvalSummary, Progress, Summary};
 pub use session::{Made, Session};
 
-use crate::codec::Codec;
 use crate::config::{self, Config, ModelSpec, TaskSpec};
-use crate::log::{self, Log, Segment, Store};
+use crate::crdt::log::{self, Log, Segment, Store};
+use crate::crdt::replica::{self, Replica, Rules, Update};
+use crate::crdt::snapshot::{self, Image};
 use crate::model::llama::{self, Llama};
 use crate::model::{self, tiny::Tiny, Batch, Eval, Model};
-use crate::replica::{self, Replica, Rules, Update, VersionVector};
-use crate::seed::{self, Origin, RunId, Seed};
+use crate::zo::codec::Codec;
+use crate::zo::seed::{self, Origin, RunId, Seed};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,17 +64,6 @@ pub struct Step {
     pub grad: f64,
     /// Wall time of the two loss forwards, seconds.
     pub forward_seconds: [f64; 2],
-}
-
-/// What a snapshot is made of: `δ` per tensor at a version vector, and its digest.
-#[derive(Clone, Debug)]
-pub struct Image {
-    /// `δ` per trainable tensor.
-    pub deltas: Vec<Vec<i32>>,
-    /// The version vector.
-    pub vv: VersionVector,
-    /// Digest of `δ`.
-    pub digest: [u8; 32],
 }
 
 /// What one first-order round produced.
@@ -211,82 +201,6 @@ pub struct Trainer {
     origin: Origin,
     /// Largest delta payload the run accepts (`run.delta.max_bytes`).
     max_delta_bytes: usize,
-}
-
-/// A copy of a replica's `δ`, version vector and digest.
-pub fn image(replica: &Replica) -> Image {
-    Image {
-        deltas: replica.slots().iter().map(|s| s.delta.clone()).collect(),
-        vv: replica.version_vector().clone(),
-        digest: replica.digest_bytes(),
-    }
-}
-
-/// The snapshot of `image` with the log's `prefix` up to its version vector
-/// (from [`crate::log::Log::prefix`]).
-pub fn snapshot(image: &Image, prefix: Vec<Segment>) -> crate::snapshot::Snapshot {
-    let entries: Vec<crate::snapshot::LogEntries> = prefix
-        .into_iter()
-        .map(|s| {
-            (
-                s.origin,
-                s.codes,
-                s.payloads.iter().map(|p| p.to_vec()).collect(),
-            )
-        })
-        .collect();
-    let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
-    crate::snapshot::encode(&deltas, &image.vv, image.digest, entries)
-}
-
-/// Installs a snapshot into a replica that holds no update yet: checks the
-/// chunks, the digest of the received `δ` and that its log covers exactly its
-/// version vector (every delta with its payload); returns the snapshot's log.
-pub fn install_snapshot(
-    replica: &mut Replica,
-    chunks: &[Vec<u8>],
-    hashes: &[[u8; 32]],
-) -> Result<Vec<Segment>, String> {
-    if replica.applied() > 0 {
-        return Err("this node already holds updates; a snapshot is only for joining".into());
-    }
-    let lens: Vec<usize> = replica.slots().iter().map(|s| s.delta.len()).collect();
-    let d = crate::snapshot::decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
-    if replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
-        return Err("snapshot digest does not match its contents".into());
-    }
-    let segments: Vec<Segment> = d
-        .codes
-        .into_iter()
-        .map(|(origin, codes, payloads)| Segment {
-            origin,
-            first_seq: 0,
-            codes,
-            payloads: payloads.into_iter().map(Arc::new).collect(),
-        })
-        .collect();
-    let vv_of_log: VersionVector = segments
-        .iter()
-        .filter(|s| !s.codes.is_empty())
-        .map(|s| (s.origin, s.end()))
-        .collect();
-    let mut want = d.vv.clone();
-    want.retain(|_, n| *n > 0);
-    if vv_of_log != want {
-        return Err("snapshot log does not match its version vector".into());
-    }
-    for s in &segments {
-        let markers = s.codes.iter().filter(|&&c| c == log::DELTA).count();
-        if markers != s.payloads.len() {
-            return Err(format!(
-                "snapshot log of {} has {markers} delta updates but {} payloads",
-                s.origin.short(),
-                s.payloads.len()
-            ));
-        }
-    }
-    replica.install(d.deltas, d.vv).map_err(|e| e.to_string())?;
-    Ok(segments)
 }
 
 /// Opens (or creates) the update log of `data_dir` for `run`, recovering
@@ -462,17 +376,17 @@ impl Trainer {
     /// A copy of `δ`, the version vector and the digest: what a snapshot
     /// is made of (with the log's prefix up to that version vector).
     pub fn image(&self) -> Image {
-        image(&self.replica)
+        snapshot::image(&self.replica)
     }
 
     /// Installs a snapshot into a replica that holds no update yet (see
-    /// [`install_snapshot`]) and materializes the weights.
+    /// [`snapshot::install`]) and materializes the weights.
     pub fn install(
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
     ) -> Result<Vec<Segment>, String> {
-        let segments = install_snapshot(&mut self.replica, chunks, hashes)?;
+        let segments = snapshot::install(&mut self.replica, chunks, hashes)?;
         self.materialize().map_err(|e| e.to_string())?;
         Ok(segments)
     }
@@ -491,13 +405,13 @@ impl Trainer {
 
     /// One first-order round as update `next_seq()`: `local_steps` SGD steps
     /// on `batches` from the replica's weights, then the change is compressed
-    /// ([`crate::fedzip`]) and applied as a delta update like any other (so
+    /// ([`crate::delta::fedzip`]) and applied as a delta update like any other (so
     /// this node moves exactly as its peers will).
     pub fn step_first_order(
         &mut self,
         batches: &[Batch],
         lr: f32,
-        compression: &crate::fedzip::Settings,
+        compression: &crate::delta::fedzip::Settings,
     ) -> Result<FirstOrderStep, Error> {
         let seq = self.next_seq();
         let start: Vec<Vec<f32>> = self
@@ -545,9 +459,9 @@ impl Trainer {
             .zip(&diffs)
             .map(|(n, d)| (n.as_str(), d.as_slice()))
             .collect();
-        let delta = crate::fedzip::compress(&views, compression)
+        let delta = crate::delta::fedzip::compress(&views, compression)
             .map_err(|e| Error::Mismatch(format!("compressing the delta: {e}")))?;
-        let payload = crate::fedzip::encode(&delta, compression.positions);
+        let payload = crate::delta::fedzip::encode(&delta, compression.positions);
         if payload.len() > self.max_delta_bytes {
             // Peers would refuse it, and this origin's later updates with it.
             return Err(Error::Mismatch(format!(

@@ -4,7 +4,7 @@
 
 mod world;
 
-use seedswarm::log::DELTA;
+use seedswarm::crdt::log::DELTA;
 use seedswarm::net::wire;
 use seedswarm::proto::{join, Topic};
 use world::{origin_of, Id, Kind, Spec, World};

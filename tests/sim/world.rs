@@ -20,12 +20,12 @@
 //! over is applied as the node's compute thread would.
 
 use seedswarm::config::Config;
-use seedswarm::fedzip;
-use seedswarm::log::{Log, Payload, Segment, DELTA};
+use seedswarm::crdt::log::{Log, Payload, Segment, DELTA};
+use seedswarm::crdt::replica::{Replica, Rules};
+use seedswarm::delta::fedzip;
 use seedswarm::net::wire;
 use seedswarm::proto::{self, join, ComputeState, Core, Input, Output, Own, Topic, Verdict};
-use seedswarm::replica::{Replica, Rules};
-use seedswarm::seed::{Origin, RunId};
+use seedswarm::zo::seed::{Origin, RunId};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
@@ -228,7 +228,7 @@ impl World {
         let rules = Rules {
             run: RunId([7; 32]),
             kind: cfg.run.perturbation,
-            codec: seedswarm::codec::Codec::new(&cfg.run.codec),
+            codec: seedswarm::zo::codec::Codec::new(&cfg.run.codec),
             schedule: cfg.run.schedule.clone(),
             unit_bits: cfg.run.unit_bits,
             max_delta_norm: cfg.run.delta.max_norm,
@@ -472,7 +472,7 @@ impl World {
             Ev::Snapshot(id) if current(self, id) => self.make_snapshot(id),
             Ev::Install { to, chunks, hashes } if current(self, to) => {
                 let n = self.nodes.get_mut(&to).expect("node");
-                let r = seedswarm::train::install_snapshot(&mut n.replica, &chunks, &hashes);
+                let r = seedswarm::crdt::snapshot::install(&mut n.replica, &chunks, &hashes);
                 if let Ok(segments) = &r {
                     n.disk.persisted.extend(segments.iter().cloned());
                 }
@@ -799,8 +799,8 @@ impl World {
 
     fn make_snapshot(&mut self, id: Id) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let image = seedswarm::train::image(&n.replica);
-        let s = seedswarm::train::snapshot(&image, n.core.log().prefix(&image.vv));
+        let image = seedswarm::crdt::snapshot::image(&n.replica);
+        let s = seedswarm::crdt::snapshot::of(&image, n.core.log().prefix(&image.vv));
         self.input(id, Input::Snapshot(Arc::new(s)));
     }
 

@@ -12,11 +12,14 @@
 //! replicas offer identical snapshots and a joiner can fetch chunks from
 //! several of them.
 
-use crate::replica::VersionVector;
-use crate::seed::Origin;
+use crate::crdt::log::Segment;
+use crate::crdt::replica::Replica;
+use crate::crdt::replica::VersionVector;
 use crate::varint;
+use crate::zo::seed::Origin;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Bytes per chunk.
 pub const CHUNK: usize = 1 << 20;
@@ -62,7 +65,7 @@ struct Header {
 }
 
 /// An origin's log from seq 0: codes, and the payloads of its delta updates
-/// (one per [`crate::codec::DELTA`] code, in order).
+/// (one per [`crate::zo::codec::DELTA`] code, in order).
 pub type LogEntries = (Origin, Vec<u8>, Vec<Vec<u8>>);
 
 /// A snapshot ready to serve.
@@ -259,7 +262,7 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
                 "log codes do not match the version vector".into(),
             ));
         }
-        if c.iter().filter(|&&x| x == crate::codec::DELTA).count() != p.len() {
+        if c.iter().filter(|&&x| x == crate::zo::codec::DELTA).count() != p.len() {
             return Err(Error::Body(
                 "delta payloads do not match the log's delta updates".into(),
             ));
@@ -271,6 +274,97 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
         deltas,
         codes: header.codes,
     })
+}
+
+/// What a snapshot is made of: `δ` per tensor at a version vector, and its digest.
+#[derive(Clone, Debug)]
+pub struct Image {
+    /// `δ` per trainable tensor.
+    pub deltas: Vec<Vec<i32>>,
+    /// The version vector.
+    pub vv: VersionVector,
+    /// Digest of `δ`.
+    pub digest: [u8; 32],
+}
+
+/// A copy of a replica's `δ`, version vector and digest.
+pub fn image(replica: &Replica) -> Image {
+    Image {
+        deltas: replica.slots().iter().map(|s| s.delta.clone()).collect(),
+        vv: replica.version_vector().clone(),
+        digest: replica.digest_bytes(),
+    }
+}
+
+/// The snapshot of `image` with the log's `prefix` up to its version vector
+/// (from [`crate::crdt::log::Log::prefix`]).
+pub fn of(image: &Image, prefix: Vec<Segment>) -> Snapshot {
+    let entries: Vec<LogEntries> = prefix
+        .into_iter()
+        .map(|s| {
+            (
+                s.origin,
+                s.codes,
+                s.payloads.iter().map(|p| p.to_vec()).collect(),
+            )
+        })
+        .collect();
+    let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
+    encode(&deltas, &image.vv, image.digest, entries)
+}
+
+/// Installs a snapshot into a replica that holds no update yet: checks the
+/// chunks, the digest of the received `δ` and that its log covers exactly its
+/// version vector (every delta with its payload); returns the snapshot's log.
+pub fn install(
+    replica: &mut Replica,
+    chunks: &[Vec<u8>],
+    hashes: &[[u8; 32]],
+) -> Result<Vec<Segment>, String> {
+    if replica.applied() > 0 {
+        return Err("this node already holds updates; a snapshot is only for joining".into());
+    }
+    let lens: Vec<usize> = replica.slots().iter().map(|s| s.delta.len()).collect();
+    let d = decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
+    if crate::crdt::replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
+        return Err("snapshot digest does not match its contents".into());
+    }
+    let segments: Vec<Segment> = d
+        .codes
+        .into_iter()
+        .map(|(origin, codes, payloads)| Segment {
+            origin,
+            first_seq: 0,
+            codes,
+            payloads: payloads.into_iter().map(Arc::new).collect(),
+        })
+        .collect();
+    let vv_of_log: VersionVector = segments
+        .iter()
+        .filter(|s| !s.codes.is_empty())
+        .map(|s| (s.origin, s.end()))
+        .collect();
+    let mut want = d.vv.clone();
+    want.retain(|_, n| *n > 0);
+    if vv_of_log != want {
+        return Err("snapshot log does not match its version vector".into());
+    }
+    for s in &segments {
+        let markers = s
+            .codes
+            .iter()
+            .filter(|&&c| c == crate::crdt::log::DELTA)
+            .count();
+        if markers != s.payloads.len() {
+            return Err(format!(
+                "snapshot log of {} has {markers} delta updates but {} payloads",
+                s.origin.short(),
+                s.payloads.len()
+            ));
+        }
+    }
+    replica.install(d.deltas, d.vv).map_err(|e| e.to_string())?;
+    Ok(segments)
 }
 
 #[cfg(test)]
@@ -358,7 +452,7 @@ mod tests {
         let b = [7];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::codec::DELTA, 3], vec![vec![0xaa; 2]])];
+        let codes = vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![vec![0xaa; 2]])];
         let s = encode(&[&a, &b], &vv, [9; 32], codes.clone());
         assert_eq!(s.chunks.len(), 1);
         let body = &s.chunks[0];
@@ -423,7 +517,7 @@ mod tests {
         let d = vec![5i32; 10];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::codec::DELTA, 3], vec![vec![7u8; 40]])];
+        let codes = vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![vec![7u8; 40]])];
         let s = encode(&[&d], &vv, [9; 32], codes.clone());
         let got = decode(&s.chunks, &s.hashes, &[10]).unwrap();
         assert_eq!(got.codes, codes);
@@ -432,7 +526,7 @@ mod tests {
             &[&d],
             &vv,
             [9; 32],
-            vec![(o, vec![1, crate::codec::DELTA, 3], vec![])],
+            vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![])],
         );
         assert!(matches!(
             decode(&bad.chunks, &bad.hashes, &[10]),

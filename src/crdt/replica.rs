@@ -11,9 +11,9 @@
 //! fresh materialization and undone by materializing again, never by
 //! subtraction.
 
-use crate::codec::{pow2, Codec};
-use crate::perturb::{self, Kind, ROUNDING_STREAM};
-use crate::seed::{self, Origin, RunId, Seed};
+use crate::zo::codec::{pow2, Codec};
+use crate::zo::perturb::{self, Kind, ROUNDING_STREAM};
+use crate::zo::seed::{self, Origin, RunId, Seed};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -268,7 +268,7 @@ impl Replica {
     /// (`*`, `/`, `sqrt`, rounding), so every node gets the same integers.
     pub fn delta_contributions(
         &self,
-        d: &crate::fedzip::Delta,
+        d: &crate::delta::fedzip::Delta,
     ) -> Result<Vec<SparseContribution>, String> {
         let mut out = Vec::with_capacity(d.tensors.len());
         let mut sq = 0f64;
@@ -330,8 +330,8 @@ impl Replica {
 
     /// Decodes a delta payload for this replica and computes its contributions.
     pub fn decode_delta(&self, payload: &[u8]) -> Result<Vec<SparseContribution>, String> {
-        let d =
-            crate::fedzip::decode(payload, self.num_params() as u64).map_err(|e| e.to_string())?;
+        let d = crate::delta::fedzip::decode(payload, self.num_params() as u64)
+            .map_err(|e| e.to_string())?;
         self.delta_contributions(&d)
     }
 
@@ -343,13 +343,13 @@ impl Replica {
 
     /// Applies updates. Each must be the next `seq` of its origin (duplicates of
     /// already-applied seqs are skipped); one-byte updates are applied in one
-    /// pass per tensor. A delta update (code [`crate::log::DELTA`]) adds the
+    /// pass per tensor. A delta update (code [`crate::crdt::log::DELTA`]) adds the
     /// contributions of its payload, which `payload` returns. Nothing changes
     /// when any update fails.
     pub fn apply_with(
         &mut self,
         updates: &[Update],
-        payload: &dyn Fn(&Origin, u64) -> Option<crate::log::Payload>,
+        payload: &dyn Fn(&Origin, u64) -> Option<crate::crdt::log::Payload>,
     ) -> Result<usize, Error> {
         let mut fresh = Vec::with_capacity(updates.len());
         let mut sparse: Vec<SparseContribution> = Vec::new();
@@ -367,7 +367,7 @@ impl Replica {
                 });
             }
             *n += 1;
-            if u.code == crate::log::DELTA {
+            if u.code == crate::crdt::log::DELTA {
                 let bad = |reason: String| Error::BadDelta {
                     origin: u.origin.short(),
                     seq: u.seq,

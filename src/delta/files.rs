@@ -5,10 +5,10 @@
 //! of what a receiver decodes; [`apply`] adds such a delta to a base and
 //! writes the result. This module owns the file handling, the matching of
 //! tensors (shapes, dtypes, tensors present in one file only) and the
-//! [`Summary`] of a compression; the codec itself is [`crate::fedzip`].
+//! [`Summary`] of a compression; the codec itself is [`crate::delta::fedzip`].
 //! Nothing here prints: the command line reports the summaries.
 
-use crate::fedzip::{self, Positions, Settings};
+use crate::delta::fedzip::{self, Positions, Settings};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};

@@ -9,12 +9,12 @@
 //! to the nearest or stochastically (unbiased) with a uniform drawn from the
 //! update's seed, so an origin's encoding is reproducible.
 
-use crate::perturb::{uniform, CODEC_STREAM};
-use crate::seed::Seed;
+use crate::zo::perturb::{uniform, CODEC_STREAM};
+use crate::zo::seed::Seed;
 use serde::{Deserialize, Serialize};
 
 /// The code that marks a delta update (a compressed sparse delta,
-/// [`crate::fedzip`]) in an origin's stream of codes: "negative zero" (sign
+/// [`crate::delta::fedzip`]) in an origin's stream of codes: "negative zero" (sign
 /// bit, magnitude index 0). [`Codec::encode`] never produces it (a zero
 /// magnitude is always encoded as `0`), and as a one-byte update it decodes
 /// to exactly zero, so it contributes nothing.
@@ -173,7 +173,7 @@ pub fn pow2(e: i32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seed::{derive, Origin, RunId};
+    use crate::zo::seed::{derive, Origin, RunId};
 
     fn codec(stochastic: bool) -> Codec {
         Codec::new(&Settings {

@@ -23,7 +23,7 @@ pub fn poll(urls: &[String], timeout: Duration) -> Report {
     for u in urls {
         let base = u.trim_end_matches('/').trim_end_matches("/status");
         let url = format!("{base}/status");
-        let r = crate::http::get(&url, timeout).and_then(|(code, body)| {
+        let r = crate::obs::http::get(&url, timeout).and_then(|(code, body)| {
             if code != 200 {
                 return Err(format!("{url}: HTTP {code}"));
             }

@@ -11,7 +11,7 @@
 //! Streams at the top of the 64-bit range are reserved for rounding decisions
 //! (see [`uniform`]).
 
-use crate::seed::Seed;
+use crate::zo::seed::Seed;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
@@ -112,7 +112,7 @@ pub fn fill(kind: Kind, seed: &Seed, tensor: u64, start: usize, out: &mut [f32])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::seed::{derive, Origin, RunId};
+    use crate::zo::seed::{derive, Origin, RunId};
 
     fn seed() -> Seed {
         derive(&RunId([7; 32]), &Origin([9; 32]), 42)

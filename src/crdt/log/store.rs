@@ -1,0 +1,239 @@
+//! The update log's file: an append-only sequence of records, each checked
+//! by the first 8 bytes of its BLAKE3 (the format is in the parent module's
+//! docs). Opening recovers every complete record into a [`Log`] and cuts a
+//! torn or corrupt tail.
+
+use super::*;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+pub(super) const MAGIC: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x01";
+/// Flag bit of a delta record's length field.
+const DELTA_FLAG: u32 = 1 << 31;
+pub(super) const HEADER: usize = 48;
+
+/// What opening a log found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Complete records read.
+    pub records: u64,
+    /// Updates recovered.
+    pub updates: u64,
+    /// Bytes of torn or corrupt tail that were cut off.
+    pub truncated_bytes: u64,
+}
+
+/// The log's file: an append-only sequence of checked records.
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl Store {
+    /// Opens or creates the log file at `path` for `run`, recovering every
+    /// complete record into a [`Log`].
+    pub fn open(path: &Path, run: RunId) -> Result<(Log, Store, Recovery), Error> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut log = Log::in_memory(run);
+        let mut rec = Recovery::default();
+        if bytes.is_empty() {
+            file.write_all(MAGIC).map_err(io)?;
+            file.write_all(&run.0).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        } else {
+            if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+                return Err(Error::Refused {
+                    path: path.to_owned(),
+                    reason: "not a seedswarm update log (bad header); move it away to start afresh"
+                        .into(),
+                });
+            }
+            if bytes[16..48] != run.0 {
+                return Err(Error::Refused {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "belongs to run {} but this node runs {}; use another data dir",
+                        hex_short(&bytes[16..48]),
+                        run.short()
+                    ),
+                });
+            }
+            let mut pos = HEADER;
+            while let Some((origin, first, record, next)) = parse_record(&bytes, pos) {
+                match record {
+                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec()),
+                    Record::Delta(payload) => {
+                        log.payloads
+                            .insert((origin, first), Payload::new(payload.to_vec()));
+                        log.accept(origin, first, vec![DELTA]);
+                    }
+                }
+                rec.records += 1;
+                rec.updates = log.len();
+                pos = next;
+            }
+            if pos < bytes.len() {
+                rec.truncated_bytes = (bytes.len() - pos) as u64;
+                tracing::warn!(
+                    path = %path.display(),
+                    kept_records = rec.records,
+                    cut_bytes = rec.truncated_bytes,
+                    "update log had a torn or corrupt tail; recovered every complete record before it"
+                );
+                file.set_len(pos as u64).map_err(io)?;
+                file.seek(SeekFrom::End(0)).map_err(io)?;
+            }
+            // Buffered data is not persisted; anything recovered is contiguous.
+            log.pending.clear();
+            log.drop_stray_payloads();
+        }
+        let store = Store {
+            path: path.to_owned(),
+            file: BufWriter::new(file),
+        };
+        Ok((log, store, rec))
+    }
+
+    /// Appends a segment (records of its one-byte runs and of each delta
+    /// update) and flushes it to the OS.
+    pub fn append(&mut self, segment: &Segment) -> Result<(), Error> {
+        let Segment {
+            origin,
+            first_seq,
+            codes,
+            payloads,
+        } = segment;
+        let first_seq = *first_seq;
+        let markers = codes.iter().filter(|&&c| c == DELTA).count();
+        if markers != payloads.len() {
+            return Err(Error::Payloads {
+                markers,
+                payloads: payloads.len(),
+            });
+        }
+        let file = &mut self.file;
+        let mut write = || -> std::io::Result<()> {
+            // Runs of one-byte codes, and one record per delta.
+            let mut start = 0;
+            let mut next = payloads.iter();
+            for (i, &c) in codes.iter().enumerate() {
+                if c != DELTA {
+                    continue;
+                }
+                if start < i {
+                    write_record(file, origin, first_seq + start as u64, &codes[start..i])?;
+                }
+                let p = next.next().map_or(&[][..], |p| p.as_slice());
+                write_delta_record(file, origin, first_seq + i as u64, p)?;
+                start = i + 1;
+            }
+            if start < codes.len() {
+                write_record(file, origin, first_seq + start as u64, &codes[start..])?;
+            }
+            file.flush()
+        };
+        write().map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn hex_short(b: &[u8]) -> String {
+    crate::zo::seed::hex(&b[..4.min(b.len())])
+}
+
+fn check(payload: &[u8]) -> [u8; 8] {
+    let h = blake3::hash(payload);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&h.as_bytes()[..8]);
+    out
+}
+
+fn write_record(
+    w: &mut impl Write,
+    origin: &Origin,
+    first: u64,
+    codes: &[u8],
+) -> std::io::Result<()> {
+    let mut payload = Vec::with_capacity(40 + codes.len());
+    payload.extend_from_slice(&origin.0);
+    payload.extend_from_slice(&first.to_le_bytes());
+    payload.extend_from_slice(codes);
+    w.write_all(&(payload.len() as u32).to_le_bytes())?;
+    w.write_all(&payload)?;
+    w.write_all(&check(&payload))
+}
+
+fn write_delta_record(
+    w: &mut impl Write,
+    origin: &Origin,
+    seq: u64,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut rec = Vec::with_capacity(40 + payload.len());
+    rec.extend_from_slice(&origin.0);
+    rec.extend_from_slice(&seq.to_le_bytes());
+    rec.extend_from_slice(payload);
+    w.write_all(&(rec.len() as u32 | DELTA_FLAG).to_le_bytes())?;
+    w.write_all(&rec)?;
+    w.write_all(&check(&rec))
+}
+
+/// What a record holds.
+enum Record<'a> {
+    /// One-byte codes from `first_seq` on.
+    Codes(&'a [u8]),
+    /// The payload of one delta update at `first_seq`.
+    Delta(&'a [u8]),
+}
+
+/// Parses the record at `pos`: `(origin, first_seq, record, next_pos)`.
+fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, usize)> {
+    let word = u32::from_le_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?);
+    let delta = word & DELTA_FLAG != 0;
+    let len = (word & !DELTA_FLAG) as usize;
+    let max = if delta {
+        MAX_DELTA_BYTES
+    } else {
+        MAX_RECORD_CODES
+    };
+    if !(40..=40 + max).contains(&len) {
+        return None;
+    }
+    let payload = bytes.get(pos + 4..pos + 4 + len)?;
+    let sum = bytes.get(pos + 4 + len..pos + 12 + len)?;
+    if check(payload) != sum {
+        return None;
+    }
+    let origin = Origin(payload[..32].try_into().ok()?);
+    let first = u64::from_le_bytes(payload[32..40].try_into().ok()?);
+    let body = &payload[40..];
+    if !delta && body.contains(&DELTA) {
+        return None;
+    }
+    let record = if delta {
+        Record::Delta(body)
+    } else {
+        Record::Codes(body)
+    };
+    Some((origin, first, record, pos + 12 + len))
+}

@@ -1,0 +1,202 @@
+//! Golden vectors and refusal tests of the wire formats.
+
+use super::*;
+use proptest::prelude::*;
+
+#[test]
+fn golden_update_encoding() {
+    assert_eq!(encode_updates(0, &[5]), vec![1, 0, 5]);
+    assert_eq!(encode_updates(300, &[1, 2]), vec![1, 0xac, 0x02, 1, 2]);
+    assert_eq!(
+        decode_updates(&[1, 0xac, 0x02, 1, 2]),
+        Ok((300, &[1u8, 2][..]))
+    );
+}
+
+#[test]
+fn bad_batches_are_refused() {
+    assert_eq!(decode_updates(&[]), Err(Error::Truncated));
+    assert_eq!(decode_updates(&[2, 0, 1]), Err(Error::Version(2)));
+    assert_eq!(decode_updates(&[1, 0x80]), Err(Error::Truncated));
+    assert!(matches!(decode_updates(&[1, 0]), Err(Error::Malformed(_))));
+    assert!(matches!(
+        decode_updates(&[1, 0x80, 0x00, 1]),
+        Err(Error::Malformed(_))
+    ));
+    let mut big = encode_updates(0, &vec![1; MAX_BATCH + 1]);
+    assert!(matches!(decode_updates(&big), Err(Error::Oversized(_))));
+    big.truncate(MAX_BATCH);
+    assert!(decode_updates(&big).is_ok());
+    let over = [
+        1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 7,
+    ];
+    assert!(decode_updates(&over).is_err());
+}
+
+#[test]
+fn heartbeat_roundtrip_and_limits() {
+    let hb = Heartbeat {
+        vv: vec![(Origin([1; 32]), 5), (Origin([2; 32]), 9)],
+        digest: [3; 32],
+        done: true,
+        leaving: false,
+        loss: 0.25,
+        backlog: 0,
+    };
+    assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb.clone()));
+    let mut unsorted = hb.clone();
+    unsorted.vv.reverse();
+    assert!(Heartbeat::decode(&unsorted.encode()).is_err());
+    let mut bytes = hb.encode();
+    bytes.push(0);
+    assert!(Heartbeat::decode(&bytes).is_err());
+    assert!(Heartbeat::decode(&[0xff; 10]).is_err());
+}
+
+#[test]
+fn golden_heartbeat() {
+    let hb = Heartbeat {
+        vv: vec![(Origin([1; 32]), 5)],
+        digest: [3; 32],
+        done: true,
+        leaving: false,
+        loss: 0.25,
+        backlog: 300,
+    };
+    // version ‖ bincode (standard: varint lengths and integers, arrays
+    // and tuples without length, f32 LE).
+    let mut want = vec![HEARTBEAT_VERSION, 1]; // vv: one entry
+    want.extend_from_slice(&[1; 32]); // origin
+    want.push(5); // seq count
+    want.extend_from_slice(&[3; 32]); // digest
+    want.extend_from_slice(&[1, 0]); // done, leaving
+    want.extend_from_slice(&[0x00, 0x00, 0x80, 0x3e]); // loss 0.25
+    want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // backlog 300: u16 marker + LE
+    let bytes = hb.encode();
+    assert_eq!(bytes.len(), 76);
+    assert_eq!(bytes, want);
+    assert_eq!(Heartbeat::decode(&want), Ok(hb));
+    // An unknown version is told apart from malformed input.
+    let mut v2 = want.clone();
+    v2[0] = 2;
+    assert_eq!(Heartbeat::decode(&v2), Err(Error::Version(2)));
+    assert_eq!(Heartbeat::decode(&[]), Err(Error::Truncated));
+    assert!(matches!(
+        Heartbeat::decode(&want[1..]),
+        Err(Error::Version(_) | Error::Malformed(_))
+    ));
+    assert!(matches!(
+        Heartbeat::decode(&want[..40]),
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[test]
+fn golden_delta_announcement() {
+    let a = DeltaAnnounce {
+        seq: 258,
+        len: 1000,
+        hash: [7; 32],
+    };
+    let bytes = a.encode();
+    assert_eq!(bytes.len(), 45);
+    assert_eq!(&bytes[..13], &[1, 2, 1, 0, 0, 0, 0, 0, 0, 0xe8, 3, 0, 0]);
+    assert_eq!(DeltaAnnounce::decode(&bytes, 1000), Ok(a));
+    assert!(matches!(
+        DeltaAnnounce::decode(&bytes, 999),
+        Err(Error::Oversized(_))
+    ));
+    assert!(DeltaAnnounce::decode(&bytes[..44], 1000).is_err());
+    let mut zero = a;
+    zero.len = 0;
+    assert!(DeltaAnnounce::decode(&zero.encode(), 1000).is_err());
+    // A one-byte batch may not carry the delta marker.
+    assert!(matches!(
+        decode_updates(&encode_updates(0, &[1, crate::zo::codec::DELTA])),
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[test]
+fn every_gossip_decoder_names_an_unknown_version() {
+    let hb = Heartbeat {
+        vv: vec![],
+        digest: [0; 32],
+        done: false,
+        leaving: false,
+        loss: 1.0,
+        backlog: 0,
+    };
+    let announce = DeltaAnnounce {
+        seq: 1,
+        len: 10,
+        hash: [0; 32],
+    };
+    for v in [0u8, 2, 0x80, 0xff] {
+        let mut b = encode_updates(7, &[1, 2]);
+        b[0] = v;
+        assert_eq!(decode_updates(&b), Err(Error::Version(v)));
+        let mut b = announce.encode();
+        b[0] = v;
+        assert_eq!(DeltaAnnounce::decode(&b, 100), Err(Error::Version(v)));
+        let mut b = hb.encode();
+        b[0] = v;
+        assert_eq!(Heartbeat::decode(&b), Err(Error::Version(v)));
+        // Whatever follows an unknown version is not looked at.
+        assert_eq!(decode_updates(&[v]), Err(Error::Version(v)));
+        assert_eq!(DeltaAnnounce::decode(&[v], 100), Err(Error::Version(v)));
+        assert_eq!(Heartbeat::decode(&[v]), Err(Error::Version(v)));
+    }
+}
+
+#[test]
+fn range_payloads_must_match_markers() {
+    let o = Origin([1; 32]);
+    let req = Request::Range {
+        origin: o,
+        from: 0,
+        to: 10,
+    };
+    let ok = Response::Range {
+        origin: o,
+        first_seq: 0,
+        codes: Blob(vec![1, crate::zo::codec::DELTA, 2]),
+        payloads: vec![Blob(vec![9; 5])],
+    };
+    assert!(ok.validate(&req).is_ok());
+    let missing = Response::Range {
+        origin: o,
+        first_seq: 0,
+        codes: Blob(vec![1, crate::zo::codec::DELTA, 2]),
+        payloads: vec![],
+    };
+    assert!(missing.validate(&req).is_err());
+    let wrong = Response::Delta {
+        origin: o,
+        seq: 3,
+        data: Blob(vec![1]),
+    };
+    assert!(wrong
+        .validate(&Request::Delta { origin: o, seq: 4 })
+        .is_err());
+    assert!(wrong
+        .validate(&Request::Delta { origin: o, seq: 3 })
+        .is_ok());
+}
+
+proptest! {
+    #[test]
+    fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
+        prop_assume!(first.checked_add(codes.len() as u64).is_some());
+        prop_assume!(!codes.contains(&crate::zo::codec::DELTA));
+        let enc = encode_updates(first, &codes);
+        prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
+    }
+
+    #[test]
+    fn decoders_never_panic(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode_updates(&data);
+        let _ = Heartbeat::decode(&data);
+        let _ = DeltaAnnounce::decode(&data, 1 << 20);
+    }
+}
