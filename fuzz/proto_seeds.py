@@ -16,9 +16,9 @@ def seed_replay():
     b += [UPD, 1, 2, 8, 2, 9, 9]              # behind a gap: 8..10
     b += [UPD, 1, 2, 0, 2, 1, 7]              # equivocation
     b += [UPD, 1, 2, 0, 2, 1, 2]              # replayed
-    b += [TICK, SEC(3)]                        # repairs go out
+    b += [TICK, 1, TICK, SEC(2)]              # gaps seen; repairs go out
+    b += [RESP, 0, 1, 0, 3, 0xf0, 1, 2]       # origin3 [0, 5): a delta and codes
     b += [RESP, 0, 1, 0, 5, 6, 7, 8, 9, 9]    # origin2 [5, 10)
-    b += [RESP, 0, 1, 0, 3, 0xf0, 1, 2]       # origin3 with a delta
     b += [REQ, 0, 0, 2, 0, 20]                # serve a range
     b += [REQ, 0, 3, 3, 0]                    # serve a delta
     b += [OWN, 5, OWN, 7, OWN, 9]             # own code, delta, code
@@ -42,8 +42,8 @@ def seed_snapshot():
     b += [SNAP, 0, 2, 2, 10] + [1] * 10 + [0, 3, 1, 2, 3]
     b += [UPD, 1, 2, 10, 3, 1, 2, 3]
     b += [TICK, 10, OWN, 4]
-    b += [REQ, 2, 1]                          # offer request: make a snapshot
-    b += [SNAP, 1, 5, 1, 2, 3, 4, 5, 0]
+    b += [REQ, 2, 1, TICK, 5]                 # offer request: make a snapshot
+    b += [SNAP, 0, 5, 1, 2, 3, 4, 5, 9]       # made: one chunk; offer answered
     b += [REQ, 2, 2, 0, 0]                    # chunk 0 of it
     b += [REQ, 2, 2, 0xc5, 1]                 # chunk of an unknown snapshot
     b += [TICK, SEC(20)]                      # peers expire

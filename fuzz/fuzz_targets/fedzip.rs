@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seedswarm::fedzip::{self, Positions};
+use seedswarm::delta::fedzip::{self, Positions};
 
 const MAX_ELEMENTS: u64 = 1 << 20;
 

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seedswarm::log::Store;
-use seedswarm::seed::RunId;
+use seedswarm::crdt::log::Store;
+use seedswarm::zo::seed::RunId;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -46,15 +46,15 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use seedswarm::fedzip;
-use seedswarm::log::{Log, Payload, Segment, DELTA};
+use seedswarm::crdt::log::{Log, Payload, Segment, DELTA};
+use seedswarm::crdt::replica::VersionVector;
+use seedswarm::crdt::snapshot::{self, Snapshot};
+use seedswarm::delta::fedzip;
 use seedswarm::net::wire::{self, Blob, DeltaAnnounce, Heartbeat, Request, Response};
 use seedswarm::proto::{
-    self, join, ComputeState, Core, Input, Output, Own, Settings, Timing, Topic, Verdict,
+    self, join, ComputeState, Core, Input, Output, Own, Settings, Timing, Topic,
 };
-use seedswarm::replica::VersionVector;
-use seedswarm::seed::{Origin, RunId};
-use seedswarm::snapshot::{self, Snapshot};
+use seedswarm::zo::seed::{Origin, RunId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -100,7 +100,7 @@ fn deltas() -> &'static [Payload] {
                 let vals = |n: usize, salt: u32| -> Vec<f32> {
                     (0..n as u32)
                         .map(|i| {
-                            let x = (i * 2654435761u32) ^ (k * 40503 + salt);
+                            let x = i.wrapping_mul(2654435761) ^ (k * 40503 + salt);
                             ((x % 2001) as f32 - 1000.0) * 1e-5
                         })
                         .collect()
@@ -140,9 +140,6 @@ impl R<'_> {
             }
             None => 0,
         }
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         let n = n.min(self.0.len());
@@ -188,6 +185,12 @@ impl R<'_> {
             .collect();
         (codes, payloads)
     }
+}
+
+/// `PROTO_TRACE=1` prints every input and output (to read a reproducer).
+fn trace() -> bool {
+    static T: OnceLock<bool> = OnceLock::new();
+    *T.get_or_init(|| std::env::var_os("PROTO_TRACE").is_some())
 }
 
 fn hash(b: &[u8]) -> [u8; 32] {
@@ -277,6 +280,9 @@ impl H {
     /// Hands an input to the core and plays shell and compute side.
     fn input(&mut self, input: Input<Pe, u64, u64>) {
         let now = self.now();
+        if trace() {
+            eprintln!("t={}ms in  {input:?}", self.now_ms);
+        }
         self.core.handle(now, input);
         self.drain();
     }
@@ -301,6 +307,9 @@ impl H {
     }
 
     fn check_segment(&mut self, seg: &Segment) {
+        if trace() {
+            eprintln!("         apply {seg:?}");
+        }
         assert_ne!(seg.origin, self.own, "next_apply hands out own updates");
         assert!(!seg.codes.is_empty(), "empty segment");
         assert!(seg.codes.len() <= self.apply_max, "segment over max");
@@ -320,6 +329,9 @@ impl H {
     }
 
     fn output(&mut self, out: Output<Pe, u64, u64>) {
+        if trace() && !matches!(out, Output::Event(proto::Event::Bytes { .. })) {
+            eprintln!("         out {out:?}");
+        }
         match out {
             Output::Publish { topic, data, end } => {
                 match topic {
@@ -401,8 +413,7 @@ impl H {
                         data.push(0);
                     }
                     let now = self.now();
-                    self.core
-                        .handle(now, Input::KeptChunk { id, index, data });
+                    self.core.handle(now, Input::KeptChunk { id, index, data });
                 }
             }
             Output::StartTraining => {
@@ -778,8 +789,7 @@ fuzz_target!(|data: &[u8]| {
             max_range: [16, 1 << 16][usize::from(h1 >> 7)],
             ..Timing::default()
         },
-        join: [join::Mode::Replay, join::Mode::Snapshot, join::Mode::Auto]
-            [usize::from(h0 % 3)],
+        join: [join::Mode::Replay, join::Mode::Snapshot, join::Mode::Auto][usize::from(h0 % 3)],
         min_peers: usize::from((h0 >> 2) % 3),
         exit_when_settled: h0 & 0x10 != 0,
         settle_timeout: Duration::from_secs(60),
@@ -827,7 +837,10 @@ fuzz_target!(|data: &[u8]| {
     // Every request ends (answered or failed): then every gossip message
     // has been judged.
     // (Failing sends nothing new: repairs and chunk requests go out on ticks.)
-    while let Some(&tag) = h.outstanding.keys().next() {
+    for _ in 0..100_000 {
+        let Some(&tag) = h.outstanding.keys().next() else {
+            break;
+        };
         h.closed(tag);
         h.input(Input::RequestFailed { tag });
     }

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Some(resp) = decode::<Response>(data) {
         let fallback = Request::Range {
-            origin: seedswarm::seed::Origin([0; 32]),
+            origin: seedswarm::zo::seed::Origin([0; 32]),
             from: 0,
             to: u64::MAX,
         };
