@@ -408,3 +408,30 @@ async fn start(
         task,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_come_from_the_validated_settings_and_bad_addresses_name_their_field() {
+        let n = NodeSettings::default();
+        let o = Options::default();
+        assert_eq!(o.listen.len(), n.listen.len());
+        assert_eq!(o.publish_max, n.publish_max);
+        assert_eq!(o.heartbeat_interval, Duration::from_millis(n.heartbeat_ms));
+        let bad = NodeSettings {
+            bootstrap: vec!["/ip4/127.0.0.1/tcp/1".into(), "not an address".into()],
+            ..NodeSettings::default()
+        };
+        let e = Options::from_settings(&bad).unwrap_err();
+        assert!(e.contains("node.bootstrap[1]"), "{e}");
+        let bad = NodeSettings {
+            http: Some("localhost".into()),
+            ..NodeSettings::default()
+        };
+        assert!(Options::from_settings(&bad)
+            .unwrap_err()
+            .contains("node.http"));
+    }
+}

@@ -2,12 +2,14 @@
 //! real protocol cores, replicas and logs, a simulated network. Each test
 //! runs minutes of virtual time in well under a second of real time.
 
+mod node;
 mod world;
 
+use node::{origin_of, Id, Kind, Spec};
 use seedswarm::crdt::log::DELTA;
 use seedswarm::net::wire;
 use seedswarm::proto::{join, Topic};
-use world::{origin_of, Id, Kind, Spec, World};
+use world::World;
 
 const MINUTE: u64 = 60_000;
 

@@ -10,113 +10,25 @@
 //! every neighbour, and a node forwards a message to its neighbours only once
 //! its core has accepted it (validation before forwarding); copies are
 //! de-duplicated by message id. A node loses each gossip message it
-//! receives with probability `loss` (every later copy is a duplicate to it). A request reaches its peer (or fails after a timeout when the peer
-//! is gone, blocked, or the request is lost with `request_loss`), as
+//! receives with probability `loss` (every later copy is a duplicate to it).
+//! A request reaches its peer (or fails after a timeout when the peer is
+//! gone, blocked, or the request is lost with `request_loss`), as
 //! request-response does over a connection.
 //!
-//! The compute side of a node is the replica plus the log's file (a list of
-//! persisted segments that survives a crash): own updates are random one-byte
-//! codes and, for mixed nodes, real FedZip deltas; everything the core hands
-//! over is applied as the node's compute thread would.
+//! The nodes themselves — the core plus their compute side — are in
+//! [`crate::node`].
 
+use crate::node::{origin_of, state, Chan, Disk, Id, Node, Rng, Spec};
 use seedswarm::config::Config;
-use seedswarm::crdt::log::{Log, Payload, Segment, DELTA};
-use seedswarm::crdt::replica::{Replica, Rules};
-use seedswarm::delta::fedzip;
+use seedswarm::crdt::replica::Rules;
 use seedswarm::net::wire;
-use seedswarm::proto::{self, join, ComputeState, Core, Input, Output, Own, Topic, Verdict};
-use seedswarm::zo::seed::{Origin, RunId};
+use seedswarm::proto::{self, Input, Output, Topic, Verdict};
+use seedswarm::zo::seed::RunId;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A simulated peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Id(pub u16);
-
-impl proto::Peer for Id {
-    fn origin(&self) -> Option<Origin> {
-        Some(origin_of(*self))
-    }
-}
-
-/// The origin a simulated peer signs as.
-pub fn origin_of(id: Id) -> Origin {
-    let mut h = blake3::Hasher::new();
-    h.update(b"seedswarm/sim-peer");
-    h.update(&id.0.to_le_bytes());
-    Origin(*h.finalize().as_bytes())
-}
-
-/// Where a simulated response goes.
-#[derive(Debug)]
-pub struct Chan {
-    requester: Id,
-    tag: u64,
-}
-
-type SimCore = Core<Id, u64, Chan>;
-
-/// splitmix64: small, seeded, good enough for a simulator.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// What a node contributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// One-byte updates only.
-    Codes,
-    /// Every `k`-th own update is a FedZip delta.
-    Mixed(u64),
-}
-
-/// How a node is started.
-#[derive(Clone, Debug)]
-pub struct Spec {
-    pub kind: Kind,
-    /// Own updates to make.
-    pub updates: u64,
-    /// Virtual milliseconds per own update.
-    pub step_ms: u64,
-    /// How a node with an empty log catches up.
-    pub join: join::Mode,
-    /// Peers to hear from before training.
-    pub min_peers: usize,
-}
-
-impl Default for Spec {
-    fn default() -> Self {
-        Self {
-            kind: Kind::Codes,
-            updates: 200,
-            step_ms: 10,
-            join: join::Mode::Replay,
-            min_peers: 0,
-        }
-    }
-}
-
-enum Ev {
+pub(crate) enum Ev {
     Tick(Id),
     Produce(Id),
     Gossip {
@@ -150,30 +62,10 @@ enum Ev {
 
 /// A published gossip message.
 #[derive(Clone, Debug)]
-struct Message {
+pub(crate) struct Message {
     source: Id,
     topic: Option<Topic>,
     data: Vec<u8>,
-}
-
-/// What survives a crash: the log's file and kept snapshot chunks.
-#[derive(Clone, Debug, Default)]
-struct Disk {
-    persisted: Vec<Segment>,
-    chunks: HashMap<([u8; 32], u32), Vec<u8>>,
-}
-
-pub struct Node {
-    pub core: SimCore,
-    pub replica: Replica,
-    spec: Spec,
-    disk: Disk,
-    training: bool,
-    pub done: bool,
-    seen: HashSet<u64>,
-    rng: Rng,
-    /// Incarnation, so events of a crashed node's past life are dropped.
-    life: u32,
 }
 
 /// Everything a scripted peer receives.
@@ -185,35 +77,35 @@ pub struct Inbox {
 type Script = Box<dyn FnMut(&wire::Request) -> Option<wire::Response>>;
 
 pub struct World {
-    t0: Instant,
+    pub(crate) t0: Instant,
     pub now_ms: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    events: HashMap<u64, (u32, Ev)>,
+    pub(crate) seq: u64,
+    pub(crate) queue: BinaryHeap<Reverse<(u64, u64)>>,
+    pub(crate) events: HashMap<u64, (u32, Ev)>,
     pub nodes: BTreeMap<Id, Node>,
-    dead: BTreeMap<Id, (Spec, Disk, u32)>,
-    scripted: BTreeMap<Id, (Script, Inbox)>,
-    rng: Rng,
+    pub(crate) dead: BTreeMap<Id, (Spec, Disk, u32)>,
+    pub(crate) scripted: BTreeMap<Id, (Script, Inbox)>,
+    pub(crate) rng: Rng,
     /// Probability that a node loses a gossip message (all its copies).
     pub loss: f64,
     /// Probability that a request is lost (it then fails after a timeout).
     pub request_loss: f64,
     /// Extra random delay per message, milliseconds (reorders).
     pub jitter_ms: u64,
-    blocked: HashSet<(Id, Id)>,
-    messages: HashMap<u64, Message>,
-    next_msg: u64,
+    pub(crate) blocked: HashSet<(Id, Id)>,
+    pub(crate) messages: HashMap<u64, Message>,
+    pub(crate) next_msg: u64,
     /// Verdicts `Reject` earned by each forwarder (gossipsub's penalty).
     pub penalties: BTreeMap<Id, u64>,
     /// Verdicts the cores gave, by (judge, verdict).
     pub verdicts: BTreeMap<(Id, String), u64>,
     pub digest_mismatches: u64,
-    rules: Rules,
-    tensors: Vec<(String, Vec<f32>)>,
-    max_delta_bytes: usize,
+    pub(crate) rules: Rules,
+    pub(crate) tensors: Vec<(String, Vec<f32>)>,
+    pub(crate) max_delta_bytes: usize,
 }
 
-const TICK_MS: u64 = 50;
+pub(crate) const TICK_MS: u64 = 50;
 const BASE_DELAY_MS: u64 = 2;
 const REQUEST_TIMEOUT_MS: u64 = 2_000;
 
@@ -265,11 +157,11 @@ impl World {
         }
     }
 
-    fn now(&self) -> Instant {
+    pub(crate) fn now(&self) -> Instant {
         self.t0 + Duration::from_millis(self.now_ms)
     }
 
-    fn schedule(&mut self, after_ms: u64, ev: Ev) {
+    pub(crate) fn schedule(&mut self, after_ms: u64, ev: Ev) {
         let life = match &ev {
             Ev::Tick(id) | Ev::Produce(id) | Ev::Snapshot(id) => self.life(*id),
             Ev::Install { to, .. } => self.life(*to),
@@ -280,7 +172,7 @@ impl World {
         self.events.insert(self.seq, (life, ev));
     }
 
-    fn life(&self, id: Id) -> u32 {
+    pub(crate) fn life(&self, id: Id) -> u32 {
         self.nodes.get(&id).map_or(0, |n| n.life)
     }
 
@@ -296,7 +188,7 @@ impl World {
         self.nodes.contains_key(&id) || self.scripted.contains_key(&id)
     }
 
-    fn settings(&self, id: Id, spec: &Spec) -> proto::Settings {
+    pub(crate) fn settings(&self, id: Id, spec: &Spec) -> proto::Settings {
         proto::Settings {
             origin: origin_of(id),
             max_rate: 50_000.0,
@@ -321,35 +213,6 @@ impl World {
     /// Starts node `id` with an empty log.
     pub fn add(&mut self, id: Id, spec: Spec) {
         self.boot(id, spec, Disk::default(), 0);
-    }
-
-    /// Starts (or restarts) a node from what its disk holds.
-    fn boot(&mut self, id: Id, spec: Spec, disk: Disk, life: u32) {
-        let mut log = Log::in_memory(self.rules.run);
-        let mut replica = Replica::new(self.rules.clone(), self.tensors.clone());
-        for s in &disk.persisted {
-            log.insert_with(s.origin, s.first_seq, &s.codes, &s.payloads)
-                .expect("persisted segment");
-        }
-        let all: Vec<_> = log.updates().collect();
-        replica
-            .apply_with(&all, &|o, s| log.payload(o, s).cloned())
-            .expect("replay");
-        let core = Core::new(self.settings(id, &spec), log, self.now());
-        let node = Node {
-            core,
-            replica,
-            spec,
-            disk,
-            training: false,
-            done: false,
-            seen: HashSet::new(),
-            rng: Rng::new(u64::from(id.0) * 7919 + u64::from(life)),
-            life: life + 1,
-        };
-        self.nodes.insert(id, node);
-        self.report(id);
-        self.schedule(0, Ev::Tick(id));
     }
 
     /// Adds a scripted peer: it has no core, receives requests into its
@@ -593,7 +456,7 @@ impl World {
         self.drain(id);
     }
 
-    fn drain(&mut self, id: Id) {
+    pub(crate) fn drain(&mut self, id: Id) {
         loop {
             let now = self.now();
             let Some(n) = self.nodes.get_mut(&id) else {
@@ -746,75 +609,6 @@ impl World {
         }
     }
 
-    /// The node's compute side makes its next own update.
-    fn produce(&mut self, id: Id) {
-        let now = self.now();
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let origin = origin_of(id);
-        let seq = n
-            .replica
-            .version_vector()
-            .get(&origin)
-            .copied()
-            .unwrap_or(0);
-        if seq >= n.spec.updates {
-            n.done = true;
-            let st = state(n);
-            n.core.handle(now, Input::State(Box::new(st)));
-            self.drain(id);
-            return;
-        }
-        let update = match n.spec.kind {
-            Kind::Mixed(k) if seq % k == k - 1 => {
-                Own::Delta(delta_payload(&mut n.rng, &self.tensors))
-            }
-            _ => {
-                let c = (n.rng.next() & 0xff) as u8;
-                Own::Code(if c == DELTA { 0x81 } else { c })
-            }
-        };
-        let (code, payloads) = match &update {
-            Own::Code(c) => (*c, Vec::new()),
-            Own::Delta(p) => (DELTA, vec![p.clone()]),
-        };
-        let seg = Segment {
-            origin,
-            first_seq: seq,
-            codes: vec![code],
-            payloads,
-        };
-        n.replica
-            .apply_with(&seg.updates(), &|_, s| seg.payload(s))
-            .expect("own update applies");
-        n.disk.persisted.push(seg);
-        n.core.handle(now, Input::Own { seq, update });
-        let st = state(n);
-        n.core.handle(now, Input::State(Box::new(st)));
-        let step = n.spec.step_ms;
-        self.drain(id);
-        self.schedule(step, Ev::Produce(id));
-    }
-
-    fn make_snapshot(&mut self, id: Id) {
-        let Some(n) = self.nodes.get(&id) else { return };
-        let image = seedswarm::crdt::snapshot::image(&n.replica);
-        let s = seedswarm::crdt::snapshot::of(&image, n.core.log().prefix(&image.vv));
-        self.input(id, Input::Snapshot(Arc::new(s)));
-    }
-
-    /// Reports node `id`'s replica to its core.
-    fn report(&mut self, id: Id) {
-        let now = self.now();
-        let Some(n) = self.nodes.get_mut(&id) else {
-            return;
-        };
-        let st = state(n);
-        n.core.handle(now, Input::State(Box::new(st)));
-        self.drain(id);
-    }
-
     /// Every live node has settled (training over, agreement seen).
     pub fn settled(&self) -> bool {
         !self.nodes.is_empty() && self.nodes.values().all(|n| n.core.settled())
@@ -829,44 +623,4 @@ impl World {
                 && n.replica.digest_bytes() == first.replica.digest_bytes()
         })
     }
-}
-
-fn state(n: &Node) -> ComputeState {
-    let r = &n.replica;
-    ComputeState {
-        vv: r.version_vector().clone(),
-        digest: r.digest_bytes(),
-        applied: r.applied(),
-        own: r
-            .version_vector()
-            .get(&n.core.origin())
-            .copied()
-            .unwrap_or(0),
-        loss: 0.0,
-        eval: None,
-        training_done: n.done,
-    }
-}
-
-/// A real FedZip delta over the world's tensors: a few random entries.
-fn delta_payload(rng: &mut Rng, tensors: &[(String, Vec<f32>)]) -> Payload {
-    let diffs: Vec<Vec<f32>> = tensors
-        .iter()
-        .map(|(_, t)| {
-            (0..t.len())
-                .map(|_| (rng.below(2001) as f32 - 1000.0) * 1e-5)
-                .collect()
-        })
-        .collect();
-    let views: Vec<(&str, &[f32])> = tensors
-        .iter()
-        .zip(&diffs)
-        .map(|((n, _), d)| (n.as_str(), d.as_slice()))
-        .collect();
-    let settings = fedzip::Settings {
-        top_z: 0.25,
-        ..fedzip::Settings::default()
-    };
-    let d = fedzip::compress(&views, &settings).expect("compress");
-    Arc::new(fedzip::encode(&d, settings.positions))
 }
