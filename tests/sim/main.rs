@@ -295,3 +295,22 @@ fn hostile_inputs_are_judged_without_sockets() {
     assert!(w.run_until(10 * MINUTE, done), "no quiescence");
     assert_converged(&w, 2 * 50 + 3);
 }
+
+#[test]
+fn thirty_two_nodes_converge() {
+    let mut w = World::new(7);
+    w.loss = 0.1;
+    for id in ids(0..32) {
+        w.add(
+            id,
+            Spec {
+                updates: 100,
+                ..Spec::default()
+            },
+        );
+    }
+    let t = std::time::Instant::now();
+    assert!(w.run_until(10 * MINUTE, done), "no quiescence");
+    eprintln!("32 nodes: {} ms virtual in {:?}", w.now_ms, t.elapsed());
+    assert_converged(&w, 32 * 100);
+}
