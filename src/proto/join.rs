@@ -104,7 +104,7 @@ pub struct Join<P> {
     pub raw_bytes: u64,
 }
 
-impl<P: Clone + Eq + Hash + std::fmt::Debug> Join<P> {
+impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
     /// A node with an empty log joins; one with state does not.
     pub fn new(mode: Mode, empty: bool, now: Instant) -> Self {
         let (phase, chosen) = match (empty, mode) {
@@ -195,7 +195,7 @@ impl<P: Clone + Eq + Hash + std::fmt::Debug> Join<P> {
                     }
                     let best = groups
                         .into_values()
-                        .max_by_key(|(o, holders)| (o.vv_total, holders.len()));
+                        .max_by_key(|(o, holders)| (o.vv_total, holders.len(), o.id));
                     match best {
                         None => {
                             tracing::warn!("no peer offered a snapshot; replaying instead");

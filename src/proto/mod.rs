@@ -384,7 +384,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// Drives the join: decide, ask for offers, fetch chunks, install.
     fn drive_join(&mut self, now: Instant) {
         let was = self.join.active();
-        let peers: Vec<P> = self.repair.peers().keys().cloned().collect();
+        // Sorted: the core decides the same way whatever the hash order.
+        let mut peers: Vec<P> = self.repair.peers().keys().cloned().collect();
+        peers.sort();
         let best: u64 = self.repair.best().values().sum();
         let params = self.settings.shapes.iter().map(|(_, n)| *n as usize).sum();
         for action in self.join.tick(now, &peers, best, params) {
