@@ -61,11 +61,30 @@ fn same_seed_same_run() {
         for id in ids(0..4) {
             w.add(id, Spec::default());
         }
+        w.run_for(1000);
+        w.add(
+            Id(4),
+            Spec {
+                updates: 20,
+                join: join::Mode::Snapshot,
+                ..Spec::default()
+            },
+        );
         assert!(w.run_until(10 * MINUTE, done));
         let n = &w.nodes[&Id(0)];
-        (w.now_ms, n.replica.digest(), n.core.stats().repaired)
+        let j = w.nodes[&Id(4)].core.join();
+        (
+            w.now_ms,
+            n.replica.digest(),
+            n.core.stats().repaired,
+            j.fetched_bytes,
+        )
     };
-    assert_eq!(run(9), run(9), "the simulator is deterministic");
+    let first = run(9);
+    assert!(first.3 > 0, "the joiner fetched a snapshot");
+    for _ in 0..3 {
+        assert_eq!(run(9), first, "the simulator is deterministic");
+    }
 }
 
 #[test]
