@@ -445,4 +445,42 @@ mod tests {
         // Few chunks: every chunk is a tenth.
         assert!(fetch_report_due(quick, 1, 0, 3));
     }
+
+    #[test]
+    fn a_fetch_reports_progress_and_installs_every_chunk() {
+        // Shows the log lines with `cargo nextest run --lib a_fetch --no-capture`.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let t0 = Instant::now();
+        let mut j: Join<u8> = Join::new(Mode::Snapshot, true, t0);
+        let asked = j.tick(t0, &[1], 100, 10);
+        assert!(matches!(asked[..], [Action::Ask(1, Request::Offer)]));
+        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+        let hashes: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        j.on_offer(
+            1,
+            Response::Offer {
+                id: [7; 32],
+                vv: Vec::new(),
+                digest: [0; 32],
+                raw_len: 20_000,
+                hashes: crate::net::wire::Blob(hashes),
+            },
+        );
+        let mut now = t0 + Duration::from_millis(10);
+        j.tick(now, &[1], 100, 10);
+        for (i, c) in chunks.iter().enumerate() {
+            now += Duration::from_millis(300);
+            assert_eq!(j.on_chunk(&1, i as u32, c.clone()), Chunk::Taken([7; 32]));
+            let out = j.tick(now, &[1], 100, 10);
+            if i + 1 < chunks.len() {
+                assert!(!out.iter().any(|a| matches!(a, Action::Install(..))));
+            } else {
+                assert!(matches!(&out[..], [Action::Install(got, _)] if got == &chunks));
+            }
+        }
+        assert_eq!(j.fetched_bytes, 20_000);
+    }
 }
