@@ -19,8 +19,13 @@ RUN_DIR=${RUN_DIR:-runs/churn-$(date +%Y%m%d-%H%M%S)}
 SEED=${SEED:-$RANDOM}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}
 if [[ -z "${SEEDSWARM_BIN:-}" ]]; then
-  cargo build --quiet --bin seedswarm
   SEEDSWARM_BIN="$CARGO_TARGET_DIR/debug/seedswarm"
+  if [[ -e "$SEEDSWARM_BIN" ]]; then
+    cargo build --quiet --bin seedswarm # incremental: quiet
+  else
+    echo "first build of seedswarm and its dependencies (libp2p, candle): 10–20 minutes on 2 cores; cargo's progress follows"
+    cargo build --bin seedswarm
+  fi
 fi
 mkdir -p "$RUN_DIR"
 RANDOM=$SEED

@@ -7,9 +7,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seedswarm::config::Config;
 use seedswarm::delta::files as delta;
 use seedswarm::{node, train};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -162,7 +163,7 @@ fn main() -> ExitCode {
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -175,6 +176,73 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// The progress bar on screen, if any: log lines are printed above it.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Writes log lines to stderr, around the progress bar on screen.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = SHOWN.lock().ok().and_then(|b| b.clone());
+        match bar {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Progress on stderr (hidden when stderr is not a terminal): a spinner
+/// saying what is going on until [`Progress::bar`] turns it into a bar.
+/// Log lines print above it; it is cleared when dropped.
+struct Progress(ProgressBar);
+
+impl Progress {
+    fn spinner(message: &str) -> Self {
+        let bar = ProgressBar::new_spinner();
+        if std::io::stderr().is_terminal() {
+            bar.enable_steady_tick(Duration::from_millis(120));
+        } else {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(message.to_string());
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = Some(bar.clone());
+        }
+        Self(bar)
+    }
+
+    /// Turns the spinner into a bar of `len` steps drawn with `template`.
+    fn bar(&self, len: u64, template: &str) {
+        if self.0.length() != Some(len) {
+            self.0.set_length(len);
+            self.0.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            self.0.set_message("");
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Ok(mut shown) = SHOWN.lock() {
+            *shown = None;
+        }
+        self.0.finish_and_clear();
     }
 }
 
@@ -212,18 +280,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(s) = steps {
                 cfg.node.steps = s;
             }
-            let bar = ProgressBar::new(cfg.node.steps);
-            if !std::io::stderr().is_terminal() {
-                bar.set_draw_target(ProgressDrawTarget::hidden());
-            }
-            bar.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} {per_sec} loss {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
+            let progress = Progress::spinner("loading the model and the update log");
             let mut report = |step: u64,
-                              _total: u64,
+                              total: u64,
                               loss: f64,
                               eval: Option<seedswarm::model::Eval>| {
+                progress.bar(total, "{bar:30} {pos}/{len} {per_sec} loss {msg}");
+                let bar = &progress.0;
                 bar.set_position(step);
                 bar.set_message(format!("{loss:.4}"));
                 if let Some(e) = eval {
@@ -237,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             let s = train::run_single(&cfg, data_dir.as_deref(), &mut report)?;
-            bar.finish_and_clear();
+            drop(progress);
             println!(
                 "done: {} updates in {:.1}s ({:.0}/s), loss {:.4} -> {:.4}, accuracy {:.1}% -> {:.1}%, digest {}",
                 s.updates,
@@ -261,7 +324,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             summary,
         } => {
             let cfg = load(&config)?;
-            let s = train::evaluate(&cfg, data.as_deref(), data_dir.as_deref())?;
+            let progress = Progress::spinner("loading the model, the update log and the data");
+            let mut report = |done: usize, total: usize| {
+                progress.bar(
+                    total as u64,
+                    "eval {bar:30} {pos}/{len} batches {per_sec} eta {eta}",
+                );
+                progress.0.set_position(done as u64);
+            };
+            let s = train::evaluate(
+                &cfg,
+                data.as_deref(),
+                data_dir.as_deref(),
+                Some(&mut report),
+            )?;
+            drop(progress);
             println!(
                 "accuracy {:.1}% ({} of {}), loss {:.4} on {}; {} updates replayed, digest {}, {:.1}s",
                 100.0 * s.accuracy,
@@ -284,7 +361,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let cfg = load(&config)?;
+            let progress = Progress::spinner("loading the model and the update log");
             let n = train::export(&cfg, Some(&data_dir), &out)?;
+            drop(progress);
             println!("wrote {n} tensors to {}", out.display());
             Ok(())
         }

@@ -36,6 +36,13 @@ const LINK_RATE: f64 = 50e6;
 /// Requests in flight per peer while fetching chunks.
 const PER_PEER: usize = 16;
 
+/// Whether the snapshot fetch logs its progress: when chunks arrived since
+/// the last line (`last` of `total` then, `done` now) and either 2 s passed
+/// or another tenth of the chunks is in.
+fn fetch_report_due(since_last: Duration, done: usize, last: usize, total: usize) -> bool {
+    done > last && (since_last >= Duration::from_secs(2) || (done - last) * 10 >= total)
+}
+
 /// What the node should do.
 #[derive(Debug)]
 pub enum Action<P> {
@@ -84,6 +91,10 @@ enum Phase<P> {
         chunks: Vec<Option<Vec<u8>>>,
         inflight: HashMap<u32, (P, Instant)>,
         turn: usize,
+        /// When the fetch began, and when and at how many chunks progress
+        /// was last logged.
+        since: Instant,
+        reported: (Instant, usize),
     },
     Installing,
 }
@@ -220,6 +231,8 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                                 chunks: vec![None; n],
                                 inflight: HashMap::new(),
                                 turn: 0,
+                                since: now,
+                                reported: (now, 0),
                             };
                         }
                     }
@@ -231,12 +244,36 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                 chunks,
                 inflight,
                 turn,
+                since,
+                reported,
             } => {
                 inflight.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(30));
                 if holders.is_empty() {
                     tracing::warn!("every snapshot holder failed; replaying instead");
                     self.finish("replay", now);
                     return out;
+                }
+                let done = chunks.iter().filter(|c| c.is_some()).count();
+                if done == chunks.len() {
+                    tracing::info!(
+                        chunks = done,
+                        bytes = self.fetched_bytes,
+                        seconds = format_args!("{:.1}", now.duration_since(*since).as_secs_f64()),
+                        "snapshot fetched; installing it"
+                    );
+                } else if fetch_report_due(
+                    now.duration_since(reported.0),
+                    done,
+                    reported.1,
+                    chunks.len(),
+                ) {
+                    *reported = (now, done);
+                    tracing::info!(
+                        chunks = format_args!("{done}/{}", chunks.len()),
+                        bytes = self.fetched_bytes,
+                        holders = holders.len(),
+                        "fetching snapshot"
+                    );
                 }
                 if chunks.iter().all(Option::is_some) {
                     let data = chunks
@@ -380,5 +417,70 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
             tracing::warn!("snapshot could not be installed; replaying instead");
             self.finish("replay", now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_progress_is_logged_every_tenth_or_every_two_seconds() {
+        let quick = Duration::from_millis(300);
+        // One chunk at a time, quickly: a line at every tenth of 100 chunks.
+        let mut last = 0;
+        let mut lines = Vec::new();
+        for done in 1..=100 {
+            if fetch_report_due(quick, done, last, 100) {
+                lines.push(done);
+                last = done;
+            }
+        }
+        assert_eq!(lines, (1..=10).map(|k| 10 * k).collect::<Vec<_>>());
+        // Slowly: after 2 s of input time, whatever the count.
+        assert!(fetch_report_due(Duration::from_secs(2), 3, 2, 100));
+        assert!(!fetch_report_due(Duration::from_millis(1999), 3, 2, 100));
+        // Nothing new arrived: no line, however long it has been.
+        assert!(!fetch_report_due(Duration::from_secs(60), 2, 2, 100));
+        // Few chunks: every chunk is a tenth.
+        assert!(fetch_report_due(quick, 1, 0, 3));
+    }
+
+    #[test]
+    fn a_fetch_reports_progress_and_installs_every_chunk() {
+        // Shows the log lines with `cargo nextest run --lib a_fetch --no-capture`.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let t0 = Instant::now();
+        let mut j: Join<u8> = Join::new(Mode::Snapshot, true, t0);
+        let asked = j.tick(t0, &[1], 100, 10);
+        assert!(matches!(asked[..], [Action::Ask(1, Request::Offer)]));
+        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
+        let hashes: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        j.on_offer(
+            1,
+            Response::Offer {
+                id: [7; 32],
+                vv: Vec::new(),
+                digest: [0; 32],
+                raw_len: 20_000,
+                hashes: crate::net::wire::Blob(hashes),
+            },
+        );
+        let mut now = t0 + Duration::from_millis(10);
+        j.tick(now, &[1], 100, 10);
+        for (i, c) in chunks.iter().enumerate() {
+            now += Duration::from_millis(300);
+            assert_eq!(j.on_chunk(&1, i as u32, c.clone()), Chunk::Taken([7; 32]));
+            let out = j.tick(now, &[1], 100, 10);
+            if i + 1 < chunks.len() {
+                assert!(!out.iter().any(|a| matches!(a, Action::Install(..))));
+            } else {
+                assert!(matches!(&out[..], [Action::Install(got, _)] if got == &chunks));
+            }
+        }
+        assert_eq!(j.fetched_bytes, 20_000);
     }
 }

@@ -100,12 +100,18 @@ pub struct EvalSummary {
     pub wall_seconds: f64,
 }
 
+/// Progress hook for [`evaluate`]: `(batches done, batches in all)`, called
+/// once after each batch.
+pub type EvalProgress<'a> = &'a mut dyn FnMut(usize, usize);
+
 /// Accuracy of the replica (base model + the update log in `data_dir`) on a
-/// labeled file (TSV/JSONL, prompt tasks) or, without one, the task's dev set.
+/// labeled file (TSV/JSONL, prompt tasks) or, without one, the task's dev set;
+/// `progress` hears of every batch evaluated.
 pub fn evaluate(
     cfg: &Config,
     data_file: Option<&Path>,
     data_dir: Option<&Path>,
+    progress: Option<EvalProgress<'_>>,
 ) -> Result<EvalSummary, Error> {
     let start = Instant::now();
     let trainer = Trainer::from_dir(cfg, local_origin(cfg), data_dir)?;
@@ -144,7 +150,10 @@ pub fn evaluate(
             ))
         }
     };
-    let e = trainer.evaluate(&batches)?;
+    let e = match progress {
+        Some(p) => trainer.evaluate_with(&batches, p)?,
+        None => trainer.evaluate(&batches)?,
+    };
     Ok(EvalSummary {
         run_id: trainer.run().to_hex(),
         updates: trainer.replica().applied(),
@@ -176,4 +185,38 @@ pub fn export(cfg: &Config, data_dir: Option<&Path>, out: &Path) -> Result<usize
     candle_core::safetensors::save(&tensors, out)
         .map_err(|e| model::Error::Load(format!("writing {}: {e}", out.display())))?;
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> Config {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml");
+        Config::load(&path).expect("demo config")
+    }
+
+    #[test]
+    fn eval_progress_is_called_once_per_batch_with_increasing_counts() {
+        let mut cfg = demo();
+        cfg.node.eval_batch = 7;
+        let mut calls = Vec::new();
+        let s = evaluate(
+            &cfg,
+            None,
+            None,
+            Some(&mut |done, total| calls.push((done, total))),
+        )
+        .expect("eval");
+        let batches = s.n.div_ceil(7);
+        assert!(batches > 1, "the dev set spans several batches: {}", s.n);
+        let expected: Vec<_> = (1..=batches).map(|d| (d, batches)).collect();
+        assert_eq!(calls, expected);
+        // The same result without a hook.
+        let quiet = evaluate(&cfg, None, None, None).expect("eval");
+        assert_eq!(
+            (quiet.n, quiet.accuracy, quiet.digest),
+            (s.n, s.accuracy, s.digest)
+        );
+    }
 }

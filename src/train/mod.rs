@@ -11,7 +11,7 @@
 mod commands;
 mod session;
 
-pub use commands::{evaluate, export, run_single, EvalSummary, Progress, Summary};
+pub use commands::{evaluate, export, run_single, EvalProgress, EvalSummary, Progress, Summary};
 pub use session::{Made, Session};
 
 use crate::config::{self, Config, ModelSpec, TaskSpec};
@@ -224,6 +224,12 @@ pub fn open_log(data_dir: &Path, run: RunId) -> Result<(Log, Store), Error> {
 impl Trainer {
     /// Builds the base model of `cfg` and an empty replica of its trainable tensors.
     pub fn new(cfg: &Config, origin: Origin) -> Result<Self, Error> {
+        let what = match model_source(&cfg.run) {
+            None => "the built-in tiny model".to_string(),
+            Some(llama::Source::Gguf(p) | llama::Source::HfDir(p)) => p.display().to_string(),
+        };
+        tracing::info!(model = %what, "loading the model");
+        let t = Instant::now();
         let model = build_model(&cfg.run)?;
         let run = cfg.run.run_id(&model::base_hash(model.as_ref())?);
         let specs = model.params();
@@ -247,6 +253,12 @@ impl Trainer {
             max_delta_norm: cfg.run.delta.max_norm,
         };
         let replica = Replica::new(rules, tensors);
+        tracing::info!(
+            seconds = format_args!("{:.1}", t.elapsed().as_secs_f64()),
+            params = specs.iter().map(model::ParamSpec::len).sum::<usize>(),
+            trainable = replica.num_params(),
+            "model loaded"
+        );
         Ok(Self {
             model,
             replica,
@@ -267,14 +279,43 @@ impl Trainer {
         Ok(t)
     }
 
-    /// Applies every update `log` holds beyond the replica's version vector.
+    /// Applies every update `log` holds beyond the replica's version vector,
+    /// in chunks of about [`REPLAY_WORK`] parameter-updates, logging the
+    /// progress (see [`replay_report_due`]) and the total time.
     pub fn replay(&mut self, log: &Log) -> Result<(), Error> {
         let all: Vec<Update> = log.updates().collect();
-        for chunk in all.chunks(4096) {
+        if all.is_empty() {
+            return self.materialize();
+        }
+        let size = replay_chunk(self.replica.num_params());
+        let chunks = all.len().div_ceil(size);
+        tracing::info!(updates = all.len(), chunks, "replaying the update log");
+        let start = Instant::now();
+        let mut last = start;
+        for (i, chunk) in all.chunks(size).enumerate() {
             self.replica
                 .apply_with(chunk, &|o, s| log.payload(o, s).cloned())?;
+            let now = Instant::now();
+            if i + 1 < chunks && replay_report_due(i + 1, chunks, now.duration_since(last)) {
+                last = now;
+                let done = ((i + 1) * size).min(all.len());
+                tracing::info!(
+                    done,
+                    total = all.len(),
+                    percent = 100 * done / all.len(),
+                    "replaying the update log"
+                );
+            }
         }
-        self.materialize()
+        self.materialize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        tracing::info!(
+            updates = all.len(),
+            seconds = format_args!("{seconds:.1}"),
+            per_second = format_args!("{:.0}", all.len() as f64 / seconds.max(1e-9)),
+            "replayed the update log"
+        );
+        Ok(())
     }
 
     /// The run id.
@@ -491,12 +532,41 @@ impl Trainer {
 
     /// Loss and accuracy on `batches` at the current weights.
     pub fn evaluate(&self, batches: &[Batch]) -> Result<Eval, Error> {
+        self.evaluate_with(batches, &mut |_, _| {})
+    }
+
+    /// [`Trainer::evaluate`], calling `progress(done, total)` after each batch.
+    pub fn evaluate_with(
+        &self,
+        batches: &[Batch],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Eval, Error> {
         let mut e = Eval::default();
-        for b in batches {
+        for (i, b) in batches.iter().enumerate() {
             e.merge(self.model.evaluate(b)?);
+            progress(i + 1, batches.len());
         }
         Ok(e)
     }
+}
+
+/// Parameter-updates per replay chunk (about a second of regenerate-and-apply).
+pub const REPLAY_WORK: usize = 1 << 30;
+
+/// Updates per replay chunk for `params` trainable parameters: 4,096 for
+/// small models, fewer for large ones so that progress shows.
+pub fn replay_chunk(params: usize) -> usize {
+    (REPLAY_WORK / params.max(1)).clamp(1, 4096)
+}
+
+/// Whether the replay reports after chunk `done` of `total`, `since_last`
+/// after its last line: on every tenth of the chunks once a second passed
+/// (a fast replay logs only its start and end), or after 5 s whatever the
+/// count.
+pub fn replay_report_due(done: usize, total: usize, since_last: std::time::Duration) -> bool {
+    let tenth = total.div_ceil(10).max(1);
+    let secs = since_last.as_secs_f64();
+    (done.is_multiple_of(tenth) && secs >= 1.0) || secs >= 5.0
 }
 
 /// The deterministic origin of a single-node run without an identity.
@@ -520,4 +590,35 @@ pub fn first_order_batches(cfg: &Config, data: &Data, origin: &Origin, seq: u64)
     (0..steps)
         .map(|h| data.train_batch(origin, seq * steps + h, size))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn replay_chunks_shrink_with_the_model() {
+        assert_eq!(replay_chunk(0), 4096);
+        assert_eq!(replay_chunk(10_000), 4096);
+        assert_eq!(replay_chunk(1 << 26), 16);
+        assert_eq!(replay_chunk(usize::MAX), 1);
+    }
+
+    #[test]
+    fn replay_reports_every_tenth_or_after_five_seconds() {
+        let second = Duration::from_secs(1);
+        let due: Vec<usize> = (1..=100)
+            .filter(|&d| replay_report_due(d, 100, second))
+            .collect();
+        assert_eq!(due, (1..=10).map(|k| 10 * k).collect::<Vec<_>>());
+        // Fewer than ten chunks: every chunk.
+        assert!((1..=3).all(|d| replay_report_due(d, 3, second)));
+        // A fast replay: no line in between.
+        let quick = Duration::from_millis(10);
+        assert!((1..=100).all(|d| !replay_report_due(d, 100, quick)));
+        // A slow chunk reports whatever its number.
+        assert!(replay_report_due(7, 100, Duration::from_secs(5)));
+        assert!(!replay_report_due(7, 100, Duration::from_secs(4)));
+    }
 }
