@@ -8,6 +8,8 @@
 #   scripts/test.sh --locked --no-fail-fast     # what .ci/run passes
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The same build folder as scripts/swarm.sh, so the dependencies build once.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}
 
 if ! command -v cargo >/dev/null; then
   echo "cargo is required (https://rustup.rs)" >&2

@@ -3,14 +3,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use seedswarm::config::Config;
 use seedswarm::delta::files as delta;
+use seedswarm::obs::progress::{LogWriter, Progress};
 use seedswarm::{node, train};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -112,6 +110,10 @@ enum Command {
         /// backprop, compressed sparse deltas); overrides node.mode.
         #[arg(long)]
         mode: Option<seedswarm::config::Mode>,
+        /// How a node with an empty log catches up: auto (by estimate),
+        /// replay (the log from genesis) or snapshot.
+        #[arg(long, value_enum, default_value_t = seedswarm::proto::join::Mode::Auto)]
+        join: seedswarm::proto::join::Mode,
         /// Disable mDNS discovery.
         #[arg(long)]
         no_mdns: bool,
@@ -179,73 +181,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The progress bar on screen, if any: log lines are printed above it.
-static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
-
-/// Writes log lines to stderr, around the progress bar on screen.
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let bar = SHOWN.lock().ok().and_then(|b| b.clone());
-        match bar {
-            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
-            None => std::io::stderr().write_all(buf)?,
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-/// Progress on stderr (hidden when stderr is not a terminal): a spinner
-/// saying what is going on until [`Progress::bar`] turns it into a bar.
-/// Log lines print above it; it is cleared when dropped.
-struct Progress(ProgressBar);
-
-impl Progress {
-    fn spinner(message: &str) -> Self {
-        let bar = ProgressBar::new_spinner();
-        if std::io::stderr().is_terminal() {
-            bar.enable_steady_tick(Duration::from_millis(120));
-        } else {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
-        }
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        bar.set_message(message.to_string());
-        if let Ok(mut shown) = SHOWN.lock() {
-            *shown = Some(bar.clone());
-        }
-        Self(bar)
-    }
-
-    /// Turns the spinner into a bar of `len` steps drawn with `template`.
-    fn bar(&self, len: u64, template: &str) {
-        if self.0.length() != Some(len) {
-            self.0.set_length(len);
-            self.0.set_style(
-                ProgressStyle::with_template(template)
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            self.0.set_message("");
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if let Ok(mut shown) = SHOWN.lock() {
-            *shown = None;
-        }
-        self.0.finish_and_clear();
-    }
-}
-
 fn load(path: &Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
@@ -286,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                               loss: f64,
                               eval: Option<seedswarm::model::Eval>| {
                 progress.bar(total, "{bar:30} {pos}/{len} {per_sec} loss {msg}");
-                let bar = &progress.0;
+                let bar = progress.handle();
                 bar.set_position(step);
                 bar.set_message(format!("{loss:.4}"));
                 if let Some(e) = eval {
@@ -330,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     total as u64,
                     "eval {bar:30} {pos}/{len} batches {per_sec} eta {eta}",
                 );
-                progress.0.set_position(done as u64);
+                progress.handle().set_position(done as u64);
             };
             let s = train::evaluate(
                 &cfg,
@@ -397,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             min_peers,
             mode,
+            join,
             no_mdns,
             serve,
             http,
@@ -410,6 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_updates,
             duration,
             min_peers,
+            join,
             no_mdns,
             serve,
             summary,
@@ -451,6 +388,7 @@ fn run_node(
     max_updates: Option<u64>,
     duration: Option<f64>,
     min_peers: Option<usize>,
+    join: seedswarm::proto::join::Mode,
     no_mdns: bool,
     serve: bool,
     summary: Option<PathBuf>,
@@ -484,13 +422,14 @@ fn run_node(
     }
     let max_updates =
         max_updates.or((cfg.node.steps > 0 && duration.is_none()).then_some(cfg.node.steps));
-    let opts = node::Options::from_config(
+    let mut opts = node::Options::from_config(
         &cfg,
         data_dir,
         max_updates,
         duration.map(Duration::from_secs_f64),
         serve,
     )?;
+    opts.join = join;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -534,7 +473,7 @@ fn run_node(
     })
 }
 
-/// One line of progress to stderr every two seconds.
+/// One status line to stderr every two seconds.
 async fn print_progress(watch: &mut tokio::sync::watch::Receiver<node::Status>) {
     let mut last = Instant::now();
     while watch.changed().await.is_ok() {
@@ -542,17 +481,7 @@ async fn print_progress(watch: &mut tokio::sync::watch::Receiver<node::Status>) 
             continue;
         }
         last = Instant::now();
-        let s = watch.borrow().clone();
-        eprintln!(
-            "peers {:>2}  own {:>6}  applied {:>7}  backlog {:>5}  loss {:.4}  accuracy {}  digest {}",
-            s.peers,
-            s.own_updates,
-            s.updates_applied,
-            s.backlog,
-            s.loss,
-            s.accuracy.map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
-            s.digest.get(..12).unwrap_or("-"),
-        );
+        eprintln!("{}", seedswarm::obs::status::line(&watch.borrow()));
     }
 }
 

@@ -151,3 +151,18 @@ fn status_from_json(v: &serde_json::Value) -> Status {
         ..Status::default()
     }
 }
+
+/// One line about a node, as `seedswarm node` prints it while it runs.
+pub fn line(s: &crate::node::Status) -> String {
+    format!(
+        "peers {:>2}  own {:>6}  applied {:>7}  backlog {:>5}  loss {:.4}  accuracy {}  digest {}",
+        s.peers,
+        s.own_updates,
+        s.updates_applied,
+        s.backlog,
+        s.loss,
+        s.accuracy
+            .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+        s.digest.get(..12).unwrap_or("-"),
+    )
+}
