@@ -603,6 +603,7 @@ impl H {
                     leaving: flags & 2 != 0,
                     loss,
                     backlog: if flags & 4 != 0 { u64::from(r.u8()) } else { 0 },
+                    mode: Default::default(),
                 };
                 self.gossip(from, source, Some(Topic::Status), hb.encode());
             }
@@ -796,6 +797,7 @@ fuzz_target!(|data: &[u8]| {
         max_delta_bytes: MAX_DELTA_BYTES,
         shapes: shapes(),
         drop_incoming: if h0 & 0x20 != 0 { 0.25 } else { 0.0 },
+        mode: Default::default(),
     };
     let apply_max = [4096, 1, 3, 16][usize::from(h0 >> 6)];
     let t0 = Instant::now();

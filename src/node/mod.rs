@@ -34,7 +34,7 @@ mod compute;
 mod report;
 mod shell;
 
-pub use report::{Status, Summary};
+pub use report::{Status, Summary, SwarmPeer};
 
 /// Errors of a node.
 #[derive(Debug, thiserror::Error)]
@@ -353,6 +353,7 @@ async fn start(
         max_delta_bytes: cfg.run.delta.max_bytes,
         shapes: session.trainer().shapes(),
         drop_incoming: opts.drop_incoming,
+        mode: cfg.node.mode,
     };
     let core = Core::new(settings, log, Instant::now());
     let gate = Arc::new(AtomicBool::new(false));

@@ -390,7 +390,7 @@ impl Shell {
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             rates: self.rates.sample(now, applied, bytes),
         };
-        let status = report::status(&self.core, swarm);
+        let status = report::status(&self.core, swarm, now);
         report::gauges(&self.series, &self.core, &status);
         if let Some(dir) = &self.data_dir {
             report::write_json(dir.clone(), &status);
