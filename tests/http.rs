@@ -1,5 +1,5 @@
 //! The per-node HTTP server as users meet it: Prometheus `/metrics`, JSON
-//! `/status`, 404s, a slow client that must not block anything, the
+//! `/status` (with the swarm table) and `/history`, 404s, a slow client that must not block anything, the
 //! `seedswarm status` command, and the dashboard rendered in headless Chromium.
 
 mod common;
@@ -64,6 +64,41 @@ async fn metrics_status_and_unknown_paths() {
     assert_eq!(v["own_updates"], 300);
     assert_eq!(v["peer_id"], node.peer_id.to_string());
     assert_eq!(v["digest"].as_str().unwrap().len(), 64);
+    // The swarm as known from heartbeats: the one peer, settled with us.
+    let swarm = v["swarm"].as_array().expect("swarm list");
+    assert_eq!(swarm.len(), 1, "{swarm:?}");
+    let p = &swarm[0];
+    assert_eq!(p["peer_id"], peer.peer_id.to_string());
+    assert_eq!(p["own_updates"], 300);
+    assert_eq!((&p["behind"], &p["ahead"]), (&0.into(), &0.into()));
+    assert_eq!(p["digest"], "agree");
+    assert_eq!(p["mode"], "zeroth-order");
+    assert_eq!(p["done"], true);
+    assert!(p["last_seen_s"].as_f64().unwrap() >= 0.0);
+    // The history is served and grows with every status publish.
+    let history = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+    let (code, body) = fetch(addr, "/history").await;
+    assert_eq!(code, 200);
+    let h1 = history(body);
+    assert_eq!(h1["version"], 1);
+    let n1 = h1["samples"].as_u64().unwrap();
+    let run1 = h1["run"].as_array().unwrap();
+    let recent1 = h1["recent"].as_array().unwrap();
+    assert!(n1 >= 1 && !run1.is_empty() && !recent1.is_empty(), "{h1}");
+    assert_eq!(
+        run1.iter().map(|p| p["n"].as_u64().unwrap()).sum::<u64>(),
+        n1
+    );
+    let t1 = run1.last().unwrap()["t"].as_f64().unwrap();
+    assert_eq!(recent1.last().unwrap()["t"].as_f64(), Some(t1));
+    assert_eq!(run1.last().unwrap()["own_updates"], 300);
+    until(&node, |s| s.uptime_s > t1).await;
+    let h2 = history(fetch(addr, "/history").await.1);
+    assert!(h2["samples"].as_u64().unwrap() > n1, "{h2}");
+    assert_eq!(
+        h2["run"][0]["t0"], h1["run"][0]["t0"],
+        "still from the start"
+    );
     assert_eq!(fetch(addr, "/nope").await.0, 404);
     let (code, page) = fetch(addr, "/").await;
     assert_eq!(code, 200);
