@@ -1,5 +1,5 @@
 //! The per-node HTTP server as users meet it: Prometheus `/metrics`, JSON
-//! `/status`, 404s, a slow client that must not block anything, the
+//! `/status` (with the swarm table) and `/history`, 404s, a slow client that must not block anything, the
 //! `seedswarm status` command, and the dashboard rendered in headless Chromium.
 
 mod common;
@@ -64,6 +64,41 @@ async fn metrics_status_and_unknown_paths() {
     assert_eq!(v["own_updates"], 300);
     assert_eq!(v["peer_id"], node.peer_id.to_string());
     assert_eq!(v["digest"].as_str().unwrap().len(), 64);
+    // The swarm as known from heartbeats: the one peer, settled with us.
+    let swarm = v["swarm"].as_array().expect("swarm list");
+    assert_eq!(swarm.len(), 1, "{swarm:?}");
+    let p = &swarm[0];
+    assert_eq!(p["peer_id"], peer.peer_id.to_string());
+    assert_eq!(p["own_updates"], 300);
+    assert_eq!((&p["behind"], &p["ahead"]), (&0.into(), &0.into()));
+    assert_eq!(p["digest"], "agree");
+    assert_eq!(p["mode"], "zeroth-order");
+    assert_eq!(p["done"], true);
+    assert!(p["last_seen_s"].as_f64().unwrap() >= 0.0);
+    // The history is served and grows with every status publish.
+    let history = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+    let (code, body) = fetch(addr, "/history").await;
+    assert_eq!(code, 200);
+    let h1 = history(body);
+    assert_eq!(h1["version"], 1);
+    let n1 = h1["samples"].as_u64().unwrap();
+    let run1 = h1["run"].as_array().unwrap();
+    let recent1 = h1["recent"].as_array().unwrap();
+    assert!(n1 >= 1 && !run1.is_empty() && !recent1.is_empty(), "{h1}");
+    assert_eq!(
+        run1.iter().map(|p| p["n"].as_u64().unwrap()).sum::<u64>(),
+        n1
+    );
+    let t1 = run1.last().unwrap()["t"].as_f64().unwrap();
+    assert_eq!(recent1.last().unwrap()["t"].as_f64(), Some(t1));
+    assert_eq!(run1.last().unwrap()["own_updates"], 300);
+    until(&node, |s| s.uptime_s > t1).await;
+    let h2 = history(fetch(addr, "/history").await.1);
+    assert!(h2["samples"].as_u64().unwrap() > n1, "{h2}");
+    assert_eq!(
+        h2["run"][0]["t0"], h1["run"][0]["t0"],
+        "still from the start"
+    );
     assert_eq!(fetch(addr, "/nope").await.0, 404);
     let (code, page) = fetch(addr, "/").await;
     assert_eq!(code, 200);
@@ -144,7 +179,7 @@ fn chromium() -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_renders_live_charts_in_headless_chromium() {
+async fn dashboard_opened_mid_run_draws_the_whole_run_and_the_swarm() {
     let Some(browser) = chromium() else {
         assert!(
             std::env::var_os("SEEDSWARM_REQUIRE_BROWSER").is_none(),
@@ -157,7 +192,17 @@ async fn dashboard_renders_live_charts_in_headless_chromium() {
     let mut ob = options(1_000_000);
     ob.bootstrap = vec![a.listen[0].clone().with_p2p(a.peer_id).unwrap()];
     let b = Node::start(config(), ob).await.unwrap();
-    until(&a, |s| s.peers >= 1 && s.updates_applied > 100).await;
+    // Open the page mid-run: the node has published status for a while.
+    until(&a, |s| {
+        s.peers >= 1 && s.updates_applied > 100 && s.uptime_s > 4.0 && !s.swarm.is_empty()
+    })
+    .await;
+    let first_sample = {
+        let (_, body) = fetch(a.http.unwrap(), "/history").await;
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        h["run"][0]["t0"].as_f64().unwrap()
+    };
+    let opened_at = a.watch().borrow().uptime_s;
     let url = format!("http://{}/", a.http.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let run = |extra: Vec<String>, profile: &str| {
@@ -194,20 +239,44 @@ async fn dashboard_renders_live_charts_in_headless_chromium() {
     })
     .await
     .unwrap();
+    // The attribute `name` of the element whose tag contains `marker`.
+    let attr = |marker: &str, name: &str| -> Option<String> {
+        let at = dom.find(marker)?;
+        let open = dom[..=at].rfind('<')?;
+        let tag = &dom[open..at + dom[at..].find('>')?];
+        let v = tag
+            .split(&format!(" {name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()?;
+        Some(v.to_string())
+    };
+    let num = |marker: &str, name: &str| -> f64 {
+        attr(marker, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} on {marker} in the rendered page"))
+    };
+    // The history drawn on opening reaches back to the run's first sample.
+    let history_points = num("<body", "data-history-points");
+    assert!(
+        history_points >= 10.0,
+        "{history_points} history points drawn"
+    );
+    assert_eq!(num("<body", "data-history-from"), first_sample);
+    assert!(num("<body", "data-history-to") >= opened_at);
     for id in ["loss", "rate", "bytes", "peers", "backlog", "acc"] {
-        let at = dom
-            .find(&format!("id=\"{id}\""))
-            .unwrap_or_else(|| panic!("no canvas {id} in the rendered page"));
-        let tag_end = at + dom[at..].find('>').unwrap();
-        let tag = &dom[at..tag_end];
-        let points: usize = tag
-            .split("data-points=\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(points >= 3, "chart {id} drew {points} points: {tag}");
+        let marker = format!("id=\"{id}\"");
+        let points = num(&marker, "data-points");
+        assert!(points >= history_points, "chart {id} drew {points} points");
+        let (t0, t1) = (num(&marker, "data-t0"), num(&marker, "data-t1"));
+        assert!(t0 <= first_sample + 1.0, "chart {id} starts at {t0} s");
+        assert!(t1 >= opened_at, "chart {id} ends at {t1} s");
     }
+    // The swarm table lists the other node.
+    assert!(
+        dom.contains(&format!("data-peer=\"{}\"", b.peer_id)),
+        "swarm table row for the other node"
+    );
     let state = dom
         .split("id=\"state\"")
         .nth(1)

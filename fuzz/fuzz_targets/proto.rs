@@ -138,6 +138,7 @@ fuzz_target!(|data: &[u8]| {
         max_delta_bytes: MAX_DELTA_BYTES,
         shapes: shapes(),
         drop_incoming: if h0 & 0x20 != 0 { 0.25 } else { 0.0 },
+        mode: Default::default(),
     };
     let apply_max = [4096, 1, 3, 16][usize::from(h0 >> 6)];
     let mut h = H::new(settings, own, apply_max, h2);

@@ -9,6 +9,7 @@
 use crate::config::{self, Config, NodeSettings};
 use crate::crdt::log::Log;
 use crate::net::{self, Topics};
+use crate::obs::history::History;
 use crate::obs::http;
 use crate::obs::metrics::Series;
 use crate::proto::{self, join, Core, Timing};
@@ -34,7 +35,7 @@ mod compute;
 mod report;
 mod shell;
 
-pub use report::{Status, Summary};
+pub use report::{Status, Summary, SwarmPeer};
 
 /// Errors of a node.
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +321,7 @@ async fn start(
         }
     }
     let (status_tx, status_rx) = watch::channel(Status::default());
+    let history = Arc::new(Mutex::new(History::new()));
     let http_addr = match opts.http {
         Some(addr) => {
             let listener =
@@ -333,6 +335,7 @@ async fn start(
             let shared = http::Shared {
                 registry: registry.clone(),
                 status: status_rx.clone(),
+                history: history.clone(),
             };
             tokio::spawn(http::serve(listener, shared));
             local
@@ -353,6 +356,7 @@ async fn start(
         max_delta_bytes: cfg.run.delta.max_bytes,
         shapes: session.trainer().shapes(),
         drop_incoming: opts.drop_incoming,
+        mode: cfg.node.mode,
     };
     let core = Core::new(settings, log, Instant::now());
     let gate = Arc::new(AtomicBool::new(false));
@@ -386,6 +390,7 @@ async fn start(
         metrics,
         series,
         status_tx,
+        history,
         listen: listen.clone(),
         started: Instant::now(),
         rates: Default::default(),

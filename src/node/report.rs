@@ -45,6 +45,75 @@ pub struct Status {
     pub bytes_out_per_s: f64,
     pub mesh_peers: usize,
     pub digest_mismatches: u64,
+    /// Every live peer known from its heartbeats, sorted by peer id.
+    pub swarm: Vec<SwarmPeer>,
+}
+
+/// One peer as this node knows it from its last heartbeat.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SwarmPeer {
+    pub peer_id: String,
+    /// Its own updates: its version vector's entry for its own origin.
+    pub own_updates: u64,
+    /// Updates this node has applied that the peer does not hold (Σ over origins).
+    pub behind: u64,
+    /// Updates the peer holds that this node has not applied (Σ over origins).
+    pub ahead: u64,
+    /// "agree" or "differ" when its version vector equals ours, else "n/a".
+    pub digest: String,
+    /// "zeroth-order" or "first-order".
+    pub mode: String,
+    /// Seconds since its last heartbeat.
+    pub last_seen_s: f64,
+    /// It stopped training for good.
+    pub done: bool,
+    pub backlog: u64,
+    pub loss: f32,
+}
+
+/// The swarm table: every peer of the core, against this node's replica.
+pub(super) fn swarm_peers<P: Peer + Display, M: Clone + Debug, C: Debug>(
+    core: &Core<P, M, C>,
+    now: Instant,
+) -> Vec<SwarmPeer> {
+    let st = core.state();
+    let empty = VersionVector::new();
+    let ours = st.map_or(&empty, |s| &s.vv);
+    let mut out: Vec<SwarmPeer> = core
+        .peers()
+        .iter()
+        .map(|(p, v)| {
+            let diff = |a: &VersionVector, b: &VersionVector| -> u64 {
+                a.iter()
+                    .map(|(o, n)| n.saturating_sub(b.get(o).copied().unwrap_or(0)))
+                    .sum()
+            };
+            let digest = match st {
+                Some(s) if s.vv == v.vv => {
+                    if s.digest == v.digest {
+                        "agree"
+                    } else {
+                        "differ"
+                    }
+                }
+                _ => "n/a",
+            };
+            SwarmPeer {
+                peer_id: p.to_string(),
+                own_updates: p.origin().and_then(|o| v.vv.get(&o).copied()).unwrap_or(0),
+                behind: diff(ours, &v.vv),
+                ahead: diff(&v.vv, ours),
+                digest: digest.to_string(),
+                mode: v.mode.to_string(),
+                last_seen_s: now.saturating_duration_since(v.seen).as_secs_f64(),
+                done: v.done,
+                backlog: v.backlog,
+                loss: v.loss,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    out
 }
 
 /// What a finished node measured.
@@ -163,9 +232,10 @@ pub(super) struct Swarm {
 }
 
 /// The status of a node now.
-pub(super) fn status<P: Peer, M: Clone + Debug, C: Debug>(
+pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
     core: &Core<P, M, C>,
     sw: Swarm,
+    now: Instant,
 ) -> Status {
     let st = core.state().cloned().unwrap_or_default();
     let stats: Stats = core.stats();
@@ -202,6 +272,7 @@ pub(super) fn status<P: Peer, M: Clone + Debug, C: Debug>(
         bytes_out_per_s: sw.rates.2,
         mesh_peers: sw.mesh_peers,
         digest_mismatches: stats.digest_mismatches,
+        swarm: swarm_peers(core, now),
     }
 }
 

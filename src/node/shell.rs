@@ -11,6 +11,7 @@ use super::report::{self, Status, Summary};
 use super::{Control, Error};
 use crate::model::Eval;
 use crate::net::{self, wire, Behaviour, BehaviourEvent, Topics};
+use crate::obs::history::History;
 use crate::obs::metrics::Series;
 use crate::proto::{Core, Input, Output, Verdict};
 use futures::StreamExt;
@@ -23,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as smpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -48,6 +49,8 @@ pub(super) struct Shell {
     pub(super) metrics: Metrics,
     pub(super) series: Series,
     pub(super) status_tx: watch::Sender<Status>,
+    /// Shared with the HTTP server (`/history`).
+    pub(super) history: Arc<Mutex<History>>,
     pub(super) listen: Vec<Multiaddr>,
     pub(super) started: Instant,
     pub(super) rates: report::Rates,
@@ -373,7 +376,8 @@ impl Shell {
         }
     }
 
-    /// Publishes (and returns) the node's status; also writes `status.json`.
+    /// Publishes (and returns) the node's status, adds it to the history and
+    /// writes `status.json`.
     fn publish_status(&mut self) -> Status {
         let bytes = self.bandwidth.totals();
         let now = Instant::now();
@@ -390,11 +394,15 @@ impl Shell {
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             rates: self.rates.sample(now, applied, bytes),
         };
-        let status = report::status(&self.core, swarm);
+        let status = report::status(&self.core, swarm, now);
         report::gauges(&self.series, &self.core, &status);
         if let Some(dir) = &self.data_dir {
             report::write_json(dir.clone(), &status);
         }
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&status);
         self.status_tx.send_replace(status.clone());
         status
     }

@@ -1,10 +1,13 @@
 //! A small HTTP/1.1 server per node: `/metrics` (Prometheus text), `/status`
-//! (JSON), `/` (the dashboard, embedded in the binary). Binds only where told.
-//! Each connection runs in its own task with a deadline, reads at most 8 KiB
-//! of request head and shares nothing with the network loop but a status
-//! snapshot and the metrics registry, so slow clients never block it.
+//! (JSON), `/history` (JSON, see [`crate::obs::history`]), `/` (the
+//! dashboard, embedded in the binary). Binds only where told. Each
+//! connection runs in its own task with a deadline, reads at most 8 KiB of
+//! request head and shares nothing with the network loop but a status
+//! snapshot, the history (locked only to copy it) and the metrics registry,
+//! so slow clients never block it.
 
 use crate::node::Status;
+use crate::obs::history::History;
 use prometheus_client::registry::Registry;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +26,8 @@ pub struct Shared {
     pub registry: Arc<Mutex<Registry>>,
     /// Latest node status.
     pub status: watch::Receiver<Status>,
+    /// The node's history, one sample per status publish.
+    pub history: Arc<Mutex<History>>,
 }
 
 /// Serves until the status sender (the node) goes away.
@@ -95,6 +100,15 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
         "/status" => {
             let status = shared.status.borrow().clone();
             let body = serde_json::to_vec_pretty(&status).unwrap_or_default();
+            respond(&mut stream, 200, "application/json", &body).await
+        }
+        "/history" => {
+            let snapshot = shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .snapshot();
+            let body = serde_json::to_vec(&snapshot).unwrap_or_default();
             respond(&mut stream, 200, "application/json", &body).await
         }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,

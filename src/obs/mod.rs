@@ -1,6 +1,8 @@
 //! Observability: Prometheus series, the per-node HTTP server (`/metrics`,
-//! `/status`, the dashboard) and `seedswarm status` over many nodes.
+//! `/status`, `/history`, the dashboard), the bounded history of a node's
+//! series and `seedswarm status` over many nodes.
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod progress;

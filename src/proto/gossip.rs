@@ -143,6 +143,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 done: hb.done,
                 backlog: hb.backlog,
                 loss: hb.loss,
+                mode: hb.mode,
                 seen: now,
             },
             hb.leaving,

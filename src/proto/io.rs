@@ -101,6 +101,8 @@ pub struct Settings {
     pub shapes: Vec<(String, u64)>,
     /// Test hook: fraction of incoming update messages dropped unseen.
     pub drop_incoming: f64,
+    /// How this node contributes; announced in heartbeats.
+    pub mode: crate::config::Mode,
 }
 
 /// What the core takes in.

@@ -1,6 +1,6 @@
 //! Publishing: own updates into the log and the outbox (one gossip batch per
 //! interval or per `publish_max` updates; a delta announced on its own), and
-//! heartbeats of the replica's version vector and digest.
+//! heartbeats of the replica's version vector and digest (and the node's mode).
 
 use super::*;
 
@@ -90,6 +90,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             leaving,
             loss: st.loss,
             backlog: self.backlog(),
+            mode: self.settings.mode,
         };
         let data = hb.encode();
         self.event(Event::Bytes {

@@ -48,6 +48,8 @@ pub struct PeerView {
     pub backlog: u64,
     /// Its recent training loss.
     pub loss: f32,
+    /// How it contributes (zeroth- or first-order).
+    pub mode: crate::config::Mode,
     /// When we last heard from it.
     pub seen: Instant,
 }
@@ -260,6 +262,7 @@ mod tests {
             done,
             backlog: 0,
             loss: 0.0,
+            mode: Default::default(),
             seen: now,
         }
     }

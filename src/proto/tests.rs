@@ -26,6 +26,7 @@ fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
         max_delta_bytes: 1 << 20,
         shapes: vec![("w".into(), 8)],
         drop_incoming: 0.0,
+        mode: Default::default(),
     };
     (Core::new(settings, Log::in_memory(RunId([0; 32])), t0), t0)
 }

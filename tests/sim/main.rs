@@ -267,6 +267,7 @@ fn hostile_inputs_are_judged_without_sockets() {
         leaving: false,
         loss: 0.0,
         backlog: 0,
+        mode: Default::default(),
     };
     w.inject(liar, victim, Some(Topic::Status), hb.encode());
     w.run_for(5_000);

@@ -207,6 +207,7 @@ impl World {
                 .map(|(n, t)| (n.clone(), t.len() as u64))
                 .collect(),
             drop_incoming: 0.0,
+            mode: Default::default(),
         }
     }
 

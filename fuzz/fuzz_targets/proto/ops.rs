@@ -135,6 +135,7 @@ impl H {
                     leaving: flags & 2 != 0,
                     loss,
                     backlog: if flags & 4 != 0 { u64::from(r.u8()) } else { 0 },
+                    mode: Default::default(),
                 };
                 self.gossip(from, source, Some(Topic::Status), hb.encode());
             }

@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 1 | `0x01 ‖ varint first_seq ‖ codes` |
 //! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 1 | `0x01 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload)` (45 bytes) |
-//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 1 | `0x01 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
+//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 2 | `0x02 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
 //! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/1` | CBOR of [`Request`] / [`Response`] |
 //! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::crdt::snapshot::VERSION) = 1 | see [`crate::crdt::snapshot`] |
 //! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x01` (16 bytes) | see [`crate::crdt::log`] |
@@ -26,10 +26,13 @@
 //!   repeated; seqs run from `first_seq`, one per code.
 //! - Delta announcements: the payload itself (a compressed sparse delta) is
 //!   pulled over request-response.
-//! - Heartbeats: version vector, digest, counters, done flag.
+//! - Heartbeats: version vector, digest, counters, done flag, mode
+//!   (zeroth- or first-order). Version 2 added the mode; a version-1
+//!   heartbeat is an unknown version (ignored and counted, not penalized).
 //! - Sync requests/responses: log ranges (with the payloads of the delta
 //!   updates in them), delta payloads, snapshot offers and chunks.
 
+use crate::config::Mode;
 use crate::varint;
 use crate::zo::seed::Origin;
 use serde::{Deserialize, Serialize};
@@ -178,10 +181,12 @@ pub struct Heartbeat {
     pub loss: f32,
     /// Updates waiting to be applied.
     pub backlog: u64,
+    /// How the node contributes (one byte: 0 zeroth-order, 1 first-order).
+    pub mode: Mode,
 }
 
-/// Wire version byte of heartbeats.
-pub const HEARTBEAT_VERSION: u8 = 1;
+/// Wire version byte of heartbeats (2: with the mode).
+pub const HEARTBEAT_VERSION: u8 = 2;
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_HEARTBEAT>()

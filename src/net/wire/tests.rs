@@ -42,6 +42,7 @@ fn heartbeat_roundtrip_and_limits() {
         leaving: false,
         loss: 0.25,
         backlog: 0,
+        mode: Mode::ZerothOrder,
     };
     assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb.clone()));
     let mut unsorted = hb.clone();
@@ -62,6 +63,7 @@ fn golden_heartbeat() {
         leaving: false,
         loss: 0.25,
         backlog: 300,
+        mode: Mode::FirstOrder,
     };
     // version ‖ bincode (standard: varint lengths and integers, arrays
     // and tuples without length, f32 LE).
@@ -72,14 +74,23 @@ fn golden_heartbeat() {
     want.extend_from_slice(&[1, 0]); // done, leaving
     want.extend_from_slice(&[0x00, 0x00, 0x80, 0x3e]); // loss 0.25
     want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // backlog 300: u16 marker + LE
+    want.push(1); // mode: first-order (variant index)
     let bytes = hb.encode();
-    assert_eq!(bytes.len(), 76);
+    assert_eq!(bytes.len(), 77);
     assert_eq!(bytes, want);
     assert_eq!(Heartbeat::decode(&want), Ok(hb));
     // An unknown version is told apart from malformed input.
-    let mut v2 = want.clone();
-    v2[0] = 2;
-    assert_eq!(Heartbeat::decode(&v2), Err(Error::Version(2)));
+    let mut v3 = want.clone();
+    v3[0] = 3;
+    assert_eq!(Heartbeat::decode(&v3), Err(Error::Version(3)));
+    // Version 1 (no mode) is an older format: unknown, not malformed.
+    let mut v1 = want[..want.len() - 1].to_vec();
+    v1[0] = 1;
+    assert_eq!(Heartbeat::decode(&v1), Err(Error::Version(1)));
+    // A mode this version does not know is malformed.
+    let mut bad = want.clone();
+    *bad.last_mut().unwrap() = 2;
+    assert!(matches!(Heartbeat::decode(&bad), Err(Error::Malformed(_))));
     assert_eq!(Heartbeat::decode(&[]), Err(Error::Truncated));
     assert!(matches!(
         Heartbeat::decode(&want[1..]),
@@ -126,13 +137,14 @@ fn every_gossip_decoder_names_an_unknown_version() {
         leaving: false,
         loss: 1.0,
         backlog: 0,
+        mode: Mode::ZerothOrder,
     };
     let announce = DeltaAnnounce {
         seq: 1,
         len: 10,
         hash: [0; 32],
     };
-    for v in [0u8, 2, 0x80, 0xff] {
+    for v in [0u8, 3, 0x80, 0xff] {
         let mut b = encode_updates(7, &[1, 2]);
         b[0] = v;
         assert_eq!(decode_updates(&b), Err(Error::Version(v)));
