@@ -1,6 +1,7 @@
 //! The `seedswarm` binary as a user runs it: the demo learns, bad configs
-//! are refused with exit code 2 and nothing written, and a run resumed from
-//! its data dir ends bit-identical to an uninterrupted one.
+//! are refused with exit code 2 and nothing written, a run resumed from its
+//! data dir ends bit-identical to an uninterrupted one, and long work
+//! (`eval` over a replayed log) reports progress in log lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -157,4 +158,50 @@ fn first_order_training_publishes_compressed_deltas_and_resumes() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("run.delta.max_bytes"), "{err}");
+}
+
+#[test]
+fn eval_replays_a_log_and_reports_progress_in_log_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let trained = dir.path().join("t.json");
+    let st = bin()
+        .args(["train", "--steps", "200", "--config"])
+        .arg(demo())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--summary")
+        .arg(&trained)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = dir.path().join("e.json");
+    let o = bin()
+        .args(["eval", "--config"])
+        .arg(demo())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--summary")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.starts_with("accuracy "), "{stdout}");
+    let e = summary(&out);
+    assert_eq!(e["digest"], summary(&trained)["digest"]);
+    assert_eq!(e["updates"], 200);
+    assert_eq!(e["n"], 1024);
+    // Model load and replay are reported; stderr is not a terminal, so no
+    // spinner or bar is drawn there.
+    let err = String::from_utf8_lossy(&o.stderr);
+    for line in [
+        "loading the model",
+        "model loaded",
+        "replaying the update log",
+        "replayed the update log",
+    ] {
+        assert!(err.contains(line), "{line:?} missing from {err}");
+    }
+    assert!(!err.contains('\r') && !err.contains("batches"), "{err}");
 }
