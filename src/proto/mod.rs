@@ -204,23 +204,15 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if self.join.active() {
             return None;
         }
-        let have = &self.log;
-        let (origin, from, to) = self.delivered_gaps().find_map(|(o, from)| {
-            let to = have.next_seq(&o);
-            (to > from).then_some((o, from, to))
+        // Called after every input: walk the log's heads, allocate nothing.
+        let (origin, from, to) = self.log.heads().find_map(|(o, to)| {
+            let from = self.delivered.get(o).copied().unwrap_or(0);
+            (to > from).then_some((*o, from, to))
         })?;
         let to = to.min(from + max.max(1) as u64);
         let seg = self.log.segment(&origin, from, to);
         self.delivered.insert(origin, to);
         Some(seg)
-    }
-
-    fn delivered_gaps(&self) -> impl Iterator<Item = (Origin, u64)> + '_ {
-        self.log
-            .version_vector()
-            .into_iter()
-            .filter(|(o, n)| self.delivered.get(o).copied().unwrap_or(0) < *n)
-            .map(|(o, _)| (o, self.delivered.get(&o).copied().unwrap_or(0)))
     }
 
     /// This node's origin.

@@ -308,10 +308,12 @@ impl Log {
 
     /// The version vector of the contiguous data.
     pub fn version_vector(&self) -> VersionVector {
-        self.origins
-            .iter()
-            .map(|(o, v)| (*o, v.len() as u64))
-            .collect()
+        self.heads().map(|(o, n)| (*o, n)).collect()
+    }
+
+    /// Each origin with the number of contiguous updates held, in origin order.
+    pub fn heads(&self) -> impl Iterator<Item = (&Origin, u64)> + '_ {
+        self.origins.iter().map(|(o, v)| (o, v.len() as u64))
     }
 
     /// Codes of `origin` for `seq ∈ [from, to)`, clipped to what is held.
