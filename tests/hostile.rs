@@ -14,6 +14,7 @@ use common::config;
 use futures::StreamExt;
 use libp2p::gossipsub;
 use libp2p::swarm::SwarmEvent;
+use seedswarm::crdt::attest::Signer;
 use seedswarm::net::{self, wire, BehaviourEvent, Topics};
 use seedswarm::node::{Node, Options};
 use seedswarm::zo::seed::RunId;
@@ -41,8 +42,9 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
     }
     let run = RunId::from_hex(&w.borrow().run_id).unwrap();
     let topics = Topics::new(&run);
-    let mut liar = attacker(&topics, &victim).await;
-    let mut vandal = attacker(&topics, &victim).await;
+    let (mut liar, liar_key) = attacker(&topics, &victim, run).await;
+    let (mut vandal, _) = attacker(&topics, &victim, run).await;
+    let (mut flooder, flooder_key) = attacker(&topics, &victim, run).await;
     let t = topics.updates.hash();
     let publish = |s: &mut libp2p::Swarm<net::Behaviour>, data: Vec<u8>| {
         s.behaviour_mut()
@@ -50,13 +52,22 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
             .publish(t.clone(), data)
             .expect("published");
     };
-    // The liar: a valid batch, the same batch again, another code for a seq
-    // it already signed, then far more updates than the rate limit allows.
-    publish(&mut liar, wire::encode_updates(0, &[5, 6, 7]));
-    publish(&mut liar, wire::encode_updates(0, &[5, 6, 7]));
-    publish(&mut liar, wire::encode_updates(1, &[9]));
+    let signed = |key: &Signer, first: u64, codes: &[u8]| {
+        wire::encode_updates(first, &key.sign(first, codes, &[]).sig, codes)
+    };
+    // The liar: a valid batch, the same batch again, then another code for a
+    // seq it already signed (which excludes it from there on).
+    publish(&mut liar, signed(&liar_key, 0, &[5, 6, 7]));
+    publish(&mut liar, signed(&liar_key, 0, &[5, 6, 7]));
+    publish(&mut liar, signed(&liar_key, 1, &[9]));
+    // The flooder: a batch whose signature is not its own, then far more
+    // updates than the rate limit allows (gossipsub graylists it after a few
+    // rejections, so both come first).
+    let mut forged = signed(&flooder_key, 0, &[2]);
+    *forged.last_mut().unwrap() = 3;
+    publish(&mut flooder, forged);
     for i in 0..8u64 {
-        publish(&mut liar, wire::encode_updates(3 + 1000 * i, &[1; 1000]));
+        publish(&mut flooder, signed(&flooder_key, 1000 * i, &[1; 1000]));
     }
     // The vandal: a batch of a wire version nobody knows (ignored and
     // counted, not penalized: it could be a newer peer), garbage under the
@@ -65,7 +76,7 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
     publish(&mut vandal, vec![wire::UPDATES_VERSION, 0x80]);
     publish(
         &mut vandal,
-        wire::encode_updates(0, &vec![1; wire::MAX_BATCH + 1]),
+        wire::encode_updates(0, &[0; 64], &vec![1; wire::MAX_BATCH + 1]),
     );
     let want = [
         "unknown_version",
@@ -74,12 +85,14 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
         "replayed",
         "equivocation",
         "over_rate",
+        "bad_signature",
     ];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         tokio::select! {
             _ = liar.select_next_some() => {}
             _ = vandal.select_next_some() => {}
+            _ = flooder.select_next_some() => {}
             _ = tokio::time::sleep(Duration::from_millis(100)) => {
                 let s = victim.status();
                 if want.iter().all(|r| s.rejected.contains_key(*r)) {
@@ -102,17 +115,14 @@ async fn hostile_messages_are_refused_counted_and_harmless() {
     victim.stop();
     let summary = victim.wait().await.unwrap();
     assert_eq!(summary.own_updates, 200, "the node kept training");
-    // Only the liar's updates that passed validation were taken, none beyond a refusal.
+    // The liar signed two codes for seq 1: it counts only up to there.
     let liar_origin = net::origin_of_peer(liar.local_peer_id()).unwrap().to_hex();
     let held = summary
         .version_vector
         .get(&liar_origin)
         .copied()
         .unwrap_or(0);
-    assert!(
-        (3..3 + 8000).contains(&held),
-        "took {held} of the liar's updates"
-    );
+    assert_eq!(held, 1, "the liar is excluded from its equivocation on");
     let vandal_origin = net::origin_of_peer(vandal.local_peer_id())
         .unwrap()
         .to_hex();
@@ -141,7 +151,7 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
     }
     let run = RunId::from_hex(&w.borrow().run_id).unwrap();
     let topics = Topics::new(&run);
-    let mut peer = attacker(&topics, &victim).await;
+    let (mut peer, key) = attacker(&topics, &victim, run).await;
     let origin = net::origin_of_peer(peer.local_peer_id()).unwrap().to_hex();
     let s = seedswarm::delta::fedzip::Settings::default();
     let good = seedswarm::delta::fedzip::encode(
@@ -149,11 +159,14 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
         s.positions,
     );
     let garbage = vec![0xabu8; 50];
+    let delta = seedswarm::crdt::log::DELTA;
     let announce = |payload: &[u8]| {
+        let hash = *blake3::hash(payload).as_bytes();
         wire::DeltaAnnounce {
             seq: 0,
             len: payload.len() as u32,
-            hash: *blake3::hash(payload).as_bytes(),
+            hash,
+            sig: key.sign(0, &[delta], &[hash]).sig,
         }
         .encode()
     };
@@ -217,10 +230,12 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
     // A flood of announcements whose payloads never come: the victim fetches
     // a bounded number at once and ignores the rest.
     for seq in 1..=40u64 {
+        let hash = [seq as u8; 32];
         let ann = wire::DeltaAnnounce {
             seq,
             len: 50,
-            hash: [seq as u8; 32],
+            hash,
+            sig: key.sign(seq, &[delta], &[hash]).sig,
         };
         peer.behaviour_mut()
             .gossipsub
@@ -246,10 +261,16 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
     assert_eq!(summary.rejected.get("bad_delta"), Some(&2));
 }
 
-/// A real libp2p peer on the run's topics, connected to `victim`.
-async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviour> {
+/// A real libp2p peer on the run's topics, connected to `victim`, with a
+/// signer of its own key.
+async fn attacker(
+    topics: &Topics,
+    victim: &Node,
+    run: RunId,
+) -> (libp2p::Swarm<net::Behaviour>, Signer) {
     let mut registry = libp2p::metrics::Registry::default();
     let key = libp2p::identity::Keypair::generate_ed25519();
+    let signer = Signer::new(key.clone().try_into_ed25519().unwrap(), run);
     let bw = net::Bandwidth::register(&mut registry);
     let mut evil = net::build(key, topics, false, &mut registry, bw).unwrap();
     evil.dial(victim.listen[0].clone()).unwrap();
@@ -267,5 +288,5 @@ async fn attacker(topics: &Topics, victim: &Node) -> libp2p::Swarm<net::Behaviou
     })
     .await
     .expect("victim subscribed");
-    evil
+    (evil, signer)
 }

@@ -380,6 +380,76 @@ impl Replica {
             }
         }
         let count = next.values().sum::<u64>() - self.vv.values().sum::<u64>();
+        self.contribute(&fresh, &sparse, false);
+        self.vv = next;
+        self.applied += count;
+        Ok(count as usize)
+    }
+
+    /// Takes updates out again: `updates` must be, per origin, exactly the
+    /// applied tail `[s, n)` of that origin (n its version-vector entry); each
+    /// contribution is subtracted (wrapping, so exactly undone) and the
+    /// origin's entry becomes `s`. Used when an origin is proven to
+    /// equivocate and is excluded from `s` on. Nothing changes on error.
+    pub fn retract_with(
+        &mut self,
+        updates: &[Update],
+        payload: &dyn Fn(&Origin, u64) -> Option<crate::crdt::log::Payload>,
+    ) -> Result<usize, Error> {
+        let mut tails: BTreeMap<Origin, (u64, u64)> = BTreeMap::new();
+        let mut fresh = Vec::with_capacity(updates.len());
+        let mut sparse: Vec<SparseContribution> = Vec::new();
+        for u in updates {
+            let e = tails.entry(u.origin).or_insert((u.seq, u.seq));
+            if u.seq != e.1 {
+                return Err(Error::Gap {
+                    origin: u.origin.short(),
+                    seq: u.seq,
+                    expected: e.1,
+                });
+            }
+            e.1 += 1;
+            if u.code == crate::crdt::log::DELTA {
+                let bad = |reason: String| Error::BadDelta {
+                    origin: u.origin.short(),
+                    seq: u.seq,
+                    reason,
+                };
+                let p = payload(&u.origin, u.seq).ok_or_else(|| bad("payload missing".into()))?;
+                sparse.extend(self.decode_delta(&p).map_err(bad)?);
+            } else if u.code & 0x7f != 0 {
+                fresh.push(*u);
+            }
+        }
+        for (o, &(from, end)) in &tails {
+            let n = self.vv.get(o).copied().unwrap_or(0);
+            if end != n {
+                return Err(Error::Gap {
+                    origin: o.short(),
+                    seq: end,
+                    expected: n,
+                });
+            }
+            debug_assert!(from < end);
+        }
+        self.contribute(&fresh, &sparse, true);
+        let mut count = 0;
+        for (o, (from, end)) in tails {
+            count += end - from;
+            // An origin with nothing left counts as never heard of.
+            if from == 0 {
+                self.vv.remove(&o);
+            } else {
+                self.vv.insert(o, from);
+            }
+        }
+        self.applied -= count;
+        Ok(count as usize)
+    }
+
+    /// Adds (or, with `negate`, subtracts) the contributions of one-byte
+    /// updates and decoded deltas.
+    fn contribute(&mut self, fresh: &[Update], sparse: &[SparseContribution], negate: bool) {
         let prepared: Vec<(Seed, Vec<f64>)> = fresh.iter().map(|u| self.scalars(u)).collect();
         let kind = self.rules.kind;
         for (t, slot) in self.slots.iter_mut().enumerate() {
@@ -387,28 +457,33 @@ impl Replica {
                 Kind::Rademacher => {
                     let items: Vec<(Seed, i32)> = prepared
                         .iter()
-                        .map(|(seed, a)| (*seed, Self::rademacher_contribution(seed, t, a[t])))
+                        .map(|(seed, a)| {
+                            let c = Self::rademacher_contribution(seed, t, a[t]);
+                            (*seed, if negate { c.wrapping_neg() } else { c })
+                        })
                         .filter(|&(_, c)| c != 0)
                         .collect();
                     apply_rademacher(&mut slot.delta, t as u64, &items);
                 }
                 Kind::Gaussian => {
-                    let items: Vec<(Seed, f64)> =
-                        prepared.iter().map(|(seed, a)| (*seed, a[t])).collect();
+                    // round_ties_even(−x) = −round_ties_even(x), and the clamp
+                    // is symmetric: negating `a` negates every contribution.
+                    let items: Vec<(Seed, f64)> = prepared
+                        .iter()
+                        .map(|(seed, a)| (*seed, if negate { -a[t] } else { a[t] }))
+                        .collect();
                     apply_gaussian(&mut slot.delta, t as u64, &items);
                 }
             }
         }
-        for c in &sparse {
+        for c in sparse {
             let delta = &mut self.slots[c.slot].delta;
             for (&p, &id) in c.positions.iter().zip(&c.ids) {
                 let d = &mut delta[p as usize];
-                *d = d.wrapping_add(c.values[id as usize]);
+                let v = c.values[id as usize];
+                *d = d.wrapping_add(if negate { v.wrapping_neg() } else { v });
             }
         }
-        self.vv = next;
-        self.applied += count;
-        Ok(count as usize)
     }
 
     /// Writes the working weights of tensor `t` into `out`: `θ₀ + u·δ`, exactly.

@@ -29,8 +29,9 @@ pub const MAX_CHUNKS: usize = 1 << 14;
 pub const SEGMENT: usize = 1 << 20;
 /// Magic at the start of a snapshot body.
 pub const MAGIC: [u8; 4] = *b"SSNP";
-/// Version of the snapshot body format.
-pub const VERSION: u8 = 1;
+/// Version of the snapshot body format (2: the log carries its origins'
+/// signatures).
+pub const VERSION: u8 = 2;
 /// Largest decompressed header accepted.
 const MAX_HEADER: usize = 1 << 30;
 
@@ -64,9 +65,20 @@ struct Header {
     segments: Vec<u64>,
 }
 
-/// An origin's log from seq 0: codes, and the payloads of its delta updates
-/// (one per [`crate::zo::codec::DELTA`] code, in order).
-pub type LogEntries = (Origin, Vec<u8>, Vec<Vec<u8>>);
+/// An origin's log from seq 0: codes, the payloads of its delta updates
+/// (one per [`crate::zo::codec::DELTA`] code, in order), and the origin's
+/// signatures over its batches (first seq, length, signature), in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntries {
+    /// Whose.
+    pub origin: Origin,
+    /// Codes from seq 0.
+    pub codes: Vec<u8>,
+    /// Delta payloads, in order.
+    pub payloads: Vec<Vec<u8>>,
+    /// Signatures over its batches.
+    pub attests: Vec<(u64, u32, Vec<u8>)>,
+}
 
 /// A snapshot ready to serve.
 #[derive(Clone, Debug)]
@@ -256,13 +268,21 @@ pub fn decode(chunks: &[Vec<u8>], hashes: &[[u8; 32]], lens: &[usize]) -> Result
     work.into_par_iter()
         .try_for_each(|(frame, out)| decode_segment(frame, out))?;
     let vv: VersionVector = header.vv.into_iter().collect();
-    for (o, c, p) in &header.codes {
-        if vv.get(o).copied().unwrap_or(0) != c.len() as u64 {
-            return Err(Error::Body(
-                "log codes do not match the version vector".into(),
-            ));
+    // The log may stop short of the version vector (what is not signed is
+    // repaired after the install) or run to the end of a signed batch past it.
+    for e in &header.codes {
+        if e.attests
+            .iter()
+            .any(|a| a.2.len() != crate::crdt::attest::SIG_LEN)
+        {
+            return Err(Error::Body("signature length".into()));
         }
-        if c.iter().filter(|&&x| x == crate::zo::codec::DELTA).count() != p.len() {
+        if e.codes
+            .iter()
+            .filter(|&&x| x == crate::zo::codec::DELTA)
+            .count()
+            != e.payloads.len()
+        {
             return Err(Error::Body(
                 "delta payloads do not match the log's delta updates".into(),
             ));
@@ -301,12 +321,15 @@ pub fn image(replica: &Replica) -> Image {
 pub fn of(image: &Image, prefix: Vec<Segment>) -> Snapshot {
     let entries: Vec<LogEntries> = prefix
         .into_iter()
-        .map(|s| {
-            (
-                s.origin,
-                s.codes,
-                s.payloads.iter().map(|p| p.to_vec()).collect(),
-            )
+        .map(|s| LogEntries {
+            origin: s.origin,
+            codes: s.codes,
+            payloads: s.payloads.iter().map(|p| p.to_vec()).collect(),
+            attests: s
+                .attests
+                .iter()
+                .map(|a| (a.first_seq, a.len, a.sig.to_vec()))
+                .collect(),
         })
         .collect();
     let deltas: Vec<&[i32]> = image.deltas.iter().map(Vec::as_slice).collect();
@@ -314,13 +337,14 @@ pub fn of(image: &Image, prefix: Vec<Segment>) -> Snapshot {
 }
 
 /// Installs a snapshot into a replica that holds no update yet: checks the
-/// chunks, the digest of the received `δ` and that its log covers exactly its
-/// version vector (every delta with its payload); returns the snapshot's log.
+/// chunks and the digest of the received `δ`; returns the replica's version
+/// vector and the snapshot's log, whose signatures the protocol core checks
+/// before storing it.
 pub fn install(
     replica: &mut Replica,
     chunks: &[Vec<u8>],
     hashes: &[[u8; 32]],
-) -> Result<Vec<Segment>, String> {
+) -> Result<(VersionVector, Vec<Segment>), String> {
     if replica.applied() > 0 {
         return Err("this node already holds updates; a snapshot is only for joining".into());
     }
@@ -332,44 +356,41 @@ pub fn install(
     let segments: Vec<Segment> = d
         .codes
         .into_iter()
-        .map(|(origin, codes, payloads)| Segment {
-            origin,
+        .map(|e| Segment {
+            origin: e.origin,
             first_seq: 0,
-            codes,
-            payloads: payloads.into_iter().map(Arc::new).collect(),
+            codes: e.codes,
+            payloads: e.payloads.into_iter().map(Arc::new).collect(),
+            attests: e
+                .attests
+                .into_iter()
+                .map(|(first_seq, len, sig)| crate::crdt::attest::Attest {
+                    first_seq,
+                    len,
+                    sig: sig.try_into().unwrap_or([0; crate::crdt::attest::SIG_LEN]),
+                })
+                .collect(),
+            op: crate::crdt::log::Op::Apply,
         })
         .collect();
-    let vv_of_log: VersionVector = segments
-        .iter()
-        .filter(|s| !s.codes.is_empty())
-        .map(|s| (s.origin, s.end()))
-        .collect();
-    let mut want = d.vv.clone();
-    want.retain(|_, n| *n > 0);
-    if vv_of_log != want {
-        return Err("snapshot log does not match its version vector".into());
-    }
-    for s in &segments {
-        let markers = s
-            .codes
-            .iter()
-            .filter(|&&c| c == crate::crdt::log::DELTA)
-            .count();
-        if markers != s.payloads.len() {
-            return Err(format!(
-                "snapshot log of {} has {markers} delta updates but {} payloads",
-                s.origin.short(),
-                s.payloads.len()
-            ));
-        }
-    }
+    let vv = d.vv.clone();
     replica.install(d.deltas, d.vv).map_err(|e| e.to_string())?;
-    Ok(segments)
+    Ok((vv, segments))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log entries without signatures.
+    fn entries(o: Origin, codes: Vec<u8>, payloads: Vec<Vec<u8>>) -> LogEntries {
+        LogEntries {
+            origin: o,
+            codes,
+            payloads,
+            attests: Vec::new(),
+        }
+    }
 
     #[test]
     fn roundtrip_and_integrity() {
@@ -382,19 +403,22 @@ mod tests {
             &[&a, &b],
             &vv,
             [9; 32],
-            vec![(Origin([1; 32]), vec![1, 2, 3], vec![])],
+            vec![entries(Origin([1; 32]), vec![1, 2, 3], vec![])],
         );
         assert!(s.chunks.iter().map(Vec::len).sum::<usize>() < 4 * a.len());
         let d = decode(&s.chunks, &s.hashes, &[a.len(), b.len()]).unwrap();
         assert_eq!(d.deltas, vec![a.clone(), b.clone()]);
         assert_eq!(d.vv, vv);
-        assert_eq!(d.codes, vec![(Origin([1; 32]), vec![1, 2, 3], vec![])]);
+        assert_eq!(
+            d.codes,
+            vec![entries(Origin([1; 32]), vec![1, 2, 3], vec![])]
+        );
         // Identical states give identical snapshot ids.
         let again = encode(
             &[&a, &b],
             &vv,
             [9; 32],
-            vec![(Origin([1; 32]), vec![1, 2, 3], vec![])],
+            vec![entries(Origin([1; 32]), vec![1, 2, 3], vec![])],
         );
         assert_eq!(again.id, s.id);
         let mut bad = s.chunks.clone();
@@ -452,11 +476,13 @@ mod tests {
         let b = [7];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![vec![0xaa; 2]])];
+        let mut e = entries(o, vec![1, crate::zo::codec::DELTA, 3], vec![vec![0xaa; 2]]);
+        e.attests.push((0, 3, vec![0x55; 64]));
+        let codes = vec![e];
         let s = encode(&[&a, &b], &vv, [9; 32], codes.clone());
         assert_eq!(s.chunks.len(), 1);
         let body = &s.chunks[0];
-        assert_eq!(&body[..5], b"SSNP\x01");
+        assert_eq!(&body[..5], b"SSNP\x02");
         let head_len = u64::from_le_bytes(body[5..13].try_into().unwrap()) as usize;
         let (head, frames) = body[13..].split_at(head_len);
         // The segment frames, decompressed: zigzag LEB128 of each value.
@@ -479,6 +505,9 @@ mod tests {
         want.push(1);
         want.extend_from_slice(&[1; 32]);
         want.extend_from_slice(&[3, 1, 0x80, 3, 1, 2, 0xaa, 0xaa]);
+        // signatures: one (first seq 0, length 3, 64 bytes)
+        want.extend_from_slice(&[1, 0, 3, 64]);
+        want.extend_from_slice(&[0x55; 64]);
         want.extend_from_slice(&[2, sizes[0], sizes[1]]);
         assert_eq!(head, want);
         // The whole body and the snapshot id also pin zstd's output (level 1
@@ -492,18 +521,18 @@ mod tests {
     }
 
     const GOLDEN_BODY_HASH: &str =
-        "40ca471fbeafbe0638d3d6a45c5990e039e58bf3b47497bb213d6121a7af73e6";
-    const GOLDEN_ID: &str = "1a9dd4da145322770cc5f24f19c621c47e705b9e3e3b1c87497618c1fb15f298";
+        "f9f0ebcc1bf245f74929b9f4d5e183af9a100ad11aa36725c53f26f0e3bf2478";
+    const GOLDEN_ID: &str = "e3cc4a244134044636eac2fb2240ba6a9dbe9d05a77a89c40c5564f26e9f9a09";
 
     #[test]
     fn unknown_versions_and_foreign_bodies_are_named() {
         let d = vec![5i32; 10];
         let s = encode(&[&d], &VersionVector::new(), [0; 32], vec![]);
         let mut body = s.chunks.concat();
-        body[4] = 2;
+        body[4] = 3;
         let e = decode_body(body.clone(), &[10]).err().unwrap();
-        assert!(matches!(e, Error::Version(2)), "{e}");
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert!(matches!(e, Error::Version(3)), "{e}");
+        assert!(e.to_string().contains("version 3"), "{e}");
         body[0] = b'X';
         assert!(matches!(decode_body(body, &[10]), Err(Error::Magic)));
         for n in 0..13 {
@@ -517,7 +546,11 @@ mod tests {
         let d = vec![5i32; 10];
         let o = Origin([1; 32]);
         let vv: VersionVector = [(o, 3)].into_iter().collect();
-        let codes = vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![vec![7u8; 40]])];
+        let codes = vec![entries(
+            o,
+            vec![1, crate::zo::codec::DELTA, 3],
+            vec![vec![7u8; 40]],
+        )];
         let s = encode(&[&d], &vv, [9; 32], codes.clone());
         let got = decode(&s.chunks, &s.hashes, &[10]).unwrap();
         assert_eq!(got.codes, codes);
@@ -526,7 +559,7 @@ mod tests {
             &[&d],
             &vv,
             [9; 32],
-            vec![(o, vec![1, crate::zo::codec::DELTA, 3], vec![])],
+            vec![entries(o, vec![1, crate::zo::codec::DELTA, 3], vec![])],
         );
         assert!(matches!(
             decode(&bad.chunks, &bad.hashes, &[10]),

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Protocol name of the sync request-response protocol.
-pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/1";
+pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/2";
 /// Protocol name of the private Kademlia DHT.
 pub const KAD_PROTOCOL: &str = "/seedswarm/kad/1.0.0";
 /// Largest gossip message accepted (bytes).
@@ -79,6 +79,8 @@ pub struct Topics {
     pub status: gossipsub::IdentTopic,
     /// Delta announcements.
     pub deltas: gossipsub::IdentTopic,
+    /// Proofs of equivocation.
+    pub proofs: gossipsub::IdentTopic,
 }
 
 impl Topics {
@@ -89,6 +91,7 @@ impl Topics {
             updates: gossipsub::IdentTopic::new(format!("{base}/u")),
             status: gossipsub::IdentTopic::new(format!("{base}/s")),
             deltas: gossipsub::IdentTopic::new(format!("{base}/d")),
+            proofs: gossipsub::IdentTopic::new(format!("{base}/x")),
         }
     }
 
@@ -98,6 +101,7 @@ impl Topics {
             crate::proto::Topic::Updates => self.updates.hash(),
             crate::proto::Topic::Status => self.status.hash(),
             crate::proto::Topic::Deltas => self.deltas.hash(),
+            crate::proto::Topic::Proofs => self.proofs.hash(),
         }
     }
 
@@ -107,6 +111,7 @@ impl Topics {
             crate::proto::Topic::Updates,
             crate::proto::Topic::Status,
             crate::proto::Topic::Deltas,
+            crate::proto::Topic::Proofs,
         ]
         .into_iter()
         .find(|t| self.hash(*t) == *hash)
@@ -130,9 +135,19 @@ pub fn load_or_create_key(dir: &Path) -> Result<Keypair, Error> {
             std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
             let key = Keypair::generate_ed25519();
             let bytes = key.to_protobuf_encoding().map_err(|e| err(e.to_string()))?;
+            // Durable before it is used: written, synced, renamed into place,
+            // and the directory synced, so a power loss never leaves a node
+            // that signed updates without the key it signed them with.
             let tmp = path.with_extension("key.tmp");
-            std::fs::write(&tmp, bytes).map_err(|e| err(e.to_string()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))?;
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(&bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(dir)?.sync_all()
+            };
+            write().map_err(|e| err(e.to_string()))?;
             Ok(key)
         }
         Err(e) => Err(err(e.to_string())),
@@ -221,7 +236,12 @@ pub fn build(
                     ip_colocation_factor_weight: 0.0,
                     ..Default::default()
                 };
-                for t in [&topics.updates, &topics.status, &topics.deltas] {
+                for t in [
+                    &topics.updates,
+                    &topics.status,
+                    &topics.deltas,
+                    &topics.proofs,
+                ] {
                     params.topics.insert(
                         t.hash(),
                         gossipsub::TopicScoreParams {
@@ -240,11 +260,15 @@ pub fn build(
                 gossipsub.subscribe(&topics.updates)?;
                 gossipsub.subscribe(&topics.status)?;
                 gossipsub.subscribe(&topics.deltas)?;
+                gossipsub.subscribe(&topics.proofs)?;
                 let sync = request_response::cbor::Behaviour::with_codec(
                     request_response::cbor::codec::Codec::default()
                         .set_request_size_maximum(4 * 1024)
                         .set_response_size_maximum(
-                            4 * wire::MAX_RANGE + 4096 + crate::crdt::log::MAX_DELTA_BYTES as u64,
+                            4 * (wire::MAX_RANGE + wire::MAX_BATCH as u64)
+                                + 128 * wire::MAX_RANGE_BATCHES as u64
+                                + 4096
+                                + 2 * crate::crdt::log::MAX_DELTA_BYTES as u64,
                         ),
                     [(
                         StreamProtocol::new(SYNC_PROTOCOL),

@@ -23,7 +23,13 @@ pub(super) enum ToCompute {
     Image,
     /// Install these snapshot chunks.
     Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
+    /// Persist an exclusion (origin, first excluded seq, proof).
+    Exclude(crate::zo::seed::Origin, u64, Vec<u8>),
 }
+
+/// Own updates are made durable (fsync) in groups at most this far apart;
+/// none is handed on to be published before.
+const GROUP_COMMIT: Duration = Duration::from_millis(20);
 
 /// What the compute thread reports.
 pub(super) enum FromCompute {
@@ -31,8 +37,8 @@ pub(super) enum FromCompute {
     Made(Box<Made>),
     /// A copy of `δ` for a snapshot.
     Image(Box<Image>),
-    /// A snapshot was installed (its log), or not.
-    Installed(Result<Vec<Segment>, String>),
+    /// A snapshot was installed (version vector and its log), or not.
+    Installed(Result<(crate::crdt::replica::VersionVector, Vec<Segment>), String>),
     /// The replica's state.
     State(Box<ComputeState>),
     /// A step or an apply failed; the node stops.
@@ -63,6 +69,21 @@ pub(super) fn run(
     let mut deadline: Option<Instant> = None;
     let mut last_state: Option<Instant> = None;
     let mut dirty = true;
+    // Own updates made but not yet durable, and since when.
+    let mut unsynced: Vec<Made> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    let commit = |session: &mut Session, unsynced: &mut Vec<Made>| -> Result<bool, String> {
+        if unsynced.is_empty() {
+            return Ok(true);
+        }
+        session.sync().map_err(|e| e.to_string())?;
+        for made in unsynced.drain(..) {
+            if tx.blocking_send(FromCompute::Made(Box::new(made))).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
     loop {
         let open = limits.gate.load(Ordering::Acquire);
         if open && deadline.is_none() {
@@ -104,6 +125,12 @@ pub(super) fn run(
                         return session.last_eval();
                     }
                 }
+                Ok(ToCompute::Exclude(origin, from, proof)) => {
+                    if let Err(e) = session.exclude(&origin, from, &proof) {
+                        fail(&tx, e.to_string());
+                        return session.last_eval();
+                    }
+                }
                 Ok(ToCompute::Install(chunks, hashes)) => {
                     let r = session.install(&chunks, &hashes);
                     dirty = true;
@@ -130,15 +157,26 @@ pub(super) fn run(
                         for f in &made.forward_seconds {
                             limits.series.forward_seconds.observe(*f);
                         }
-                        if tx.blocking_send(FromCompute::Made(Box::new(made))).is_err() {
-                            return session.last_eval();
-                        }
+                        unsynced.push(made);
+                        oldest.get_or_insert_with(Instant::now);
                         dirty = true;
                     }
                     Err(e) => {
                         fail(&tx, e.to_string());
                         return session.last_eval();
                     }
+                }
+            }
+        }
+        // Group commit: durable before anyone may publish them.
+        let commit_due = oldest.is_some_and(|t| t.elapsed() >= GROUP_COMMIT) || !training;
+        if commit_due && !unsynced.is_empty() {
+            match commit(&mut session, &mut unsynced) {
+                Ok(true) => oldest = None,
+                Ok(false) => return session.last_eval(),
+                Err(e) => {
+                    fail(&tx, e);
+                    return session.last_eval();
                 }
             }
         }

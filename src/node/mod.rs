@@ -300,6 +300,10 @@ async fn start(
     let topics = Topics::new(&log.run());
     let mut registry = Registry::default();
     let bandwidth = net::Bandwidth::register(&mut registry);
+    let ed = key
+        .clone()
+        .try_into_ed25519()
+        .map_err(|_| net::Error::Build("node key is not ed25519".into()))?;
     let mut swarm = net::build(key, &topics, opts.mdns, &mut registry, bandwidth.clone())?;
     let metrics = Metrics::new(&mut registry);
     let series = Series::register(&mut registry);
@@ -342,8 +346,10 @@ async fn start(
         }
         None => None,
     };
+    let signer = crate::crdt::attest::Signer::new(ed, session.trainer().replica().rules().run);
+    debug_assert_eq!(signer.origin(), origin);
     let settings = proto::Settings {
-        origin,
+        signer,
         max_rate: opts.max_rate,
         publish_interval: opts.publish_interval,
         publish_max: opts.publish_max,

@@ -347,6 +347,9 @@ pub(super) fn record<P: Display>(s: &Series, e: Event<P>) {
             s.digest_mismatches.inc();
             tracing::error!(%peer, "digest mismatch at an equal version vector");
         }
+        Event::Excluded(origin, from) => {
+            tracing::warn!(origin = %origin.short(), from, "origin excluded (proven equivocation)");
+        }
         Event::PeerLeft(peer) => tracing::info!(%peer, "peer left"),
         Event::PeerSilent(peer) => {
             tracing::info!(%peer, "peer went silent; no longer waited on")

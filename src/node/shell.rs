@@ -207,6 +207,17 @@ impl Shell {
                     blocking::resume(dir, id, chunks, self.done_tx.clone());
                 }
             }
+            Output::Ban { peer, reason } => {
+                tracing::warn!(%peer, reason, "peer banned");
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+            Output::Excluded {
+                origin,
+                from,
+                proof,
+            } => self
+                .queue
+                .push_back(ToCompute::Exclude(origin, from, proof)),
             Output::StartTraining => {
                 tracing::info!(peers = self.core.peers().len(), "training starts");
                 self.gate.store(true, Ordering::Release);

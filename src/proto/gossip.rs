@@ -31,6 +31,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 "gossip_deltas",
                 self.on_delta_announce(now, &id, &from, source, data),
             ),
+            Some(Topic::Proofs) => ("gossip_proofs", self.on_proof(now, data)),
             None => {
                 self.count("wrong_run");
                 ("other", Some(Verdict::Reject))
@@ -82,24 +83,43 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Ok(o) => o,
             Err(v) => return Some(v),
         };
-        let (first, codes) = match wire::decode_updates(data) {
+        let (first, sig, codes) = match wire::decode_updates(data) {
             Ok(v) => v,
             Err(e) => return Some(self.refuse_decode(&e)),
         };
-        if origin == self.settings.origin {
+        if origin == self.settings.signer.origin() {
             // Our own updates echoed back by someone: we know them.
+            return Some(Verdict::Ignore);
+        }
+        if self.log.exclusion(&origin).is_some_and(|e| first >= e.from) {
+            self.count("excluded");
             return Some(Verdict::Ignore);
         }
         if !self.take_tokens(now, origin, codes.len() as f64) {
             self.count("over_rate");
             return Some(Verdict::Reject);
         }
-        // An origin may never sign two different codes for one seq.
-        let held = self.log.range(&origin, first, first + codes.len() as u64);
-        if held != &codes[..held.len()] {
-            self.count("equivocation");
+        let attest = Attest {
+            first_seq: first,
+            len: codes.len() as u32,
+            sig,
+        };
+        if !attest::verify(&self.log.run(), &origin, &attest, codes, &[]) {
+            self.count("bad_signature");
             return Some(Verdict::Reject);
         }
+        // An origin may never sign two different codes for one seq: the two
+        // signed batches prove it. The forwarder could not know; no penalty.
+        if let Some(c) = self.log.conflict(&origin, first, codes, &[]) {
+            let incoming = SignedBatch {
+                attest,
+                codes: codes.to_vec(),
+                hashes: Vec::new(),
+            };
+            self.on_conflict(now, origin, c.with, incoming);
+            return Some(Verdict::Ignore);
+        }
+        let held = self.log.range(&origin, first, first + codes.len() as u64);
         if held.len() == codes.len() {
             self.count("replayed");
             return Some(Verdict::Ignore);
@@ -107,8 +127,67 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if self.test_drop() {
             return Some(Verdict::Ignore);
         }
-        self.accept(origin, first, codes, &[]);
+        if !self.room(&origin, first, codes.len() as u64) {
+            return Some(Verdict::Ignore);
+        }
+        self.accept(origin, first, codes, &[], attest);
         Some(Verdict::Accept)
+    }
+
+    /// A proof of equivocation: checked, then the origin is excluded
+    /// (forwarded only when it was news).
+    fn on_proof(&mut self, now: Instant, data: &[u8]) -> Option<Verdict> {
+        let proof = match Proof::decode(data) {
+            Ok(p) => p,
+            Err(attest::ProofError::Version(_)) => {
+                self.count("unknown_version");
+                return Some(Verdict::Ignore);
+            }
+            Err(_) => {
+                self.count("malformed");
+                return Some(Verdict::Reject);
+            }
+        };
+        // Cheap first: a proof of nothing new costs no signature check.
+        let Some(from) = proof.a.conflict(&proof.b) else {
+            self.count("bad_proof");
+            return Some(Verdict::Reject);
+        };
+        if self
+            .log
+            .exclusion(&proof.origin)
+            .is_some_and(|e| e.from <= from)
+        {
+            self.count("replayed");
+            return Some(Verdict::Ignore);
+        }
+        if proof.check(&self.log.run()).is_err() {
+            self.count("bad_proof");
+            return Some(Verdict::Reject);
+        }
+        if proof.origin == self.settings.signer.origin() {
+            self.exclude(now, proof.origin, from, data.to_vec());
+            return Some(Verdict::Accept);
+        }
+        let news = self.log.exclude(proof.origin, from, data.to_vec());
+        if news {
+            tracing::warn!(origin = %proof.origin.short(), from, "proof of equivocation received: origin excluded from this seq on");
+            self.log.drop_pending(&proof.origin);
+            self.delta_waits
+                .retain(|(o, s), _| *o != proof.origin || *s < from);
+            self.proof_sent.insert(proof.origin, now);
+            self.event(Event::Excluded(proof.origin, from));
+            self.emit(Output::Excluded {
+                origin: proof.origin,
+                from,
+                proof: data.to_vec(),
+            });
+        }
+        Some(if news {
+            Verdict::Accept
+        } else {
+            Verdict::Ignore
+        })
     }
 
     fn on_heartbeat(&mut self, now: Instant, source: Option<P>, data: &[u8]) -> Option<Verdict> {
@@ -120,7 +199,11 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Ok(hb) => hb,
             Err(e) => return Some(self.refuse_decode(&e)),
         };
-        if source.origin() == Some(self.settings.origin) {
+        if source.origin() == Some(self.settings.signer.origin()) {
+            return Some(Verdict::Ignore);
+        }
+        if self.is_banned(&source) {
+            self.count("banned");
             return Some(Verdict::Ignore);
         }
         self.peers_seen.insert(source.clone());
@@ -130,10 +213,36 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             if same_vv && hb.digest != st.digest {
                 self.stats.digest_mismatches += 1;
                 self.event(Event::DigestMismatch(source.clone()));
+                // Same updates counted, another state: someone holds another
+                // signed version of some seq. Compare logs to find it.
+                let due = self
+                    .fingerprints_asked
+                    .get(&source)
+                    .is_none_or(|t| now.duration_since(*t) >= FINGERPRINT_EVERY);
+                if due && self.fingerprints_asked.len() < MAX_BANNED {
+                    self.fingerprints_asked.insert(source.clone(), now);
+                    self.send(source.clone(), wire::Request::Fingerprints);
+                }
             }
         }
         if hb.leaving {
             self.event(Event::PeerLeft(source.clone()));
+        }
+        // A peer still counting updates of an excluded origin lacks the proof.
+        let stale: Vec<(Origin, Vec<u8>)> = hb
+            .vv
+            .iter()
+            .filter_map(|(o, n)| {
+                let e = self.log.exclusion(o)?;
+                let due = self
+                    .proof_sent
+                    .get(o)
+                    .is_none_or(|t| now.duration_since(*t) >= PROOF_RESEND);
+                (*n > e.from && due).then(|| (*o, e.proof.clone()))
+            })
+            .collect();
+        for (o, proof) in stale {
+            self.publish_proof(now, o, proof);
         }
         self.repair.on_heartbeat(
             source,
@@ -170,26 +279,41 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Ok(a) => a,
             Err(e) => return Some(self.refuse_decode(&e)),
         };
-        if origin == self.settings.origin {
+        if origin == self.settings.signer.origin() {
             return Some(Verdict::Ignore);
         }
-        if let Some(&code) = self.log.range(&origin, a.seq, a.seq + 1).first() {
-            let same = code == DELTA
-                && self
-                    .log
-                    .payload(&origin, a.seq)
-                    .is_some_and(|p| *blake3::hash(p).as_bytes() == a.hash);
-            return Some(if same {
-                self.count("replayed");
-                Verdict::Ignore
-            } else {
-                self.count("equivocation");
-                Verdict::Reject
-            });
+        if self.log.exclusion(&origin).is_some_and(|e| a.seq >= e.from) {
+            self.count("excluded");
+            return Some(Verdict::Ignore);
         }
         if !self.take_tokens(now, origin, 1.0) {
             self.count("over_rate");
             return Some(Verdict::Reject);
+        }
+        let attest = Attest {
+            first_seq: a.seq,
+            len: 1,
+            sig: a.sig,
+        };
+        if !attest::verify(&self.log.run(), &origin, &attest, &[DELTA], &[a.hash]) {
+            self.count("bad_signature");
+            return Some(Verdict::Reject);
+        }
+        if let Some(c) = self.log.conflict(&origin, a.seq, &[DELTA], &[a.hash]) {
+            let incoming = SignedBatch {
+                attest,
+                codes: vec![DELTA],
+                hashes: vec![a.hash],
+            };
+            self.on_conflict(now, origin, c.with, incoming);
+            return Some(Verdict::Ignore);
+        }
+        if !self.log.range(&origin, a.seq, a.seq + 1).is_empty() {
+            self.count("replayed");
+            return Some(Verdict::Ignore);
+        }
+        if !self.room(&origin, a.seq, 1) {
+            return Some(Verdict::Ignore);
         }
         if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {
             return Some(Verdict::Ignore);
@@ -212,6 +336,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 from: from.clone(),
                 hash: a.hash,
                 len: a.len,
+                sig: a.sig,
             },
         );
         self.send(from.clone(), wire::Request::Delta { origin, seq: a.seq });
@@ -236,7 +361,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                             inbound: true,
                             n: data.len(),
                         });
-                        self.accept(origin, seq, &[DELTA], &[Arc::new(data)]);
+                        let attest = Attest {
+                            first_seq: seq,
+                            len: 1,
+                            sig: w.sig,
+                        };
+                        self.accept(origin, seq, &[DELTA], &[Arc::new(data)], attest);
                         Verdict::Accept
                     }
                     (false, _) => {

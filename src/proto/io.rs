@@ -31,6 +31,8 @@ pub enum Topic {
     Status,
     /// Delta announcements.
     Deltas,
+    /// Proofs of equivocation.
+    Proofs,
 }
 
 /// A validation verdict for gossipsub.
@@ -75,8 +77,8 @@ pub struct ComputeState {
 /// Settings of the core.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// This node's origin.
-    pub origin: Origin,
+    /// Signs this node's own batches; its origin is this node's.
+    pub signer: crate::crdt::attest::Signer,
     /// Most updates per second accepted from one origin (burst of two seconds).
     pub max_rate: f64,
     /// Own one-byte updates are published once per interval...
@@ -162,8 +164,9 @@ pub enum Input<P, M, C> {
     State(Box<ComputeState>),
     /// A snapshot asked for by [`Output::MakeSnapshot`] is ready.
     Snapshot(Arc<Snapshot>),
-    /// The snapshot of [`Output::Install`] was installed (its log), or not.
-    Installed(Result<Vec<Segment>, String>),
+    /// The snapshot of [`Output::Install`] was installed (the replica's
+    /// version vector and the snapshot's log), or not.
+    Installed(Result<(VersionVector, Vec<Segment>), String>),
     /// A chunk kept by an interrupted join ([`Output::Resume`]).
     KeptChunk {
         /// Snapshot id.
@@ -245,6 +248,24 @@ pub enum Output<P, M, C> {
     },
     /// Training may start (enough peers, join over).
     StartTraining,
+    /// This peer sent what no honest peer sends (a forged signature in a
+    /// range it served): stop talking to it.
+    Ban {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An origin was proven to equivocate and is excluded from `from` on:
+    /// persist the exclusion (with its proof) next to the log.
+    Excluded {
+        /// The origin.
+        origin: Origin,
+        /// First excluded seq.
+        from: u64,
+        /// The encoded proof.
+        proof: Vec<u8>,
+    },
     /// The node is finished: training over and the swarm agreed, or it waited
     /// `settle_timeout` for that.
     Finished {
@@ -278,6 +299,8 @@ pub enum Event<P> {
     UpdatesRepaired(u64),
     /// A peer announced our version vector with another digest.
     DigestMismatch(P),
+    /// An origin was proven to equivocate: excluded from this seq on.
+    Excluded(Origin, u64),
     /// A peer announced it is leaving.
     PeerLeft(P),
     /// A peer went silent and is no longer waited on.
@@ -309,6 +332,12 @@ pub struct Stats {
     pub digest_mismatches: u64,
     /// Distinct peers heard from.
     pub peers_seen: usize,
+    /// Origins excluded for equivocation, with the first excluded seq.
+    pub excluded: BTreeMap<String, u64>,
+    /// Updates taken out of the replica again by exclusions.
+    pub retracted: u64,
+    /// Updates dropped from behind gaps (over bounds, or unrepairable).
+    pub dropped_pending: u64,
     /// Largest backlog sampled at heartbeats.
     pub backlog_max: u64,
     /// Sum of sampled backlogs.

@@ -31,12 +31,13 @@ mod io;
 mod publish;
 mod serve;
 
-use crate::crdt::log::{Log, Payload, Segment};
+use crate::crdt::attest::{self, Attest, Proof, SignedBatch};
+use crate::crdt::log::{Log, Op, Payload, Segment};
 use crate::crdt::replica::VersionVector;
 use crate::crdt::snapshot::Snapshot;
 use crate::net::wire::{self, Heartbeat};
 use crate::zo::seed::Origin;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ struct DeltaWait<P, M> {
     from: P,
     hash: [u8; 32],
     len: u32,
+    /// The origin's signature over the announced delta update.
+    sig: [u8; attest::SIG_LEN],
 }
 
 /// Per-origin token bucket over updates.
@@ -73,6 +76,18 @@ const MAX_OFFER_WAITING: usize = 256;
 const SNAPSHOT_FRESH: Duration = Duration::from_secs(5);
 /// Snapshots kept to serve chunks from.
 const SNAPSHOTS_KEPT: usize = 2;
+/// Updates one origin may have waiting behind gaps, and batches.
+pub const MAX_PENDING_PER_ORIGIN: u64 = 1 << 16;
+const MAX_PENDING_BATCHES_PER_ORIGIN: usize = 1024;
+/// Updates all origins together may have waiting behind gaps.
+pub const MAX_PENDING: u64 = 1 << 22;
+/// A proof is sent again to a peer still announcing excluded updates at
+/// most this often.
+const PROOF_RESEND: Duration = Duration::from_secs(5);
+/// Fingerprints are asked of one peer at most this often.
+const FINGERPRINT_EVERY: Duration = Duration::from_secs(10);
+/// Peers banned at most (the oldest is forgotten first).
+const MAX_BANNED: usize = 4096;
 
 /// The protocol state of one node.
 #[derive(Debug)]
@@ -94,6 +109,20 @@ pub struct Core<P, M, C> {
     want_snapshot: bool,
     snapshot_inflight: bool,
     peers_seen: HashSet<P>,
+    /// Peers that served forged data, oldest first.
+    banned: VecDeque<P>,
+    /// When each exclusion's proof was last published.
+    proof_sent: HashMap<Origin, Instant>,
+    /// When fingerprints were last asked of each peer.
+    fingerprints_asked: HashMap<P, Instant>,
+    /// The time of the input being handled.
+    now: Instant,
+    /// Per origin: seqs `[from, to)` a snapshot installed in the replica
+    /// whose signed batches are not stored yet (repair fetches them; they are
+    /// then handed out only to be stored).
+    unstored: BTreeMap<Origin, (u64, u64)>,
+    /// Per origin with data behind a gap: where the gap starts, and since when.
+    gap_since: HashMap<Origin, (u64, Instant)>,
     drop_rng: u64,
     started_training: bool,
     last_publish: Instant,
@@ -109,10 +138,11 @@ pub struct Core<P, M, C> {
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// A core over `log` (recovered from disk, or empty); the compute side
     /// holds a replica with exactly `log` applied.
-    pub fn new(settings: Settings, log: Log, now: Instant) -> Self {
+    pub fn new(settings: Settings, mut log: Log, now: Instant) -> Self {
+        let origin = settings.signer.origin();
+        attest_own(&mut log, &settings.signer);
         let delivered = log.version_vector();
         let join = Join::new(settings.join, log.is_empty(), now);
-        let origin = settings.origin;
         Self {
             repair: Repair::new(settings.timing).with_own(origin),
             join,
@@ -129,6 +159,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             want_snapshot: false,
             snapshot_inflight: false,
             peers_seen: HashSet::new(),
+            banned: VecDeque::new(),
+            proof_sent: HashMap::new(),
+            fingerprints_asked: HashMap::new(),
+            now,
+            gap_since: HashMap::new(),
+            unstored: BTreeMap::new(),
             drop_rng: u64::from_le_bytes(origin.0[..8].try_into().unwrap_or([1; 8])) | 1,
             started_training: false,
             last_publish: now,
@@ -145,6 +181,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// Takes an input; outputs queue up for [`Core::poll`].
     pub fn handle(&mut self, now: Instant, input: Input<P, M, C>) {
+        self.now = now;
         match input {
             Input::Tick => self.tick(now),
             Input::Gossip {
@@ -184,7 +221,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Input::KeptChunk { id, index, data } => {
                 self.join.on_kept_chunk(id, index, data);
             }
-            Input::Forget(p) => self.repair.forget(&p),
+            Input::Forget(p) => {
+                self.repair.forget(&p);
+                self.fingerprints_asked.remove(&p);
+            }
             Input::Leave => {
                 self.flush_outbox();
                 self.heartbeat(true, true);
@@ -204,12 +244,50 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if self.join.active() {
             return None;
         }
+        // An exclusion first takes back what was applied past it.
+        let own = self.settings.signer.origin();
+        let back = self.delivered.iter().find_map(|(o, &d)| {
+            let from = self.log.exclusion(o)?.from;
+            (d > from && *o != own).then_some((*o, from, d))
+        });
+        if let Some((origin, from, to)) = back {
+            let mut seg = self.log.segment(&origin, from, to);
+            seg.attests.clear();
+            seg.op = Op::Retract;
+            if from == 0 {
+                self.delivered.remove(&origin);
+            } else {
+                self.delivered.insert(origin, from);
+            }
+            self.stats.retracted += seg.codes.len() as u64;
+            return Some(seg);
+        }
+        // Signed batches of what a snapshot installed: only to be stored.
+        let stored = self.unstored.iter().find_map(|(o, &(from, to))| {
+            let held = self.log.next_seq(o).min(to);
+            (held > from).then_some((*o, from, held, to))
+        });
+        if let Some((origin, from, held, to)) = stored {
+            let end = self.log.batch_end(&origin, held).min(to).max(held);
+            let mut seg = self.log.segment(&origin, from, end);
+            seg.op = Op::Store;
+            if seg.end() >= to {
+                self.unstored.remove(&origin);
+            } else {
+                self.unstored.insert(origin, (seg.end(), to));
+            }
+            return Some(seg);
+        }
         // Called after every input: walk the log's heads, allocate nothing.
         let (origin, from, to) = self.log.heads().find_map(|(o, to)| {
             let from = self.delivered.get(o).copied().unwrap_or(0);
             (to > from).then_some((*o, from, to))
         })?;
-        let to = to.min(from + max.max(1) as u64);
+        // Whole signed batches, so each signature is stored with its codes.
+        let to = self
+            .log
+            .batch_end(&origin, to.min(from + max.max(1) as u64))
+            .min(to);
         let seg = self.log.segment(&origin, from, to);
         self.delivered.insert(origin, to);
         Some(seg)
@@ -217,7 +295,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// This node's origin.
     pub fn origin(&self) -> Origin {
-        self.settings.origin
+        self.settings.signer.origin()
     }
 
     /// The update log.
@@ -229,6 +307,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.peers_seen = self.peers_seen.len();
+        s.excluded = self
+            .log
+            .exclusions()
+            .iter()
+            .map(|(o, e)| (o.to_hex(), e.from))
+            .collect();
         s
     }
 
@@ -307,10 +391,20 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         for gone in self.repair.expire(now) {
             self.event(Event::PeerSilent(gone));
         }
+        self.give_up_gaps(now);
         if !self.join.active() {
-            let asks = self
-                .repair
-                .plan(&self.log.version_vector(), &self.log.gaps(), now);
+            let caps: VersionVector = self
+                .log
+                .exclusions()
+                .iter()
+                .map(|(o, e)| (*o, e.from))
+                .collect();
+            let held: VersionVector = self
+                .log
+                .heads()
+                .map(|(o, _)| (*o, self.log.next_seq(o)))
+                .collect();
+            let asks = self.repair.plan(&held, &self.log.gaps(), &caps, now);
             for ask in asks {
                 let req = wire::Request::Range {
                     origin: ask.origin,
@@ -351,6 +445,25 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.finished = true;
                 let settled = self.settled;
                 self.emit(Output::Finished { settled });
+            }
+        }
+    }
+
+    /// Drops what waits behind a gap nobody filled for `timing.give_up`
+    /// (an origin that never serves, or died): bounded memory, and settling
+    /// is not held up by it. Repair asks again when a peer shows it holds it.
+    fn give_up_gaps(&mut self, now: Instant) {
+        let gaps = self.log.gaps();
+        self.gap_since
+            .retain(|o, (at, _)| gaps.iter().any(|(g, next, _)| g == o && next == at));
+        for (o, next, _) in gaps {
+            let since = self.gap_since.entry(o).or_insert((next, now)).1;
+            if now.duration_since(since) >= self.settings.timing.give_up {
+                let n = self.log.drop_pending(&o);
+                self.gap_since.remove(&o);
+                self.stats.dropped_pending += n;
+                self.count("gap_given_up");
+                tracing::warn!(origin = %o.short(), missing_from = next, dropped = n, "nobody filled a gap; dropped what waited behind it");
             }
         }
     }
@@ -399,25 +512,171 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// Stores an installed snapshot's log; from then on, updates beyond the
     /// snapshot's version vector are handed out to be applied.
-    fn on_installed(&mut self, now: Instant, r: Result<Vec<Segment>, String>) {
+    fn on_installed(&mut self, now: Instant, r: Result<(VersionVector, Vec<Segment>), String>) {
         let ok = r.is_ok();
         match r {
-            Ok(segments) => {
+            Ok((vv, segments)) => {
                 for s in segments {
-                    if let Err(e) =
-                        self.log
-                            .insert_with(s.origin, s.first_seq, &s.codes, &s.payloads)
-                    {
-                        tracing::warn!(error = %e, "snapshot log not stored");
-                    }
-                    self.delivered.insert(s.origin, s.end());
+                    self.store_signed_prefix(&s);
                 }
+                for (o, &n) in &vv {
+                    let kept = self.log.next_seq(o);
+                    if kept < n {
+                        tracing::info!(
+                            origin = %o.short(),
+                            kept,
+                            of = n,
+                            "snapshot log not signed past this seq; the rest is repaired"
+                        );
+                        self.unstored.insert(*o, (kept, n));
+                    }
+                }
+                // Updates past the snapshot's version vector are handed out.
+                self.delivered = vv;
             }
             Err(e) => tracing::warn!(error = %e, "snapshot install failed"),
         }
         self.join.on_installed(ok, now);
         let chosen = self.join.chosen;
         self.event(Event::Joined(chosen));
+    }
+
+    /// Stores the signed batches of a snapshot's log segment (from seq 0;
+    /// the compute side kept only its verified prefix,
+    /// [`crate::crdt::log::verified_prefix`]); returns one past the last seq
+    /// stored.
+    fn store_signed_prefix(&mut self, s: &Segment) -> u64 {
+        let mut at = 0u64;
+        for a in &s.attests {
+            if a.first_seq > at || a.end() <= at || a.end() > s.end() {
+                break;
+            }
+            let codes = &s.codes[a.first_seq as usize..a.end() as usize];
+            let before = s.codes[..a.first_seq as usize]
+                .iter()
+                .filter(|&&c| c == crate::crdt::log::DELTA)
+                .count();
+            let n = codes
+                .iter()
+                .filter(|&&c| c == crate::crdt::log::DELTA)
+                .count();
+            let Some(payloads) = s.payloads.get(before..before + n) else {
+                break;
+            };
+            if let Err(e) = self
+                .log
+                .insert_signed(s.origin, a.first_seq, codes, payloads, Some(*a))
+            {
+                tracing::warn!(error = %e, "snapshot log not stored");
+                break;
+            }
+            at = a.end();
+        }
+        at
+    }
+
+    /// Excludes `origin` from `from` on (a checked proof); publishes the
+    /// proof when it is news. Returns whether it was.
+    fn exclude(&mut self, now: Instant, origin: Origin, from: u64, proof: Vec<u8>) -> bool {
+        if origin == self.settings.signer.origin() {
+            tracing::error!(
+                from,
+                "this node's own origin is proven to have signed two different updates for one seq \
+                 (a log lost after a crash?); its peers exclude it from there on"
+            );
+            return false;
+        }
+        if !self.log.exclude(origin, from, proof.clone()) {
+            return false;
+        }
+        tracing::warn!(origin = %origin.short(), from, "origin signed conflicting updates: excluded from this seq on");
+        self.log.drop_pending(&origin);
+        self.delta_waits
+            .retain(|(o, s), _| *o != origin || *s < from);
+        self.event(Event::Excluded(origin, from));
+        self.emit(Output::Excluded {
+            origin,
+            from,
+            proof: proof.clone(),
+        });
+        self.publish_proof(now, origin, proof);
+        true
+    }
+
+    fn publish_proof(&mut self, now: Instant, origin: Origin, proof: Vec<u8>) {
+        self.proof_sent.insert(origin, now);
+        self.event(Event::Bytes {
+            protocol: "gossip_proofs",
+            inbound: false,
+            n: proof.len(),
+        });
+        self.emit(Output::Publish {
+            topic: Topic::Proofs,
+            data: proof,
+            end: None,
+        });
+    }
+
+    /// Two signed batches of `origin` conflict: build the proof, exclude.
+    fn on_conflict(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        with: Option<SignedBatch>,
+        incoming: SignedBatch,
+    ) {
+        self.count("equivocation");
+        let Some(with) = with else {
+            // What we hold there is not signed (a log of the older format):
+            // nothing to prove with; the batch is simply not taken.
+            return;
+        };
+        let proof = Proof {
+            origin,
+            a: with,
+            b: incoming,
+        };
+        match proof.check(&self.log.run()) {
+            Ok(from) => {
+                self.exclude(now, origin, from, proof.encode());
+            }
+            Err(e) => tracing::debug!(error = %e, "no proof from a conflict"),
+        }
+    }
+
+    /// A peer served forged data: ban it (bounded list) and forget it.
+    fn ban(&mut self, peer: P, reason: &'static str) {
+        self.count(reason);
+        self.repair.forget(&peer);
+        if !self.banned.contains(&peer) {
+            self.banned.push_back(peer.clone());
+            if self.banned.len() > MAX_BANNED {
+                self.banned.pop_front();
+            }
+        }
+        self.emit(Output::Ban { peer, reason });
+    }
+
+    /// True when `peer` was banned.
+    pub fn is_banned(&self, peer: &P) -> bool {
+        self.banned.contains(peer)
+    }
+
+    /// Room behind `origin`'s gap for a batch of `n` updates at `first`;
+    /// false (and counted) when the bounds are reached.
+    fn room(&mut self, origin: &Origin, first: u64, n: u64) -> bool {
+        if first <= self.log.next_seq(origin) {
+            return true;
+        }
+        let (mine, batches) = self.log.pending_of(origin);
+        if mine + n > MAX_PENDING_PER_ORIGIN
+            || batches >= MAX_PENDING_BATCHES_PER_ORIGIN
+            || self.log.pending_updates() + n > MAX_PENDING
+        {
+            self.count("pending_full");
+            return false;
+        }
+        true
     }
 
     /// The test hook: drops an incoming message with probability `drop_incoming`.
@@ -459,8 +718,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         first_seq: u64,
         codes: &[u8],
         payloads: &[Payload],
+        attest: Attest,
     ) -> u64 {
-        match self.log.insert_with(origin, first_seq, codes, payloads) {
+        match self
+            .log
+            .insert_signed(origin, first_seq, codes, payloads, Some(attest))
+        {
             Ok(fresh) => {
                 let n = fresh.len() as u64;
                 if n > 0 {
@@ -474,6 +737,26 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 0
             }
         }
+    }
+}
+
+/// Signs this node's own held codes that no signature covers yet (after a
+/// restart: the signatures of own batches are not persisted, the node signs
+/// again what it holds).
+fn attest_own(log: &mut Log, signer: &attest::Signer) {
+    let own = signer.origin();
+    let n = log.next_seq(&own);
+    let mut at = log.signed_through(&own);
+    while at < n {
+        let end = n.min(at + wire::MAX_BATCH as u64);
+        let codes = log.range(&own, at, end).to_vec();
+        let payloads = log.payloads_in(&own, at, end);
+        let Some(hashes) = attest::payload_hashes(&codes, &payloads) else {
+            tracing::warn!(seq = at, "own delta payload missing; not signed again");
+            return;
+        };
+        log.attest(own, signer.sign(at, &codes, &hashes));
+        at = end;
     }
 }
 

@@ -8,7 +8,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// Stores an own update (the compute side applied and persisted it) and
     /// queues it for publishing.
     pub(super) fn on_own(&mut self, now: Instant, seq: u64, update: Own) {
-        let origin = self.settings.origin;
+        let origin = self.settings.signer.origin();
         self.event(Event::UpdatesPublished(1));
         match update {
             Own::Code(code) => {
@@ -31,15 +31,24 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             }
             Own::Delta(payload) => {
                 self.flush_outbox();
+                let hash = *blake3::hash(&payload).as_bytes();
+                let attest = self
+                    .settings
+                    .signer
+                    .sign(seq, &[crate::crdt::log::DELTA], &[hash]);
                 let announce = wire::DeltaAnnounce {
                     seq,
                     len: payload.len() as u32,
-                    hash: *blake3::hash(&payload).as_bytes(),
+                    hash,
+                    sig: attest.sig,
                 };
-                if let Err(e) =
-                    self.log
-                        .insert_with(origin, seq, &[crate::crdt::log::DELTA], &[payload])
-                {
+                if let Err(e) = self.log.insert_signed(
+                    origin,
+                    seq,
+                    &[crate::crdt::log::DELTA],
+                    &[payload],
+                    Some(attest),
+                ) {
                     tracing::warn!(error = %e, "cannot store own delta");
                 }
                 let data = announce.encode();
@@ -66,7 +75,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         let Some((first, codes)) = self.outbox.take() else {
             return;
         };
-        let data = wire::encode_updates(first, &codes);
+        let attest = self.settings.signer.sign(first, &codes, &[]);
+        self.log.attest(self.settings.signer.origin(), attest);
+        let data = wire::encode_updates(first, &attest.sig, &codes);
         self.stats.published_messages += 1;
         self.stats.published_updates += codes.len() as u64;
         self.event(Event::Bytes {

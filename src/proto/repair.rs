@@ -22,6 +22,9 @@ pub struct Timing {
     pub peer_timeout: Duration,
     /// Most codes asked for in one request.
     pub max_range: u64,
+    /// Data buffered behind a gap that nobody filled for this long is
+    /// dropped (the gap is repaired again when a peer shows it holds it).
+    pub give_up: Duration,
 }
 
 impl Default for Timing {
@@ -31,6 +34,7 @@ impl Default for Timing {
             request_timeout: Duration::from_secs(10),
             peer_timeout: Duration::from_secs(15),
             max_range: 1 << 16,
+            give_up: Duration::from_secs(60),
         }
     }
 }
@@ -88,7 +92,23 @@ pub struct Repair<P> {
     /// This node's own origin: never repaired from others (its log is the
     /// node's own, and a peer's claim about it cannot be trusted).
     own: Option<Origin>,
+    /// Claims a peer could not back: when it answered a range of an origin
+    /// with signed batches up to less than it announced, its claim for that
+    /// origin counts only up to what it showed, for [`CLAIM_CAP`].
+    caps: HashMap<(P, Origin), (u64, Instant)>,
+    /// Consecutive sync requests each peer failed (no answer, refused, or an
+    /// answer that gave nothing); see [`UNRESPONSIVE`].
+    failures: HashMap<P, u32>,
 }
+
+/// A peer that failed this many sync requests in a row is unresponsive: it is
+/// not asked while others can be, and settling does not wait for it.
+pub const UNRESPONSIVE: u32 = 3;
+
+/// How long an unbacked claim stays capped.
+pub const CLAIM_CAP: Duration = Duration::from_secs(30);
+/// Claims capped at most (the bound on what liars can make a node keep).
+const MAX_CAPS: usize = 1 << 16;
 
 impl<P: Clone + Eq + Hash + Ord> Repair<P> {
     /// An empty state.
@@ -100,6 +120,8 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
             inflight: HashMap::new(),
             turn: 0,
             own: None,
+            caps: HashMap::new(),
+            failures: HashMap::new(),
         }
     }
 
@@ -122,6 +144,55 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
     pub fn forget(&mut self, peer: &P) {
         self.peers.remove(peer);
         self.inflight.retain(|_, f| &f.peer != peer);
+        self.caps.retain(|(p, _), _| p != peer);
+        self.failures.remove(peer);
+    }
+
+    /// A sync request to `peer` got something (`ok`) or nothing.
+    pub fn on_result(&mut self, peer: &P, ok: bool) {
+        if ok {
+            self.failures.remove(peer);
+        } else if self.peers.contains_key(peer) {
+            *self.failures.entry(peer.clone()).or_insert(0) += 1;
+        }
+    }
+
+    /// True when `peer` failed its last [`UNRESPONSIVE`] requests.
+    pub fn unresponsive(&self, peer: &P) -> bool {
+        self.failures.get(peer).is_some_and(|&n| n >= UNRESPONSIVE)
+    }
+
+    /// `peer` answered a range of `origin` asked from `from` with signed
+    /// batches reaching `reached` (one past the last seq): if that is no
+    /// progress while it announced more, its claim is capped at `from` for a
+    /// while (it could not back it: a liar, or a log whose tail is not
+    /// signed). Progress, however little, is never punished.
+    pub fn on_served(&mut self, peer: &P, origin: &Origin, from: u64, reached: u64, now: Instant) {
+        let claimed = self
+            .peers
+            .get(peer)
+            .and_then(|v| v.vv.get(origin))
+            .copied()
+            .unwrap_or(0);
+        let reached = reached.max(from);
+        if claimed > reached && reached == from {
+            if self.caps.len() >= MAX_CAPS {
+                self.caps
+                    .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_CAP);
+            }
+            if self.caps.len() < MAX_CAPS {
+                self.caps.insert((peer.clone(), *origin), (reached, now));
+            }
+        }
+    }
+
+    /// What `peer` is believed to hold of `origin`.
+    fn claim(&self, peer: &P, v: &PeerView, origin: &Origin, now: Option<Instant>) -> u64 {
+        let n = v.vv.get(origin).copied().unwrap_or(0);
+        match self.caps.get(&(peer.clone(), *origin)) {
+            Some(&(cap, at)) if now.is_none_or(|t| t.duration_since(at) < CLAIM_CAP) => n.min(cap),
+            _ => n,
+        }
     }
 
     /// Forgets peers not heard from within the peer timeout.
@@ -143,33 +214,49 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
         &self.peers
     }
 
-    /// The most any live peer holds of each origin.
+    /// The most any live peer holds of each origin (claims it could not
+    /// back capped).
     pub fn best(&self) -> VersionVector {
+        self.best_at(None)
+    }
+
+    fn best_at(&self, now: Option<Instant>) -> VersionVector {
         let mut best = VersionVector::new();
-        for v in self.peers.values() {
-            for (o, &n) in &v.vv {
+        for (p, v) in &self.peers {
+            for o in v.vv.keys() {
+                let n = self.claim(p, v, o, now);
                 let b = best.entry(*o).or_insert(0);
                 *b = (*b).max(n);
             }
         }
+        best.retain(|_, n| *n > 0);
         best
     }
 
     /// Ranges to request now, given what we hold (`have`) and the gaps behind
     /// which we buffer data (`gaps`: origin, next wanted, first buffered).
+    /// Targets are clipped to `limits` (origins excluded from a seq on).
     pub fn plan(
         &mut self,
         have: &VersionVector,
         gaps: &[(Origin, u64, u64)],
+        limits: &VersionVector,
         now: Instant,
     ) -> Vec<Ask<P>> {
-        let mut targets = self.best();
+        self.caps
+            .retain(|_, (_, at)| now.duration_since(*at) < CLAIM_CAP);
+        let mut targets = self.best_at(Some(now));
         for &(o, _, first) in gaps {
             let t = targets.entry(o).or_insert(0);
             *t = (*t).max(first);
         }
         if let Some(own) = &self.own {
             targets.remove(own);
+        }
+        for (o, &limit) in limits {
+            if let Some(t) = targets.get_mut(o) {
+                *t = (*t).min(limit);
+            }
         }
         // Track how long each shortfall has persisted.
         self.want.retain(|o, _| {
@@ -199,12 +286,16 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
             let mut holders: Vec<&P> = self
                 .peers
                 .iter()
-                .filter(|(_, v)| v.vv.get(o).copied().unwrap_or(0) > held)
+                .filter(|(p, v)| self.claim(p, v, o, Some(now)) > held)
                 .map(|(p, _)| p)
                 .collect();
             if holders.is_empty() {
                 // Only buffered data tells us of the gap: ask anyone.
                 holders = self.peers.keys().collect();
+            }
+            // Peers that answer come first; the unresponsive are a last resort.
+            if holders.iter().any(|p| !self.unresponsive(p)) {
+                holders.retain(|p| !self.unresponsive(p));
             }
             if holders.is_empty() {
                 continue;
@@ -243,11 +334,39 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
         }
     }
 
-    /// True when every live peer is done and holds exactly `vv` with `digest`.
+    /// True when every live, responsive peer is done and holds exactly `vv`
+    /// with `digest` (a peer that keeps failing sync requests cannot be
+    /// caught up with, and is not waited for).
     pub fn settled(&self, vv: &VersionVector, digest: &[u8; 32]) -> bool {
-        self.peers
-            .values()
-            .all(|v| v.done && &v.vv == vv && &v.digest == digest && v.backlog == 0)
+        self.peers.iter().all(|(p, v)| {
+            self.unresponsive(p) || (v.done && &v.vv == vv && &v.digest == digest && v.backlog == 0)
+        })
+    }
+
+    /// Live peers settling waits for, with why (not done, behind or ahead,
+    /// another digest).
+    pub fn waiting_for(&self, vv: &VersionVector, digest: &[u8; 32]) -> Vec<(P, &'static str)> {
+        let mut out: Vec<(P, &'static str)> = self
+            .peers
+            .iter()
+            .filter(|(p, _)| !self.unresponsive(p))
+            .filter_map(|(p, v)| {
+                let why = if !v.done {
+                    "still training"
+                } else if &v.vv != vv {
+                    "another version vector"
+                } else if &v.digest != digest {
+                    "another digest"
+                } else if v.backlog > 0 {
+                    "still applying"
+                } else {
+                    return None;
+                };
+                Some((p.clone(), why))
+            })
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -275,16 +394,16 @@ mod tests {
         s.on_heartbeat(2, view(&[(9, 100)], false, t0), false);
         let have: VersionVector = [(Origin([9; 32]), 40)].into_iter().collect();
         // Fresh gap: gossip may still fill it.
-        assert!(s.plan(&have, &[], t0).is_empty());
+        assert!(s.plan(&have, &[], &VersionVector::new(), t0).is_empty());
         let later = t0 + Duration::from_secs(2);
-        let asks = s.plan(&have, &[], later);
+        let asks = s.plan(&have, &[], &VersionVector::new(), later);
         assert_eq!(asks.len(), 1);
         assert_eq!((asks[0].from, asks[0].to), (40, 100));
         let first = asks[0].peer;
         // In flight: no duplicate request.
-        assert!(s.plan(&have, &[], later).is_empty());
+        assert!(s.plan(&have, &[], &VersionVector::new(), later).is_empty());
         s.on_failure(&Origin([9; 32]));
-        let asks = s.plan(&have, &[], later);
+        let asks = s.plan(&have, &[], &VersionVector::new(), later);
         assert_eq!(asks.len(), 1);
         assert_ne!(
             asks[0].peer, first,
@@ -292,7 +411,7 @@ mod tests {
         );
         // Filled: nothing more to do.
         let full: VersionVector = [(Origin([9; 32]), 100)].into_iter().collect();
-        assert!(s.plan(&full, &[], later).is_empty());
+        assert!(s.plan(&full, &[], &VersionVector::new(), later).is_empty());
     }
 
     #[test]
@@ -302,8 +421,13 @@ mod tests {
         s.on_heartbeat(1, view(&[], false, t0), false);
         let have = VersionVector::new();
         let gaps = [(Origin([5; 32]), 0, 10)];
-        assert!(s.plan(&have, &gaps, t0).is_empty());
-        let asks = s.plan(&have, &gaps, t0 + Duration::from_secs(2));
+        assert!(s.plan(&have, &gaps, &VersionVector::new(), t0).is_empty());
+        let asks = s.plan(
+            &have,
+            &gaps,
+            &VersionVector::new(),
+            t0 + Duration::from_secs(2),
+        );
         assert_eq!(
             asks,
             vec![Ask {

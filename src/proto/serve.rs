@@ -24,6 +24,17 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                     }
                     _ => wire::Response::Refused("no such delta".into()),
                 },
+                wire::Request::Fingerprints => {
+                    let heads = self
+                        .log
+                        .heads()
+                        .filter(|&(_, n)| n > 0)
+                        .filter_map(|(o, n)| {
+                            Some((*o, n, wire::Blob(self.log.fingerprint(o, n)?.to_vec())))
+                        })
+                        .collect();
+                    wire::Response::Fingerprints { heads }
+                }
                 wire::Request::Offer => {
                     if self.offer_waiting.len() >= MAX_OFFER_WAITING {
                         wire::Response::Refused("busy".into())
@@ -50,11 +61,16 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             },
         };
         let (protocol, n) = match &response {
-            wire::Response::Range {
-                codes, payloads, ..
-            } => (
+            wire::Response::Range { batches, .. } => (
                 "sync",
-                codes.0.len() + payloads.iter().map(|p| p.0.len()).sum::<usize>(),
+                batches
+                    .iter()
+                    .map(|b| {
+                        b.codes.0.len()
+                            + b.sig.0.len()
+                            + b.payloads.iter().map(|p| p.0.len()).sum::<usize>()
+                    })
+                    .sum(),
             ),
             wire::Response::Delta { data, .. } => ("delta", data.0.len()),
             wire::Response::Chunk { data, .. } => ("snapshot", data.0.len()),
@@ -70,34 +86,26 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         self.emit(Output::Respond { channel, response });
     }
 
-    /// A range of `origin`'s log with its delta payloads, cut short where the
-    /// payloads would exceed [`RANGE_PAYLOAD_BUDGET`] (the first always fits).
+    /// Whole signed batches of `origin` covering `[from, to)` with their
+    /// delta payloads, cut short where the payloads would exceed
+    /// [`RANGE_PAYLOAD_BUDGET`] (the first always fits); nothing that is not
+    /// signed by its origin is ever served.
     fn serve_range(&self, origin: Origin, from: u64, to: u64) -> wire::Response {
-        let codes = self.log.range(&origin, from, to);
-        let mut payloads = Vec::new();
-        let mut bytes = 0usize;
-        let mut end = codes.len();
-        for (i, &c) in codes.iter().enumerate() {
-            if c != DELTA {
-                continue;
-            }
-            let Some(p) = self.log.payload(&origin, from + i as u64) else {
-                end = i;
-                break;
-            };
-            if !payloads.is_empty() && bytes + p.len() > RANGE_PAYLOAD_BUDGET {
-                end = i;
-                break;
-            }
-            bytes += p.len();
-            payloads.push(wire::Blob(p.to_vec()));
-        }
-        wire::Response::Range {
-            origin,
-            first_seq: from,
-            codes: wire::Blob(codes[..end].to_vec()),
-            payloads,
-        }
+        let stop = self.log.exclusion(&origin).map_or(u64::MAX, |e| e.from);
+        let batches = self
+            .log
+            .signed_batches(&origin, from, to - from, RANGE_PAYLOAD_BUDGET)
+            .into_iter()
+            .take(wire::MAX_RANGE_BATCHES)
+            .take_while(|(a, _, _)| a.first_seq < stop)
+            .map(|(a, codes, payloads)| wire::Batch {
+                first_seq: a.first_seq,
+                codes: wire::Blob(codes.to_vec()),
+                payloads: payloads.iter().map(|p| wire::Blob(p.to_vec())).collect(),
+                sig: wire::Blob(a.sig.to_vec()),
+            })
+            .collect();
+        wire::Response::Range { origin, batches }
     }
 
     /// Asks for a snapshot when peers want one; answers waiting offers.
@@ -135,11 +143,13 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     }
 
     pub(super) fn request_failed(&mut self, peer: &P, req: &wire::Request) {
+        self.repair.on_result(peer, false);
         match req {
             wire::Request::Range { origin, .. } => self.repair.on_failure(origin),
             wire::Request::Offer => self.join.on_offer_failed(peer),
             wire::Request::Chunk { index, .. } => self.join.on_chunk_failed(peer, *index),
             wire::Request::Delta { origin, seq } => self.on_delta_payload(*origin, *seq, None),
+            wire::Request::Fingerprints => {}
         }
     }
 
@@ -153,16 +163,20 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.request_failed(&peer, &req);
             return;
         }
+        if !matches!(response, wire::Response::Refused(_)) {
+            self.repair.on_result(&peer, true);
+        }
         match response {
             wire::Response::Delta { origin, seq, data } => {
                 self.on_delta_payload(origin, seq, Some(data.0));
             }
-            wire::Response::Range {
-                origin,
-                first_seq,
-                codes,
-                payloads,
-            } => self.on_range(origin, first_seq, &codes.0, payloads),
+            wire::Response::Range { origin, batches } => {
+                let asked = match &req {
+                    wire::Request::Range { from, .. } => *from,
+                    _ => 0,
+                };
+                self.on_range(from, origin, asked, batches);
+            }
             offer @ wire::Response::Offer { .. } => self.join.on_offer(from, offer),
             wire::Response::Chunk { id: _, index, data } => {
                 self.event(Event::Bytes {
@@ -180,6 +194,24 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                     join::Chunk::Bad => self.count("bad_chunk"),
                 }
             }
+            wire::Response::Fingerprints { heads } => {
+                // Where ours differ, fetch the peer's signed batches from
+                // seq 0: the conflict shows as a proof when they arrive.
+                for (o, n, h) in heads {
+                    let ours = self.log.fingerprint(&o, n);
+                    if ours.is_some_and(|f| f[..] != h.0[..]) {
+                        let to = n.min(wire::MAX_RANGE);
+                        self.send(
+                            from.clone(),
+                            wire::Request::Range {
+                                origin: o,
+                                from: 0,
+                                to,
+                            },
+                        );
+                    }
+                }
+            }
             wire::Response::Refused(reason) => {
                 tracing::debug!(?from, %reason, "sync request refused");
                 self.request_failed(&peer, &req);
@@ -187,42 +219,82 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 
-    /// A repaired range: checked like gossip (payloads decode and fit, no
-    /// contradiction with what is held), then stored.
-    fn on_range(
-        &mut self,
-        origin: Origin,
-        first_seq: u64,
-        codes: &[u8],
-        payloads: Vec<wire::Blob>,
-    ) {
-        if let Some(e) = payloads.iter().find_map(|p| self.check_delta(&p.0).err()) {
-            tracing::warn!(origin = %origin.short(), error = %e, "range response with an invalid delta");
-            self.count("bad_response");
-            self.repair.on_failure(&origin);
-            return;
-        }
-        let held = self
-            .log
-            .range(&origin, first_seq, first_seq + codes.len() as u64);
-        if held != &codes[..held.len()] {
-            self.count("equivocation");
-            self.repair.on_failure(&origin);
-            return;
-        }
-        if codes.is_empty() {
-            self.repair.on_failure(&origin);
+    /// A repaired range: every batch must carry its origin's valid signature
+    /// (else the server forged it: banned), payloads must decode and fit, and
+    /// a batch contradicting what is held proves an equivocation; then stored.
+    fn on_range(&mut self, server: P, origin: Origin, asked: u64, batches: Vec<wire::Batch>) {
+        let now = self.now;
+        let run = self.log.run();
+        let mut stored = 0u64;
+        let mut reached = 0u64;
+        let mut bytes = 0usize;
+        for b in batches {
+            bytes += b.codes.0.len()
+                + b.sig.0.len()
+                + b.payloads.iter().map(|p| p.0.len()).sum::<usize>();
+            if let Some(e) = b.payloads.iter().find_map(|p| self.check_delta(&p.0).err()) {
+                tracing::warn!(origin = %origin.short(), error = %e, "range response with an invalid delta");
+                self.count("bad_response");
+                self.repair.on_failure(&origin);
+                return;
+            }
+            let payloads: Vec<Payload> = b.payloads.into_iter().map(|p| Arc::new(p.0)).collect();
+            let codes = b.codes.0;
+            let Some(hashes) = attest::payload_hashes(&codes, &payloads) else {
+                self.count("bad_response");
+                self.repair.on_failure(&origin);
+                return;
+            };
+            let attest = Attest {
+                first_seq: b.first_seq,
+                len: codes.len() as u32,
+                sig: b
+                    .sig
+                    .0
+                    .as_slice()
+                    .try_into()
+                    .unwrap_or([0; attest::SIG_LEN]),
+            };
+            if !attest::verify(&run, &origin, &attest, &codes, &hashes) {
+                tracing::warn!(peer = ?server, origin = %origin.short(), seq = b.first_seq, "range response with a forged signature");
+                self.repair.on_failure(&origin);
+                self.ban(server, "forged_range");
+                return;
+            }
+            if self
+                .log
+                .exclusion(&origin)
+                .is_some_and(|e| b.first_seq >= e.from)
+            {
+                break;
+            }
+            if let Some(c) = self.log.conflict(&origin, b.first_seq, &codes, &hashes) {
+                let incoming = SignedBatch {
+                    attest,
+                    codes,
+                    hashes,
+                };
+                self.on_conflict(now, origin, c.with, incoming);
+                break;
+            }
+            reached = reached.max(attest.end());
+            stored += self.accept(origin, b.first_seq, &codes, &payloads, attest);
         }
         self.event(Event::Bytes {
             protocol: "sync",
             inbound: true,
-            n: codes.len() + payloads.iter().map(|p| p.0.len()).sum::<usize>(),
+            n: bytes,
         });
-        let payloads: Vec<Payload> = payloads.into_iter().map(|p| Arc::new(p.0)).collect();
-        let n = self.accept(origin, first_seq, codes, &payloads);
-        if n > 0 {
-            self.stats.repaired += n;
-            self.event(Event::UpdatesRepaired(n));
+        // A server that claimed more than it can show is not asked for it again soon.
+        self.repair.on_served(&server, &origin, asked, reached, now);
+        if stored == 0 {
+            self.repair.on_failure(&origin);
+            if reached <= asked {
+                self.repair.on_result(&server, false);
+            }
+        } else {
+            self.stats.repaired += stored;
+            self.event(Event::UpdatesRepaired(stored));
         }
     }
 }

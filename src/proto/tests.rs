@@ -4,16 +4,26 @@
 use super::*;
 use crate::zo::seed::RunId;
 
+/// Peer `x` signs with a key derived from `x`.
+fn signer(x: u8) -> attest::Signer {
+    attest::Signer::from_seed([x; 32], RunId([0; 32]))
+}
+
 impl Peer for u8 {
     fn origin(&self) -> Option<Origin> {
-        Some(Origin([*self; 32]))
+        Some(signer(*self).origin())
     }
+}
+
+/// A batch as peer `x` signs and publishes it.
+fn signed(x: u8, first: u64, codes: &[u8]) -> Vec<u8> {
+    wire::encode_updates(first, &signer(x).sign(first, codes, &[]).sig, codes)
 }
 
 fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
     let t0 = Instant::now();
     let settings = Settings {
-        origin: Origin([origin; 32]),
+        signer: signer(origin),
         max_rate: 1000.0,
         publish_interval: Duration::from_millis(100),
         publish_max: 4,
@@ -62,8 +72,9 @@ fn own_updates_are_stored_batched_and_never_handed_back() {
             _ => None,
         })
         .collect();
-    assert_eq!(batches, vec![(wire::encode_updates(0, &[3; 4]), Some(4))]);
-    assert_eq!(c.log().next_seq(&Origin([1; 32])), 4);
+    assert_eq!(batches, vec![(signed(1, 0, &[3; 4]), Some(4))]);
+    assert_eq!(c.log().next_seq(&signer(1).origin()), 4);
+    assert_eq!(c.log().signed_through(&signer(1).origin()), 4);
     assert!(
         c.next_apply(100).is_none(),
         "own updates are applied by compute"
@@ -78,7 +89,7 @@ fn foreign_batches_are_handed_out_in_order_once() {
         from: 2,
         source: Some(2),
         topic: Some(Topic::Updates),
-        data: wire::encode_updates(first, codes),
+        data: signed(2, first, codes),
     };
     c.handle(t0, gossip(1, 2, &[7, 8]));
     assert!(c.next_apply(100).is_none(), "nothing contiguous yet");
@@ -91,10 +102,11 @@ fn foreign_batches_are_handed_out_in_order_once() {
         })
         .collect();
     assert_eq!(verdicts, vec![(1, Verdict::Accept), (2, Verdict::Accept)]);
+    // Whole signed batches: asked for 3, it runs to the end of the batch
+    // holding seq 2, and carries both signatures.
     let seg = c.next_apply(3).expect("contiguous");
-    assert_eq!((seg.first_seq, seg.codes.clone()), (0, vec![5, 6, 7]));
-    let seg = c.next_apply(3).expect("the rest");
-    assert_eq!((seg.first_seq, seg.codes), (3, vec![8]));
+    assert_eq!((seg.first_seq, seg.codes.clone()), (0, vec![5, 6, 7, 8]));
+    assert_eq!(seg.attests.len(), 2);
     assert!(c.next_apply(3).is_none());
 }
 
@@ -138,7 +150,7 @@ fn nothing_is_handed_out_while_joining_by_snapshot() {
             from: 2,
             source: Some(2),
             topic: Some(Topic::Updates),
-            data: wire::encode_updates(0, &[5]),
+            data: signed(2, 0, &[5]),
         },
     );
     assert!(c.next_apply(10).is_none(), "held until the snapshot is in");

@@ -16,7 +16,7 @@ pub use session::{Made, Session};
 
 use crate::config::{self, Config, ModelSpec, TaskSpec};
 use crate::crdt::log::{self, Log, Segment, Store};
-use crate::crdt::replica::{self, Replica, Rules, Update};
+use crate::crdt::replica::{self, Replica, Rules, Update, VersionVector};
 use crate::crdt::snapshot::{self, Image};
 use crate::model::llama::{self, Llama};
 use crate::model::{self, tiny::Tiny, Batch, Eval, Model};
@@ -426,18 +426,30 @@ impl Trainer {
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
-    ) -> Result<Vec<Segment>, String> {
-        let segments = snapshot::install(&mut self.replica, chunks, hashes)?;
+    ) -> Result<(VersionVector, Vec<Segment>), String> {
+        let (vv, segments) = snapshot::install(&mut self.replica, chunks, hashes)?;
         self.materialize().map_err(|e| e.to_string())?;
-        Ok(segments)
+        // Only what its origins signed is kept (and served on).
+        let run = self.replica.rules().run;
+        let segments = segments
+            .iter()
+            .map(|s| crate::crdt::log::verified_prefix(&run, s))
+            .collect();
+        Ok((vv, segments))
     }
 
     /// Applies a contiguous segment of updates (its first seq must be the
-    /// next of its origin, or already applied).
+    /// next of its origin, or already applied), or retracts it (see
+    /// [`log::Op`]); returns the updates it concerned (for [`log::Op::Store`],
+    /// which the replica holds already, the count to be written to the file).
     pub fn apply(&mut self, segment: &Segment) -> Result<usize, Error> {
-        let n = self
-            .replica
-            .apply_with(&segment.updates(), &|_, s| segment.payload(s))?;
+        let updates = segment.updates();
+        let payload = |_: &crate::zo::seed::Origin, s| segment.payload(s);
+        let n = match segment.op {
+            log::Op::Retract => self.replica.retract_with(&updates, &payload)?,
+            log::Op::Apply => self.replica.apply_with(&updates, &payload)?,
+            log::Op::Store => return Ok(segment.codes.len()),
+        };
         if n > 0 {
             self.materialize()?;
         }

@@ -126,12 +126,7 @@ impl Session {
                 Own::Code(c) => (vec![*c], Vec::new()),
                 Own::Delta(p) => (vec![log::DELTA], vec![p.clone()]),
             };
-            store.append(&Segment {
-                origin,
-                first_seq: seq,
-                codes,
-                payloads,
-            })?;
+            store.append(&Segment::new(origin, seq, codes, payloads))?;
         }
         self.loss = if self.loss.is_nan() {
             loss
@@ -172,14 +167,30 @@ impl Session {
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
-    ) -> Result<Vec<Segment>, String> {
-        let segments = self.trainer.install(chunks, hashes)?;
+    ) -> Result<(VersionVector, Vec<Segment>), String> {
+        let (vv, segments) = self.trainer.install(chunks, hashes)?;
         if let Some(store) = &mut self.store {
             for s in &segments {
                 store.append(s).map_err(|e| e.to_string())?;
             }
         }
-        Ok(segments)
+        Ok((vv, segments))
+    }
+
+    /// Persists an exclusion (an origin proven to equivocate, from `from` on).
+    pub fn exclude(&mut self, origin: &Origin, from: u64, proof: &[u8]) -> Result<(), Error> {
+        if let Some(store) = &mut self.store {
+            store.append_exclusion(origin, from, proof)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the log's file durable (own updates before they are published).
+    pub fn sync(&mut self) -> Result<(), Error> {
+        if let Some(store) = &mut self.store {
+            store.sync()?;
+        }
+        Ok(())
     }
 
     /// What the protocol core needs to know of the replica.

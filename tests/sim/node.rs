@@ -5,11 +5,12 @@
 //! compute thread would.
 
 use crate::world::{Ev, World};
+use seedswarm::crdt::attest::Signer;
 use seedswarm::crdt::log::{Log, Payload, Segment, DELTA};
 use seedswarm::crdt::replica::Replica;
 use seedswarm::delta::fedzip;
 use seedswarm::proto::{self, join, ComputeState, Core, Input, Own};
-use seedswarm::zo::seed::Origin;
+use seedswarm::zo::seed::{Origin, RunId};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -23,12 +24,26 @@ impl proto::Peer for Id {
     }
 }
 
-/// The origin a simulated peer signs as.
-pub fn origin_of(id: Id) -> Origin {
+/// The run every simulated node is in.
+pub const RUN: RunId = RunId([7; 32]);
+
+/// The key a simulated peer signs with (derived from its id).
+pub fn signer_of(id: Id) -> Signer {
     let mut h = blake3::Hasher::new();
     h.update(b"seedswarm/sim-peer");
     h.update(&id.0.to_le_bytes());
-    Origin(*h.finalize().as_bytes())
+    Signer::from_seed(*h.finalize().as_bytes(), RUN)
+}
+
+/// The origin a simulated peer signs as.
+pub fn origin_of(id: Id) -> Origin {
+    signer_of(id).origin()
+}
+
+/// An update batch as `id` signs and publishes it.
+pub fn signed_updates(id: Id, first: u64, codes: &[u8]) -> Vec<u8> {
+    let a = signer_of(id).sign(first, codes, &[]);
+    seedswarm::net::wire::encode_updates(first, &a.sig, codes)
 }
 
 /// Where a simulated response goes.
@@ -102,6 +117,8 @@ impl Default for Spec {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Disk {
     pub(crate) persisted: Vec<Segment>,
+    /// Exclusions persisted next to the log (origin, from, proof).
+    pub(crate) exclusions: Vec<(Origin, u64, Vec<u8>)>,
     pub(crate) chunks: HashMap<([u8; 32], u32), Vec<u8>>,
 }
 
@@ -116,6 +133,8 @@ pub struct Node {
     pub(crate) rng: Rng,
     /// Incarnation, so events of a crashed node's past life are dropped.
     pub(crate) life: u32,
+    /// Updates taken back out of the replica (exclusions).
+    pub retracted: u64,
 }
 
 impl World {
@@ -126,6 +145,12 @@ impl World {
         for s in &disk.persisted {
             log.insert_with(s.origin, s.first_seq, &s.codes, &s.payloads)
                 .expect("persisted segment");
+            for a in &s.attests {
+                log.attest(s.origin, *a);
+            }
+        }
+        for (o, from, proof) in &disk.exclusions {
+            log.exclude(*o, *from, proof.clone());
         }
         let all: Vec<_> = log.updates().collect();
         replica
@@ -142,6 +167,7 @@ impl World {
             seen: HashSet::new(),
             rng: Rng::new(u64::from(id.0) * 7919 + u64::from(life)),
             life: life + 1,
+            retracted: 0,
         };
         self.nodes.insert(id, node);
         self.report(id);
@@ -181,12 +207,7 @@ impl World {
             Own::Code(c) => (*c, Vec::new()),
             Own::Delta(p) => (DELTA, vec![p.clone()]),
         };
-        let seg = Segment {
-            origin,
-            first_seq: seq,
-            codes: vec![code],
-            payloads,
-        };
+        let seg = Segment::new(origin, seq, vec![code], payloads);
         n.replica
             .apply_with(&seg.updates(), &|_, s| seg.payload(s))
             .expect("own update applies");

@@ -18,12 +18,12 @@
 //! The nodes themselves — the core plus their compute side — are in
 //! [`crate::node`].
 
-use crate::node::{origin_of, state, Chan, Disk, Id, Node, Rng, Spec};
+use crate::node::{state, Chan, Disk, Id, Node, Rng, Spec};
 use seedswarm::config::Config;
+use seedswarm::crdt::log::Op;
 use seedswarm::crdt::replica::Rules;
 use seedswarm::net::wire;
 use seedswarm::proto::{self, Input, Output, Topic, Verdict};
-use seedswarm::zo::seed::RunId;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -97,6 +97,8 @@ pub struct World {
     pub(crate) next_msg: u64,
     /// Verdicts `Reject` earned by each forwarder (gossipsub's penalty).
     pub penalties: BTreeMap<Id, u64>,
+    /// Bans each peer earned (forged data served).
+    pub bans: BTreeMap<Id, u64>,
     /// Verdicts the cores gave, by (judge, verdict).
     pub verdicts: BTreeMap<(Id, String), u64>,
     pub digest_mismatches: u64,
@@ -118,7 +120,7 @@ impl World {
         )))
         .expect("demo config");
         let rules = Rules {
-            run: RunId([7; 32]),
+            run: crate::node::RUN,
             kind: cfg.run.perturbation,
             codec: seedswarm::zo::codec::Codec::new(&cfg.run.codec),
             schedule: cfg.run.schedule.clone(),
@@ -149,6 +151,7 @@ impl World {
             messages: HashMap::new(),
             next_msg: 0,
             penalties: BTreeMap::new(),
+            bans: BTreeMap::new(),
             verdicts: BTreeMap::new(),
             digest_mismatches: 0,
             rules,
@@ -190,7 +193,7 @@ impl World {
 
     pub(crate) fn settings(&self, id: Id, spec: &Spec) -> proto::Settings {
         proto::Settings {
-            origin: origin_of(id),
+            signer: crate::node::signer_of(id),
             max_rate: 50_000.0,
             publish_interval: Duration::from_millis(50),
             publish_max: 64,
@@ -336,8 +339,17 @@ impl World {
             Ev::Snapshot(id) if current(self, id) => self.make_snapshot(id),
             Ev::Install { to, chunks, hashes } if current(self, to) => {
                 let n = self.nodes.get_mut(&to).expect("node");
-                let r = seedswarm::crdt::snapshot::install(&mut n.replica, &chunks, &hashes);
-                if let Ok(segments) = &r {
+                let run = self.rules.run;
+                let r = seedswarm::crdt::snapshot::install(&mut n.replica, &chunks, &hashes).map(
+                    |(vv, segments)| {
+                        let kept: Vec<_> = segments
+                            .iter()
+                            .map(|s| seedswarm::crdt::log::verified_prefix(&run, s))
+                            .collect();
+                        (vv, kept)
+                    },
+                );
+                if let Ok((_, segments)) = &r {
                     n.disk.persisted.extend(segments.iter().cloned());
                 }
                 self.input(to, Input::Installed(r));
@@ -467,10 +479,21 @@ impl World {
                 // Apply what became contiguous, as the compute thread would.
                 let mut applied = false;
                 while let Some(seg) = n.core.next_apply(4096) {
-                    n.replica
-                        .apply_with(&seg.updates(), &|_, s| seg.payload(s))
-                        .expect("the core hands over only valid, contiguous updates");
-                    n.disk.persisted.push(seg);
+                    match seg.op {
+                        Op::Retract => {
+                            n.replica
+                                .retract_with(&seg.updates(), &|_, s| seg.payload(s))
+                                .expect("the core retracts only the applied tail");
+                            n.retracted += seg.codes.len() as u64;
+                        }
+                        Op::Apply => {
+                            n.replica
+                                .apply_with(&seg.updates(), &|_, s| seg.payload(s))
+                                .expect("the core hands over only valid, contiguous updates");
+                            n.disk.persisted.push(seg);
+                        }
+                        Op::Store => n.disk.persisted.push(seg),
+                    }
                     applied = true;
                 }
                 if !applied {
@@ -605,6 +628,19 @@ impl World {
                 }
             }
             Output::Finished { .. } => {}
+            Output::Ban { peer, .. } => {
+                *self.bans.entry(peer).or_insert(0) += 1;
+                self.blocked.insert((id, peer));
+            }
+            Output::Excluded {
+                origin,
+                from,
+                proof,
+            } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.disk.exclusions.push((origin, from, proof));
+                }
+            }
             Output::Event(proto::Event::DigestMismatch(_)) => self.digest_mismatches += 1,
             Output::Event(_) => {}
         }

@@ -27,6 +27,7 @@
 //! and an own update before it is published; [`Store::open`] recovers the file
 //! into a [`Log`] to resume from.
 
+use crate::crdt::attest::{Attest, SignedBatch};
 use crate::crdt::replica::{Update, VersionVector};
 use crate::zo::seed::{Origin, RunId};
 use std::collections::BTreeMap;
@@ -66,7 +67,8 @@ pub enum Error {
 }
 
 /// A contiguous run of one origin's updates, with the payloads of its delta
-/// updates in order: what the core hands over to be applied, what the store
+/// updates in order and the origin's signatures over the batches that end
+/// inside it: what the core hands over to be applied, what the store
 /// appends, what a snapshot carries per origin (from seq 0).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
@@ -78,9 +80,41 @@ pub struct Segment {
     pub codes: Vec<u8>,
     /// Payloads of the [`DELTA`] codes, in order.
     pub payloads: Vec<Payload>,
+    /// The origin's signatures of the batches ending in `(first_seq, end]`
+    /// (a batch may start before `first_seq`).
+    pub attests: Vec<Attest>,
+    /// What to do with it.
+    pub op: Op,
+}
+
+/// What the compute side does with a [`Segment`] the core hands over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Op {
+    /// Apply it to the replica and append it to the log's file.
+    #[default]
+    Apply,
+    /// Take it out of the replica again: its origin was proven to equivocate
+    /// and is excluded from `first_seq` on (the segment is the applied tail
+    /// from there). The exclusion is persisted on its own.
+    Retract,
+    /// Only append it to the log's file: the replica holds these updates
+    /// already (installed with a snapshot before their signed batches came).
+    Store,
 }
 
 impl Segment {
+    /// A segment of codes (and payloads) without signatures.
+    pub fn new(origin: Origin, first_seq: u64, codes: Vec<u8>, payloads: Vec<Payload>) -> Self {
+        Self {
+            origin,
+            first_seq,
+            codes,
+            payloads,
+            attests: Vec::new(),
+            op: Op::Apply,
+        }
+    }
+
     /// One past the last seq.
     pub fn end(&self) -> u64 {
         self.first_seq + self.codes.len() as u64
@@ -113,14 +147,86 @@ impl Segment {
     }
 }
 
-/// Per-origin contiguous codes plus buffered out-of-order batches.
+/// The longest prefix of a snapshot's log segment (from seq 0) that its
+/// origin's signatures cover, batch after batch, each verified; with those
+/// signatures. What is cut off (unsigned, or a forged signature) is repaired
+/// from peers later.
+pub fn verified_prefix(run: &RunId, s: &Segment) -> Segment {
+    let mut at = 0u64;
+    let mut attests = Vec::new();
+    let mut deltas = 0usize;
+    for a in &s.attests {
+        if s.first_seq != 0 || a.first_seq > at || a.end() <= at || a.end() > s.end() {
+            break;
+        }
+        let codes = &s.codes[a.first_seq as usize..a.end() as usize];
+        let before = s.codes[..a.first_seq as usize]
+            .iter()
+            .filter(|&&c| c == DELTA)
+            .count();
+        let n = codes.iter().filter(|&&c| c == DELTA).count();
+        let Some(payloads) = s.payloads.get(before..before + n) else {
+            break;
+        };
+        let Some(hashes) = crate::crdt::attest::payload_hashes(codes, payloads) else {
+            break;
+        };
+        if !crate::crdt::attest::verify(run, &s.origin, a, codes, &hashes) {
+            tracing::warn!(origin = %s.origin.short(), seq = a.first_seq, "snapshot log with a forged signature; cut there");
+            break;
+        }
+        attests.push(*a);
+        at = a.end();
+        deltas = before + n;
+    }
+    Segment {
+        origin: s.origin,
+        first_seq: 0,
+        codes: s.codes[..at as usize].to_vec(),
+        payloads: s.payloads[..deltas].to_vec(),
+        attests,
+        op: Op::Apply,
+    }
+}
+
+/// A batch waiting behind a gap: its codes and, when it came signed, the
+/// origin's signature.
+type Waiting = (Vec<u8>, Option<Attest>);
+
+/// An exclusion: from this seq on an origin's updates count nowhere; the
+/// encoded [`crate::crdt::attest::Proof`] that justifies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exclusion {
+    /// First excluded seq.
+    pub from: u64,
+    /// The proof, encoded.
+    pub proof: Vec<u8>,
+}
+
+/// How an incoming batch contradicts what is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The first seq where they differ.
+    pub seq: u64,
+    /// The held signed batch covering it (None when what is held there is
+    /// not signed: this node's own updates, or a log of an older format).
+    pub with: Option<SignedBatch>,
+}
+
+/// Per-origin contiguous codes, the origin's signatures over them, buffered
+/// out-of-order batches, and exclusions of proven equivocators.
 #[derive(Debug)]
 pub struct Log {
     run: RunId,
     origins: BTreeMap<Origin, Vec<u8>>,
-    pending: BTreeMap<Origin, BTreeMap<u64, Vec<u8>>>,
+    pending: BTreeMap<Origin, BTreeMap<u64, Waiting>>,
     /// Payloads of delta updates, held or pending, by `(origin, seq)`.
     payloads: BTreeMap<(Origin, u64), Payload>,
+    /// Per origin, signatures over held codes by batch end; each extends the
+    /// signed frontier, so the one with the smallest end past a seq covers it.
+    attests: BTreeMap<Origin, BTreeMap<u64, Attest>>,
+    /// Proven equivocators, from which seq on they are excluded.
+    excluded: BTreeMap<Origin, Exclusion>,
 }
 
 impl Log {
@@ -131,6 +237,8 @@ impl Log {
             origins: BTreeMap::new(),
             pending: BTreeMap::new(),
             payloads: BTreeMap::new(),
+            attests: BTreeMap::new(),
+            excluded: BTreeMap::new(),
         }
     }
 
@@ -160,6 +268,19 @@ impl Log {
         codes: &[u8],
         payloads: &[Payload],
     ) -> Result<Vec<Update>, Error> {
+        self.insert_signed(origin, first_seq, codes, payloads, None)
+    }
+
+    /// Like [`Log::insert_with`], keeping the origin's signature over the
+    /// whole batch (checked by the caller) to serve it on.
+    pub fn insert_signed(
+        &mut self,
+        origin: Origin,
+        first_seq: u64,
+        codes: &[u8],
+        payloads: &[Payload],
+        attest: Option<Attest>,
+    ) -> Result<Vec<Update>, Error> {
         if codes.len() > MAX_RECORD_CODES {
             return Err(Error::TooLarge(codes.len()));
         }
@@ -181,7 +302,7 @@ impl Log {
                 }
             }
         }
-        self.accept(origin, first_seq, codes.to_vec());
+        self.accept(origin, first_seq, codes.to_vec(), attest);
         let after = self.next_seq(&origin);
         if after == before {
             return Ok(Vec::new());
@@ -201,6 +322,214 @@ impl Log {
         Ok(out)
     }
 
+    /// Records the origin's signature over held codes `[first_seq, end)`
+    /// (this node's own batches, signed when published); ignored unless it
+    /// extends the signed frontier and the codes are held.
+    pub fn attest(&mut self, origin: Origin, attest: Attest) {
+        if attest.end() > self.next_seq(&origin) || attest.len == 0 {
+            return;
+        }
+        let a = self.attests.entry(origin).or_default();
+        if a.last_key_value()
+            .is_none_or(|(&end, _)| attest.end() > end)
+        {
+            a.insert(attest.end(), attest);
+        }
+    }
+
+    /// One past the last seq of `origin` its signatures cover.
+    pub fn signed_through(&self, origin: &Origin) -> u64 {
+        self.attests
+            .get(origin)
+            .and_then(|a| a.last_key_value())
+            .map_or(0, |(&end, _)| end)
+    }
+
+    /// The signed batch covering held seq `seq` of `origin`.
+    pub fn covering(&self, origin: &Origin, seq: u64) -> Option<(Attest, &[u8])> {
+        let (_, a) = self.attests.get(origin)?.range(seq + 1..).next()?;
+        if a.first_seq > seq {
+            return None;
+        }
+        let codes = self.range(origin, a.first_seq, a.end());
+        (codes.len() == a.len as usize).then_some((*a, codes))
+    }
+
+    /// The held signed batch covering `seq`, with its payload hashes.
+    fn signed_batch(&self, origin: &Origin, seq: u64) -> Option<SignedBatch> {
+        let (attest, codes) = self.covering(origin, seq)?;
+        let payloads = self.payloads_in(origin, attest.first_seq, attest.end());
+        Some(SignedBatch {
+            attest,
+            codes: codes.to_vec(),
+            hashes: crate::crdt::attest::payload_hashes(codes, &payloads)?,
+        })
+    }
+
+    /// Whole signed batches of `origin` covering `[from, …)` in order, as many
+    /// as fit in `max_codes` codes and `payload_budget` payload bytes (the
+    /// first always fits): what a range request is answered with. Stops where
+    /// the held codes are not signed.
+    pub fn signed_batches(
+        &self,
+        origin: &Origin,
+        from: u64,
+        max_codes: u64,
+        payload_budget: usize,
+    ) -> Vec<(Attest, &[u8], Vec<Payload>)> {
+        let mut out = Vec::new();
+        let (mut at, mut codes_n, mut bytes) = (from, 0u64, 0usize);
+        while let Some((a, codes)) = self.covering(origin, at) {
+            let payloads = self.payloads_in(origin, a.first_seq, a.end());
+            let p: usize = payloads.iter().map(|p| p.len()).sum();
+            if payloads.len() != codes.iter().filter(|&&c| c == DELTA).count() {
+                break;
+            }
+            if !out.is_empty()
+                && (codes_n + u64::from(a.len) > max_codes || bytes + p > payload_budget)
+            {
+                break;
+            }
+            codes_n += u64::from(a.len);
+            bytes += p;
+            at = a.end();
+            out.push((a, codes, payloads));
+        }
+        out
+    }
+
+    /// How a batch of `origin` (with the hashes of its delta payloads)
+    /// contradicts held or waiting signed data, if it does.
+    pub fn conflict(
+        &self,
+        origin: &Origin,
+        first_seq: u64,
+        codes: &[u8],
+        hashes: &[[u8; 32]],
+    ) -> Option<Conflict> {
+        let end = first_seq + codes.len() as u64;
+        let mut k = 0usize;
+        let mut incoming_hash = Vec::with_capacity(codes.len());
+        for &c in codes {
+            incoming_hash.push(if c == DELTA {
+                k += 1;
+                hashes.get(k - 1).copied()
+            } else {
+                None
+            });
+        }
+        let held = self.range(origin, first_seq, end);
+        let differs = |seq: u64, code: u8| -> bool {
+            let i = (seq - first_seq) as usize;
+            code != codes[i]
+                || (code == DELTA
+                    && self
+                        .payload(origin, seq)
+                        .map(|p| *blake3::hash(p).as_bytes())
+                        != incoming_hash[i])
+        };
+        if let Some(i) = (0..held.len()).find(|&i| differs(first_seq + i as u64, held[i])) {
+            let seq = first_seq + i as u64;
+            return Some(Conflict {
+                seq,
+                with: self.signed_batch(origin, seq),
+            });
+        }
+        // Batches waiting behind a gap were signed too.
+        let incoming = SignedBatch {
+            attest: Attest {
+                first_seq,
+                len: codes.len() as u32,
+                sig: [0; crate::crdt::attest::SIG_LEN],
+            },
+            codes: codes.to_vec(),
+            hashes: hashes.to_vec(),
+        };
+        for (&f, (c, a)) in self.pending.get(origin)?.range(..end) {
+            if f + c.len() as u64 <= first_seq {
+                continue;
+            }
+            let Some(a) = a else { continue };
+            let payloads = self.payloads_in_pending(origin, f, c);
+            let Some(h) = crate::crdt::attest::payload_hashes(c, &payloads) else {
+                continue;
+            };
+            let waiting = SignedBatch {
+                attest: *a,
+                codes: c.clone(),
+                hashes: h,
+            };
+            if let Some(seq) = waiting.conflict(&incoming) {
+                return Some(Conflict {
+                    seq,
+                    with: Some(waiting),
+                });
+            }
+        }
+        None
+    }
+
+    fn payloads_in_pending(&self, origin: &Origin, first: u64, codes: &[u8]) -> Vec<Payload> {
+        codes
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == DELTA)
+            .filter_map(|(i, _)| self.payload(origin, first + i as u64).cloned())
+            .collect()
+    }
+
+    /// Excludes `origin` from seq `from` on (an equivocation proven by
+    /// `proof`); returns true when that is news (no exclusion, or a later
+    /// one, was known). Held codes stay (to serve whole signed batches), but
+    /// count nowhere past `from`; waiting batches from there are dropped.
+    pub fn exclude(&mut self, origin: Origin, from: u64, proof: Vec<u8>) -> bool {
+        if self.excluded.get(&origin).is_some_and(|e| e.from <= from) {
+            return false;
+        }
+        self.excluded.insert(origin, Exclusion { from, proof });
+        if let Some(p) = self.pending.get_mut(&origin) {
+            p.retain(|&first, _| first < from);
+            if p.is_empty() {
+                self.pending.remove(&origin);
+            }
+        }
+        self.drop_stray_payloads_of(origin, self.next_seq(&origin));
+        true
+    }
+
+    /// BLAKE3 of `origin`'s first `n` held codes and the hashes of the delta
+    /// payloads among them (None when fewer are held): two nodes holding
+    /// different signed versions of some seq below `n` differ here.
+    pub fn fingerprint(&self, origin: &Origin, n: u64) -> Option<[u8; 32]> {
+        let codes = self.range(origin, 0, n);
+        if (codes.len() as u64) < n {
+            return None;
+        }
+        let mut h = blake3::Hasher::new();
+        h.update(b"seedswarm/fingerprint/1");
+        h.update(&origin.0);
+        h.update(&n.to_le_bytes());
+        h.update(codes);
+        for (i, &c) in codes.iter().enumerate() {
+            if c == DELTA {
+                if let Some(p) = self.payload(origin, i as u64) {
+                    h.update(blake3::hash(p).as_bytes());
+                }
+            }
+        }
+        Some(*h.finalize().as_bytes())
+    }
+
+    /// The exclusion of `origin`, if it is a proven equivocator.
+    pub fn exclusion(&self, origin: &Origin) -> Option<&Exclusion> {
+        self.excluded.get(origin)
+    }
+
+    /// Every exclusion, by origin.
+    pub fn exclusions(&self) -> &BTreeMap<Origin, Exclusion> {
+        &self.excluded
+    }
+
     /// The payload of delta update `seq` of `origin`, held or pending.
     pub fn payload(&self, origin: &Origin, seq: u64) -> Option<&Payload> {
         self.payloads.get(&(*origin, seq))
@@ -218,20 +547,41 @@ impl Log {
             .collect()
     }
 
-    /// The held updates of `origin` in `[from, to)` (clipped) as a segment.
+    /// The held updates of `origin` in `[from, to)` (clipped) as a segment,
+    /// with the signatures of the batches ending inside it.
     pub fn segment(&self, origin: &Origin, from: u64, to: u64) -> Segment {
         let codes = self.range(origin, from, to).to_vec();
+        let end = from + codes.len() as u64;
+        let attests = self
+            .attests
+            .get(origin)
+            .map(|a| a.range(from + 1..=end).map(|(_, a)| *a).collect())
+            .unwrap_or_default();
         Segment {
             origin: *origin,
             first_seq: from,
-            payloads: self.payloads_in(origin, from, from + codes.len() as u64),
+            payloads: self.payloads_in(origin, from, end),
             codes,
+            attests,
+            op: Op::Apply,
         }
     }
 
-    /// Every origin's log from seq 0 up to `vv` (for a snapshot at `vv`).
+    /// One past the end of the signed batch covering `seq - 1` (so that a
+    /// segment ending there carries its signature), or `seq` when none does.
+    pub fn batch_end(&self, origin: &Origin, seq: u64) -> u64 {
+        match seq.checked_sub(1).and_then(|s| self.covering(origin, s)) {
+            Some((a, _)) => a.end().max(seq),
+            None => seq,
+        }
+    }
+
+    /// Every origin's log from seq 0 up to `vv`, each extended to the end of
+    /// the signed batch it stops in (for a snapshot at `vv`).
     pub fn prefix(&self, vv: &VersionVector) -> Vec<Segment> {
-        vv.iter().map(|(o, &n)| self.segment(o, 0, n)).collect()
+        vv.iter()
+            .map(|(o, &n)| self.segment(o, 0, self.batch_end(o, n)))
+            .collect()
     }
 
     /// Forgets payloads (at seqs from `from` on) whose seq is neither held as
@@ -247,7 +597,7 @@ impl Log {
                 let is_pending = pending.is_some_and(|p| {
                     p.range(..=seq)
                         .next_back()
-                        .is_some_and(|(&f, c)| seq < f + c.len() as u64)
+                        .is_some_and(|(&f, (c, _))| seq < f + c.len() as u64)
                 });
                 !is_held && !is_pending
             })
@@ -266,7 +616,7 @@ impl Log {
     }
 
     /// Merges a batch into memory without persisting.
-    fn accept(&mut self, origin: Origin, first_seq: u64, codes: Vec<u8>) {
+    fn accept(&mut self, origin: Origin, first_seq: u64, codes: Vec<u8>, attest: Option<Attest>) {
         let have = self.next_seq(&origin);
         let end = first_seq.saturating_add(codes.len() as u64);
         if end <= have || codes.is_empty() {
@@ -275,13 +625,14 @@ impl Log {
         if first_seq > have {
             let p = self.pending.entry(origin).or_default();
             let slot = p.entry(first_seq).or_default();
-            if codes.len() > slot.len() {
-                *slot = codes;
+            if codes.len() > slot.0.len() {
+                *slot = (codes, attest);
             }
             return;
         }
         let prefix = self.origins.entry(origin).or_default();
         prefix.extend_from_slice(&codes[(have - first_seq) as usize..]);
+        let mut signed: Vec<Attest> = attest.into_iter().collect();
         // Drain buffered batches that now connect.
         if let Some(p) = self.pending.get_mut(&origin) {
             while let Some((&first, _)) = p.iter().next() {
@@ -289,34 +640,51 @@ impl Log {
                 if first > have {
                     break;
                 }
-                let batch = p.remove(&first).unwrap_or_default();
+                let (batch, a) = p.remove(&first).unwrap_or_default();
                 let end = first + batch.len() as u64;
                 if end > have {
                     prefix.extend_from_slice(&batch[(have - first) as usize..]);
+                    signed.extend(a);
                 }
             }
             if p.is_empty() {
                 self.pending.remove(&origin);
             }
         }
+        for a in signed {
+            self.attest(origin, a);
+        }
     }
 
-    /// Number of contiguous updates held for `origin`.
+    /// Number of contiguous updates held for `origin` (exclusions aside).
     pub fn next_seq(&self, origin: &Origin) -> u64 {
         self.origins.get(origin).map_or(0, |v| v.len() as u64)
     }
 
-    /// The version vector of the contiguous data.
+    /// The contiguous updates of `origin` that count: held ones, up to its
+    /// exclusion.
+    fn counted(&self, origin: &Origin, held: u64) -> u64 {
+        self.excluded.get(origin).map_or(held, |e| held.min(e.from))
+    }
+
+    /// The version vector of the contiguous data (exclusions applied).
     pub fn version_vector(&self) -> VersionVector {
-        self.heads().map(|(o, n)| (*o, n)).collect()
+        self.heads()
+            .filter(|&(_, n)| n > 0)
+            .map(|(o, n)| (*o, n))
+            .collect()
     }
 
-    /// Each origin with the number of contiguous updates held, in origin order.
+    /// Each origin with the number of contiguous updates that count, in
+    /// origin order.
     pub fn heads(&self) -> impl Iterator<Item = (&Origin, u64)> + '_ {
-        self.origins.iter().map(|(o, v)| (o, v.len() as u64))
+        self.origins
+            .iter()
+            .map(|(o, v)| (o, self.counted(o, v.len() as u64)))
     }
 
-    /// Codes of `origin` for `seq ∈ [from, to)`, clipped to what is held.
+    /// Codes of `origin` for `seq ∈ [from, to)`, clipped to what is held
+    /// (exclusions aside).
     pub fn range(&self, origin: &Origin, from: u64, to: u64) -> &[u8] {
         let Some(all) = self.origins.get(origin) else {
             return &[];
@@ -333,8 +701,24 @@ impl Log {
         self.pending
             .values()
             .flat_map(|p| p.values())
-            .map(|v| v.len() as u64)
+            .map(|v| v.0.len() as u64)
             .sum()
+    }
+
+    /// Updates of `origin` buffered behind a gap, and in how many batches.
+    pub fn pending_of(&self, origin: &Origin) -> (u64, usize) {
+        self.pending.get(origin).map_or((0, 0), |p| {
+            (p.values().map(|v| v.0.len() as u64).sum(), p.len())
+        })
+    }
+
+    /// Drops what `origin` has buffered behind its gap (unrepairable, or over
+    /// a bound); returns the updates dropped.
+    pub fn drop_pending(&mut self, origin: &Origin) -> u64 {
+        let n = self.pending_of(origin).0;
+        self.pending.remove(origin);
+        self.drop_stray_payloads_of(*origin, self.next_seq(origin));
+        n
     }
 
     /// The first missing seq range per origin that has buffered data behind a gap.
@@ -348,10 +732,11 @@ impl Log {
             .collect()
     }
 
-    /// All contiguous updates in (origin, seq) order.
+    /// All contiguous updates that count, in (origin, seq) order.
     pub fn updates(&self) -> impl Iterator<Item = Update> + '_ {
-        self.origins.iter().flat_map(|(o, codes)| {
-            codes.iter().enumerate().map(move |(i, &code)| Update {
+        self.origins.iter().flat_map(move |(o, codes)| {
+            let n = self.counted(o, codes.len() as u64) as usize;
+            codes[..n].iter().enumerate().map(move |(i, &code)| Update {
                 origin: *o,
                 seq: i as u64,
                 code,
@@ -359,14 +744,14 @@ impl Log {
         })
     }
 
-    /// Total contiguous updates.
+    /// Total contiguous updates that count.
     pub fn len(&self) -> u64 {
-        self.origins.values().map(|v| v.len() as u64).sum()
+        self.heads().map(|(_, n)| n).sum()
     }
 
     /// True when no update is held.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.origins.values().all(Vec::is_empty)
     }
 }
 

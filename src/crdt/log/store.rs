@@ -8,9 +8,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-pub(super) const MAGIC: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x01";
+pub(super) const MAGIC: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x02";
+/// The format before signatures and exclusions (read, then upgraded).
+const MAGIC_V1: &[u8; 16] = b"SEEDSWARMLOG\0\0\0\x01";
 /// Flag bit of a delta record's length field.
 const DELTA_FLAG: u32 = 1 << 31;
+/// Flag bit of a meta record (a signature or an exclusion).
+const META_FLAG: u32 = 1 << 30;
+/// Meta record kinds (first byte of the body).
+const META_ATTEST: u8 = 1;
+const META_EXCLUDE: u8 = 2;
 pub(super) const HEADER: usize = 48;
 
 /// What opening a log found.
@@ -54,7 +61,8 @@ impl Store {
             file.write_all(&run.0).map_err(io)?;
             file.sync_data().map_err(io)?;
         } else {
-            if bytes.len() < HEADER || &bytes[..16] != MAGIC {
+            let v1 = bytes.len() >= HEADER && &bytes[..16] == MAGIC_V1;
+            if bytes.len() < HEADER || (&bytes[..16] != MAGIC && !v1) {
                 return Err(Error::Refused {
                     path: path.to_owned(),
                     reason: "not a seedswarm update log (bad header); move it away to start afresh"
@@ -74,11 +82,15 @@ impl Store {
             let mut pos = HEADER;
             while let Some((origin, first, record, next)) = parse_record(&bytes, pos) {
                 match record {
-                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec()),
+                    Record::Codes(codes) => log.accept(origin, first, codes.to_vec(), None),
                     Record::Delta(payload) => {
                         log.payloads
                             .insert((origin, first), Payload::new(payload.to_vec()));
-                        log.accept(origin, first, vec![DELTA]);
+                        log.accept(origin, first, vec![DELTA], None);
+                    }
+                    Record::Attest(a) => log.attest(origin, a),
+                    Record::Exclude(proof) => {
+                        log.exclude(origin, first, proof.to_vec());
                     }
                 }
                 rec.records += 1;
@@ -95,6 +107,14 @@ impl Store {
                 );
                 file.set_len(pos as u64).map_err(io)?;
                 file.seek(SeekFrom::End(0)).map_err(io)?;
+            }
+            if v1 {
+                // Same records, plus the new kinds from now on: mark the
+                // file so an older binary refuses it instead of cutting them.
+                let mut f = OpenOptions::new().write(true).open(path).map_err(io)?;
+                f.write_all(MAGIC).map_err(io)?;
+                f.sync_data().map_err(io)?;
+                tracing::info!(path = %path.display(), "update log upgraded to format 2");
             }
             // Buffered data is not persisted; anything recovered is contiguous.
             log.pending.clear();
@@ -115,7 +135,13 @@ impl Store {
             first_seq,
             codes,
             payloads,
+            attests,
+            op,
         } = segment;
+        if *op == Op::Retract {
+            // Retractions follow from an exclusion, persisted on its own.
+            return Ok(());
+        }
         let first_seq = *first_seq;
         let markers = codes.iter().filter(|&&c| c == DELTA).count();
         if markers != payloads.len() {
@@ -143,12 +169,45 @@ impl Store {
             if start < codes.len() {
                 write_record(file, origin, first_seq + start as u64, &codes[start..])?;
             }
+            for a in attests {
+                let mut body = vec![META_ATTEST];
+                body.extend_from_slice(&a.len.to_le_bytes());
+                body.extend_from_slice(&a.sig);
+                write_meta_record(file, origin, a.first_seq, &body)?;
+            }
             file.flush()
         };
         write().map_err(|source| Error::Io {
             path: self.path.clone(),
             source,
         })
+    }
+
+    /// Appends an exclusion of `origin` from seq `from` with its proof.
+    pub fn append_exclusion(
+        &mut self,
+        origin: &Origin,
+        from: u64,
+        proof: &[u8],
+    ) -> Result<(), Error> {
+        let mut body = vec![META_EXCLUDE];
+        body.extend_from_slice(proof);
+        let file = &mut self.file;
+        write_meta_record(file, origin, from, &body)
+            .and_then(|_| file.flush())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    /// Makes everything appended so far durable (fsync of the data).
+    pub fn sync(&mut self) -> Result<(), Error> {
+        let path = self.path.clone();
+        self.file
+            .flush()
+            .and_then(|_| self.file.get_ref().sync_data())
+            .map_err(|source| Error::Io { path, source })
     }
 
     /// Where the file is.
@@ -198,19 +257,42 @@ fn write_delta_record(
     w.write_all(&check(&rec))
 }
 
+fn write_meta_record(
+    w: &mut impl Write,
+    origin: &Origin,
+    seq: u64,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut rec = Vec::with_capacity(40 + body.len());
+    rec.extend_from_slice(&origin.0);
+    rec.extend_from_slice(&seq.to_le_bytes());
+    rec.extend_from_slice(body);
+    w.write_all(&(rec.len() as u32 | META_FLAG).to_le_bytes())?;
+    w.write_all(&rec)?;
+    w.write_all(&check(&rec))
+}
+
 /// What a record holds.
 enum Record<'a> {
     /// One-byte codes from `first_seq` on.
     Codes(&'a [u8]),
     /// The payload of one delta update at `first_seq`.
     Delta(&'a [u8]),
+    /// The origin's signature over its batch from `first_seq`.
+    Attest(Attest),
+    /// The origin is excluded from `first_seq` on; the encoded proof.
+    Exclude(&'a [u8]),
 }
 
 /// Parses the record at `pos`: `(origin, first_seq, record, next_pos)`.
 fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, usize)> {
     let word = u32::from_le_bytes(bytes.get(pos..pos + 4)?.try_into().ok()?);
     let delta = word & DELTA_FLAG != 0;
-    let len = (word & !DELTA_FLAG) as usize;
+    let meta = word & META_FLAG != 0;
+    if delta && meta {
+        return None;
+    }
+    let len = (word & !(DELTA_FLAG | META_FLAG)) as usize;
     let max = if delta {
         MAX_DELTA_BYTES
     } else {
@@ -227,6 +309,21 @@ fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, us
     let origin = Origin(payload[..32].try_into().ok()?);
     let first = u64::from_le_bytes(payload[32..40].try_into().ok()?);
     let body = &payload[40..];
+    if meta {
+        let (&kind, rest) = body.split_first()?;
+        let record = match kind {
+            META_ATTEST if rest.len() == 4 + crate::crdt::attest::SIG_LEN => {
+                Record::Attest(Attest {
+                    first_seq: first,
+                    len: u32::from_le_bytes(rest[..4].try_into().ok()?),
+                    sig: rest[4..].try_into().ok()?,
+                })
+            }
+            META_EXCLUDE => Record::Exclude(rest),
+            _ => return None,
+        };
+        return Some((origin, first, record, pos + 12 + len));
+    }
     if !delta && body.contains(&DELTA) {
         return None;
     }

@@ -37,8 +37,10 @@ use crate::varint;
 use crate::zo::seed::Origin;
 use serde::{Deserialize, Serialize};
 
-/// Wire version byte of update batches.
-pub const UPDATES_VERSION: u8 = 1;
+/// Wire version byte of update batches (2: origin-signed).
+pub const UPDATES_VERSION: u8 = 2;
+/// Bytes of an origin's signature.
+pub const SIG_LEN: usize = crate::crdt::attest::SIG_LEN;
 /// Most codes one gossip batch may carry.
 pub const MAX_BATCH: usize = 16 * 1024;
 /// Most origins a heartbeat may list.
@@ -47,6 +49,8 @@ pub const MAX_ORIGINS: usize = 4096;
 pub const MAX_HEARTBEAT: usize = 48 * MAX_ORIGINS + 256;
 /// Most codes one range response may carry.
 pub const MAX_RANGE: u64 = 1 << 20;
+/// Most signed batches one range response may carry.
+pub const MAX_RANGE_BATCHES: usize = 4096;
 
 /// Why an input was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,23 +79,29 @@ impl From<varint::Error> for Error {
     }
 }
 
-/// Encodes an update batch.
-pub fn encode_updates(first_seq: u64, codes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + varint::MAX_LEN + codes.len());
+/// Encodes an update batch: `0x02 ‖ varint first_seq ‖ signature (64) ‖ codes`.
+pub fn encode_updates(first_seq: u64, sig: &[u8; SIG_LEN], codes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + varint::MAX_LEN + SIG_LEN + codes.len());
     out.push(UPDATES_VERSION);
     varint::put(&mut out, first_seq);
+    out.extend_from_slice(sig);
     out.extend_from_slice(codes);
     out
 }
 
-/// Decodes an update batch into `(first_seq, codes)`.
-pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
+/// Decodes an update batch into `(first_seq, signature, codes)`.
+pub fn decode_updates(data: &[u8]) -> Result<(u64, [u8; SIG_LEN], &[u8]), Error> {
     let (&version, rest) = data.split_first().ok_or(Error::Truncated)?;
     if version != UPDATES_VERSION {
         return Err(Error::Version(version));
     }
     let (first, i) = varint::decode(rest)?;
-    let codes = &rest[i..];
+    let rest = &rest[i..];
+    let sig: [u8; SIG_LEN] = rest
+        .get(..SIG_LEN)
+        .and_then(|s| s.try_into().ok())
+        .ok_or(Error::Truncated)?;
+    let codes = &rest[SIG_LEN..];
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
     }
@@ -109,13 +119,15 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, &[u8]), Error> {
     if first.checked_add(codes.len() as u64).is_none() {
         return Err(Error::Malformed("sequence range overflows".into()));
     }
-    Ok((first, codes))
+    Ok((first, sig, codes))
 }
 
-/// Wire version byte of delta announcements.
-pub const DELTA_VERSION: u8 = 1;
+/// Wire version byte of delta announcements (2: origin-signed).
+pub const DELTA_VERSION: u8 = 2;
 
-/// A delta update on offer: its seq in the origin's stream, size and hash.
+/// A delta update on offer: its seq in the origin's stream, size and hash,
+/// and the origin's signature over the one-update batch `[DELTA]` at `seq`
+/// with that payload hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeltaAnnounce {
     /// The update's seq.
@@ -124,16 +136,19 @@ pub struct DeltaAnnounce {
     pub len: u32,
     /// BLAKE3 of the payload.
     pub hash: [u8; 32],
+    /// The origin's signature.
+    pub sig: [u8; SIG_LEN],
 }
 
 impl DeltaAnnounce {
-    /// Encodes for the wire (45 bytes).
+    /// Encodes for the wire (109 bytes).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(45);
+        let mut out = Vec::with_capacity(109);
         out.push(DELTA_VERSION);
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
         out.extend_from_slice(&self.hash);
+        out.extend_from_slice(&self.sig);
         out
     }
 
@@ -143,7 +158,7 @@ impl DeltaAnnounce {
         if version != DELTA_VERSION {
             return Err(Error::Version(version));
         }
-        if rest.len() != 44 {
+        if rest.len() != 44 + SIG_LEN {
             return Err(Error::Malformed(format!(
                 "delta announcement of {} bytes",
                 data.len()
@@ -153,6 +168,8 @@ impl DeltaAnnounce {
         let len = u32::from_le_bytes(rest[8..12].try_into().unwrap_or_default());
         let mut hash = [0u8; 32];
         hash.copy_from_slice(&rest[12..44]);
+        let mut sig = [0u8; SIG_LEN];
+        sig.copy_from_slice(&rest[44..]);
         if len == 0 {
             return Err(Error::Malformed("empty delta".into()));
         }
@@ -162,7 +179,12 @@ impl DeltaAnnounce {
         if seq == u64::MAX {
             return Err(Error::Malformed("sequence number overflows".into()));
         }
-        Ok(Self { seq, len, hash })
+        Ok(Self {
+            seq,
+            len,
+            hash,
+            sig,
+        })
     }
 }
 
@@ -261,6 +283,26 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
+/// One origin-signed batch in a range response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Seq of its first code.
+    pub first_seq: u64,
+    /// Its codes.
+    pub codes: Blob,
+    /// Payloads of the delta updates among `codes`, in order.
+    pub payloads: Vec<Blob>,
+    /// The origin's signature (64 bytes) over the batch.
+    pub sig: Blob,
+}
+
+impl Batch {
+    /// One past its last seq.
+    pub fn end(&self) -> u64 {
+        self.first_seq.saturating_add(self.codes.0.len() as u64)
+    }
+}
+
 /// A sync request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -272,20 +314,19 @@ pub enum Request {
     Chunk { id: [u8; 32], index: u32 },
     /// The payload of delta update `seq` of `origin`.
     Delta { origin: Origin, seq: u64 },
+    /// A fingerprint of each origin's log (asked when a peer announces this
+    /// node's version vector with another digest: someone holds another
+    /// signed version of some seq).
+    Fingerprints,
 }
 
 /// A sync response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    /// Codes of `origin` starting at `first_seq` (possibly fewer than asked).
-    Range {
-        origin: Origin,
-        first_seq: u64,
-        codes: Blob,
-        /// Payloads of the delta updates among `codes`, in order.
-        #[serde(default)]
-        payloads: Vec<Blob>,
-    },
+    /// Whole origin-signed batches of `origin` covering the requested range
+    /// from its start (possibly fewer than asked; the first batch may begin
+    /// before `from`, the last may end past `to`).
+    Range { origin: Origin, batches: Vec<Batch> },
     /// The payload of a delta update.
     Delta {
         origin: Origin,
@@ -306,6 +347,9 @@ pub enum Response {
         index: u32,
         data: Blob,
     },
+    /// Per origin: the updates held and BLAKE3 of their codes (and delta
+    /// payload hashes) from seq 0, sorted by origin.
+    Fingerprints { heads: Vec<(Origin, u64, Blob)> },
     /// The request was refused.
     Refused(String),
 }
@@ -337,7 +381,8 @@ impl Request {
             Request::Range { .. }
             | Request::Offer
             | Request::Chunk { .. }
-            | Request::Delta { .. } => Ok(()),
+            | Request::Delta { .. }
+            | Request::Fingerprints => Ok(()),
         }
     }
 }
@@ -348,12 +393,7 @@ impl Response {
         match (self, req) {
             (Response::Refused(_), _) => Ok(()),
             (
-                Response::Range {
-                    origin,
-                    first_seq,
-                    codes,
-                    payloads,
-                },
+                Response::Range { origin, batches },
                 Request::Range {
                     origin: o,
                     from,
@@ -363,31 +403,47 @@ impl Response {
                 if origin != o {
                     return Err(Error::Malformed("range of another origin".into()));
                 }
-                if codes.0.len() as u64 > MAX_RANGE {
-                    return Err(Error::Oversized(format!("{} codes", codes.0.len())));
+                if batches.len() > MAX_RANGE_BATCHES {
+                    return Err(Error::Oversized(format!("{} batches", batches.len())));
                 }
-                let end = first_seq
-                    .checked_add(codes.0.len() as u64)
-                    .ok_or_else(|| Error::Malformed("range overflows".into()))?;
-                if *first_seq > *from || end > *to {
-                    return Err(Error::Malformed("range outside the request".into()));
+                let total: u64 = batches.iter().map(|b| b.codes.0.len() as u64).sum();
+                if total > MAX_RANGE + MAX_BATCH as u64 {
+                    return Err(Error::Oversized(format!("{total} codes")));
                 }
-                let markers = codes
-                    .0
-                    .iter()
-                    .filter(|&&c| c == crate::zo::codec::DELTA)
-                    .count();
-                if markers != payloads.len() {
-                    return Err(Error::Malformed(format!(
-                        "{markers} delta updates but {} payloads",
-                        payloads.len()
-                    )));
-                }
-                if payloads
-                    .iter()
-                    .any(|p| p.0.is_empty() || p.0.len() > crate::crdt::log::MAX_DELTA_BYTES)
-                {
-                    return Err(Error::Oversized("delta payload".into()));
+                let mut at = *from;
+                for (i, b) in batches.iter().enumerate() {
+                    if b.codes.0.is_empty() || b.codes.0.len() > MAX_BATCH {
+                        return Err(Error::Malformed("batch length".into()));
+                    }
+                    if b.sig.0.len() != SIG_LEN {
+                        return Err(Error::Malformed("signature length".into()));
+                    }
+                    if b.first_seq.checked_add(b.codes.0.len() as u64).is_none() {
+                        return Err(Error::Malformed("range overflows".into()));
+                    }
+                    // Each batch covers the next seq wanted, within the request.
+                    if b.first_seq > at || b.end() <= at || (i > 0 && at >= *to) {
+                        return Err(Error::Malformed("batches do not cover the request".into()));
+                    }
+                    at = b.end();
+                    let markers = b
+                        .codes
+                        .0
+                        .iter()
+                        .filter(|&&c| c == crate::zo::codec::DELTA)
+                        .count();
+                    if markers != b.payloads.len() {
+                        return Err(Error::Malformed(format!(
+                            "{markers} delta updates but {} payloads",
+                            b.payloads.len()
+                        )));
+                    }
+                    if b.payloads
+                        .iter()
+                        .any(|p| p.0.is_empty() || p.0.len() > crate::crdt::log::MAX_DELTA_BYTES)
+                    {
+                        return Err(Error::Oversized("delta payload".into()));
+                    }
                 }
                 Ok(())
             }
@@ -431,6 +487,18 @@ impl Response {
                 }
                 if data.0.len() > crate::crdt::snapshot::CHUNK {
                     return Err(Error::Oversized(format!("chunk of {} bytes", data.0.len())));
+                }
+                Ok(())
+            }
+            (Response::Fingerprints { heads }, Request::Fingerprints) => {
+                if heads.len() > MAX_ORIGINS {
+                    return Err(Error::Oversized(format!("{} origins", heads.len())));
+                }
+                if heads.windows(2).any(|w| w[0].0 >= w[1].0) {
+                    return Err(Error::Malformed("fingerprints not sorted by origin".into()));
+                }
+                if heads.iter().any(|(_, _, h)| h.0.len() != 32) {
+                    return Err(Error::Malformed("fingerprint length".into()));
                 }
                 Ok(())
             }

@@ -3,33 +3,53 @@
 use super::*;
 use proptest::prelude::*;
 
+const SIG: [u8; SIG_LEN] = [0x5a; SIG_LEN];
+
+/// `0x02 ‖ varint first_seq ‖ signature ‖ codes`.
+fn batch_bytes(varint_first: &[u8], codes: &[u8]) -> Vec<u8> {
+    let mut v = vec![2];
+    v.extend_from_slice(varint_first);
+    v.extend_from_slice(&SIG);
+    v.extend_from_slice(codes);
+    v
+}
+
 #[test]
 fn golden_update_encoding() {
-    assert_eq!(encode_updates(0, &[5]), vec![1, 0, 5]);
-    assert_eq!(encode_updates(300, &[1, 2]), vec![1, 0xac, 0x02, 1, 2]);
+    assert_eq!(encode_updates(0, &SIG, &[5]), batch_bytes(&[0], &[5]));
+    assert_eq!(encode_updates(0, &SIG, &[5]).len(), 67);
     assert_eq!(
-        decode_updates(&[1, 0xac, 0x02, 1, 2]),
-        Ok((300, &[1u8, 2][..]))
+        encode_updates(300, &SIG, &[1, 2]),
+        batch_bytes(&[0xac, 0x02], &[1, 2])
+    );
+    assert_eq!(
+        decode_updates(&batch_bytes(&[0xac, 0x02], &[1, 2])),
+        Ok((300, SIG, &[1u8, 2][..]))
     );
 }
 
 #[test]
 fn bad_batches_are_refused() {
     assert_eq!(decode_updates(&[]), Err(Error::Truncated));
-    assert_eq!(decode_updates(&[2, 0, 1]), Err(Error::Version(2)));
-    assert_eq!(decode_updates(&[1, 0x80]), Err(Error::Truncated));
-    assert!(matches!(decode_updates(&[1, 0]), Err(Error::Malformed(_))));
+    assert_eq!(decode_updates(&[1, 0, 1]), Err(Error::Version(1)));
+    assert_eq!(decode_updates(&[2, 0x80]), Err(Error::Truncated));
+    assert_eq!(decode_updates(&[2, 0, 1, 2]), Err(Error::Truncated));
     assert!(matches!(
-        decode_updates(&[1, 0x80, 0x00, 1]),
+        decode_updates(&batch_bytes(&[0], &[])),
         Err(Error::Malformed(_))
     ));
-    let mut big = encode_updates(0, &vec![1; MAX_BATCH + 1]);
+    assert!(matches!(
+        decode_updates(&batch_bytes(&[0x80, 0x00], &[1])),
+        Err(Error::Malformed(_))
+    ));
+    let mut big = encode_updates(0, &SIG, &vec![1; MAX_BATCH + 1]);
     assert!(matches!(decode_updates(&big), Err(Error::Oversized(_))));
-    big.truncate(MAX_BATCH);
+    big.truncate(big.len() - 1);
     assert!(decode_updates(&big).is_ok());
-    let over = [
-        1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 7,
-    ];
+    let over = batch_bytes(
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        &[7],
+    );
     assert!(decode_updates(&over).is_err());
 }
 
@@ -108,22 +128,25 @@ fn golden_delta_announcement() {
         seq: 258,
         len: 1000,
         hash: [7; 32],
+        sig: SIG,
     };
     let bytes = a.encode();
-    assert_eq!(bytes.len(), 45);
-    assert_eq!(&bytes[..13], &[1, 2, 1, 0, 0, 0, 0, 0, 0, 0xe8, 3, 0, 0]);
+    assert_eq!(bytes.len(), 109);
+    assert_eq!(&bytes[..13], &[2, 2, 1, 0, 0, 0, 0, 0, 0, 0xe8, 3, 0, 0]);
+    assert_eq!(&bytes[13..45], &[7; 32]);
+    assert_eq!(&bytes[45..], &SIG);
     assert_eq!(DeltaAnnounce::decode(&bytes, 1000), Ok(a));
     assert!(matches!(
         DeltaAnnounce::decode(&bytes, 999),
         Err(Error::Oversized(_))
     ));
-    assert!(DeltaAnnounce::decode(&bytes[..44], 1000).is_err());
+    assert!(DeltaAnnounce::decode(&bytes[..108], 1000).is_err());
     let mut zero = a;
     zero.len = 0;
     assert!(DeltaAnnounce::decode(&zero.encode(), 1000).is_err());
     // A one-byte batch may not carry the delta marker.
     assert!(matches!(
-        decode_updates(&encode_updates(0, &[1, crate::zo::codec::DELTA])),
+        decode_updates(&encode_updates(0, &SIG, &[1, crate::zo::codec::DELTA])),
         Err(Error::Malformed(_))
     ));
 }
@@ -143,9 +166,10 @@ fn every_gossip_decoder_names_an_unknown_version() {
         seq: 1,
         len: 10,
         hash: [0; 32],
+        sig: SIG,
     };
-    for v in [0u8, 3, 0x80, 0xff] {
-        let mut b = encode_updates(7, &[1, 2]);
+    for v in [0u8, 1, 3, 0x80, 0xff] {
+        let mut b = encode_updates(7, &SIG, &[1, 2]);
         b[0] = v;
         assert_eq!(decode_updates(&b), Err(Error::Version(v)));
         let mut b = announce.encode();
@@ -153,36 +177,69 @@ fn every_gossip_decoder_names_an_unknown_version() {
         assert_eq!(DeltaAnnounce::decode(&b, 100), Err(Error::Version(v)));
         let mut b = hb.encode();
         b[0] = v;
-        assert_eq!(Heartbeat::decode(&b), Err(Error::Version(v)));
+        if v != HEARTBEAT_VERSION {
+            assert_eq!(Heartbeat::decode(&b), Err(Error::Version(v)));
+        }
         // Whatever follows an unknown version is not looked at.
         assert_eq!(decode_updates(&[v]), Err(Error::Version(v)));
         assert_eq!(DeltaAnnounce::decode(&[v], 100), Err(Error::Version(v)));
-        assert_eq!(Heartbeat::decode(&[v]), Err(Error::Version(v)));
+        if v != HEARTBEAT_VERSION {
+            assert_eq!(Heartbeat::decode(&[v]), Err(Error::Version(v)));
+        }
     }
 }
 
 #[test]
-fn range_payloads_must_match_markers() {
+fn range_batches_must_cover_the_request_and_match_markers() {
     let o = Origin([1; 32]);
     let req = Request::Range {
         origin: o,
-        from: 0,
+        from: 2,
         to: 10,
     };
-    let ok = Response::Range {
-        origin: o,
-        first_seq: 0,
-        codes: Blob(vec![1, crate::zo::codec::DELTA, 2]),
-        payloads: vec![Blob(vec![9; 5])],
+    let batch = |first_seq, codes: Vec<u8>, payloads: Vec<Blob>| Batch {
+        first_seq,
+        codes: Blob(codes),
+        payloads,
+        sig: Blob(SIG.to_vec()),
     };
+    let range = |batches| Response::Range { origin: o, batches };
+    // Whole batches: the first may start before `from`, the last end past `to`.
+    let ok = range(vec![
+        batch(
+            0,
+            vec![1, crate::zo::codec::DELTA, 2],
+            vec![Blob(vec![9; 5])],
+        ),
+        batch(3, vec![4; 9], vec![]),
+    ]);
     assert!(ok.validate(&req).is_ok());
-    let missing = Response::Range {
-        origin: o,
-        first_seq: 0,
-        codes: Blob(vec![1, crate::zo::codec::DELTA, 2]),
-        payloads: vec![],
-    };
+    assert!(range(vec![]).validate(&req).is_ok(), "nothing to give");
+    let missing = range(vec![batch(0, vec![1, crate::zo::codec::DELTA, 2], vec![])]);
     assert!(missing.validate(&req).is_err());
+    let gap = range(vec![batch(3, vec![4; 2], vec![])]);
+    assert!(gap.validate(&req).is_err(), "seq 2 not covered");
+    let hole = range(vec![
+        batch(2, vec![4; 2], vec![]),
+        batch(5, vec![4], vec![]),
+    ]);
+    assert!(hole.validate(&req).is_err(), "seq 4 not covered");
+    let past = range(vec![
+        batch(2, vec![4; 8], vec![]),
+        batch(10, vec![4], vec![]),
+    ]);
+    assert!(
+        past.validate(&req).is_err(),
+        "a batch wholly past the request"
+    );
+    let mut short_sig = batch(2, vec![4], vec![]);
+    short_sig.sig = Blob(vec![1; 63]);
+    assert!(range(vec![short_sig]).validate(&req).is_err());
+    let other = Response::Range {
+        origin: Origin([2; 32]),
+        batches: vec![],
+    };
+    assert!(other.validate(&req).is_err());
     let wrong = Response::Delta {
         origin: o,
         seq: 3,
@@ -201,8 +258,8 @@ proptest! {
     fn update_roundtrip(first in any::<u64>(), codes in proptest::collection::vec(any::<u8>(), 1..100)) {
         prop_assume!(first.checked_add(codes.len() as u64).is_some());
         prop_assume!(!codes.contains(&crate::zo::codec::DELTA));
-        let enc = encode_updates(first, &codes);
-        prop_assert_eq!(decode_updates(&enc), Ok((first, &codes[..])));
+        let enc = encode_updates(first, &SIG, &codes);
+        prop_assert_eq!(decode_updates(&enc), Ok((first, SIG, &codes[..])));
     }
 
     #[test]
@@ -210,5 +267,6 @@ proptest! {
         let _ = decode_updates(&data);
         let _ = Heartbeat::decode(&data);
         let _ = DeltaAnnounce::decode(&data, 1 << 20);
+        let _ = crate::crdt::attest::Proof::decode(&data);
     }
 }
