@@ -218,6 +218,11 @@ pub struct NodeSettings {
     pub min_peers: usize,
     /// Most updates per second accepted from one origin.
     pub max_rate: f64,
+    /// Distinct peers that must vouch for a snapshot's state (offer it, or
+    /// announce its version vector with its digest) before a joiner installs
+    /// it; capped at the peers known, so a lone peer suffices in a swarm of
+    /// two. Otherwise the joiner replays.
+    pub snapshot_quorum: usize,
     /// Serve /metrics, /status and the dashboard on this address (off when absent).
     pub http: Option<String>,
     /// How this node contributes: "zeroth-order" or "first-order".
@@ -244,6 +249,7 @@ impl Default for NodeSettings {
             settle_timeout_s: 120,
             min_peers: 0,
             max_rate: 50_000.0,
+            snapshot_quorum: 2,
             http: None,
             mode: Mode::ZerothOrder,
             first_order: FirstOrder::default(),
@@ -433,6 +439,9 @@ impl Config {
             ));
         }
         fo.compression.validate("node.first_order.compression")?;
+        if self.node.snapshot_quorum == 0 {
+            return Err("node.snapshot_quorum must be at least 1".into());
+        }
         if !(self.node.max_rate.is_finite() && self.node.max_rate > 0.0) {
             return Err(format!(
                 "node.max_rate must be positive, got {}",

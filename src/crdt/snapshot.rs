@@ -316,6 +316,20 @@ pub fn image(replica: &Replica) -> Image {
     }
 }
 
+/// A copy of the state `replica` was in before `retract` (per origin, the
+/// applied tail to take out; exact, the contributions are integers).
+pub fn image_before(replica: &Replica, retract: &[Segment]) -> Result<Image, String> {
+    if retract.is_empty() {
+        return Ok(image(replica));
+    }
+    let mut r = replica.clone();
+    for s in retract {
+        r.retract_with(&s.updates(), &|_, q| s.payload(q))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(image(&r))
+}
+
 /// The snapshot of `image` with the log's `prefix` up to its version vector
 /// (from [`crate::crdt::log::Log::prefix`]).
 pub fn of(image: &Image, prefix: Vec<Segment>) -> Snapshot {
@@ -337,19 +351,24 @@ pub fn of(image: &Image, prefix: Vec<Segment>) -> Snapshot {
 }
 
 /// Installs a snapshot into a replica that holds no update yet: checks the
-/// chunks and the digest of the received `δ`; returns the replica's version
-/// vector and the snapshot's log, whose signatures the protocol core checks
-/// before storing it.
+/// chunks, that the state is the one expected (`expect`: the version vector
+/// and digest peers vouched for) and the digest of the received `δ`; returns
+/// the replica's version vector and the snapshot's log (whose signatures are
+/// checked before it is stored, [`crate::crdt::log::verified_prefix`]).
 pub fn install(
     replica: &mut Replica,
     chunks: &[Vec<u8>],
     hashes: &[[u8; 32]],
+    expect: (&VersionVector, &[u8; 32]),
 ) -> Result<(VersionVector, Vec<Segment>), String> {
     if replica.applied() > 0 {
         return Err("this node already holds updates; a snapshot is only for joining".into());
     }
     let lens: Vec<usize> = replica.slots().iter().map(|s| s.delta.len()).collect();
     let d = decode(chunks, hashes, &lens).map_err(|e| e.to_string())?;
+    if &d.vv != expect.0 || &d.digest != expect.1 {
+        return Err("snapshot is not of the state its peers vouched for".into());
+    }
     if crate::crdt::replica::digest_of(d.deltas.iter().map(Vec::as_slice)) != d.digest {
         return Err("snapshot digest does not match its contents".into());
     }

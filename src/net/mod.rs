@@ -263,7 +263,7 @@ pub fn build(
                 gossipsub.subscribe(&topics.proofs)?;
                 let sync = request_response::cbor::Behaviour::with_codec(
                     request_response::cbor::codec::Codec::default()
-                        .set_request_size_maximum(4 * 1024)
+                        .set_request_size_maximum(48 * wire::MAX_ORIGINS as u64 + 4096)
                         .set_response_size_maximum(
                             4 * (wire::MAX_RANGE + wire::MAX_BATCH as u64)
                                 + 128 * wire::MAX_RANGE_BATCHES as u64

@@ -19,10 +19,15 @@ use tokio::sync::mpsc;
 pub(super) enum ToCompute {
     /// Apply this segment (contiguous with what is applied).
     Apply(Segment),
-    /// Copy `δ` for a snapshot.
-    Image,
-    /// Install these snapshot chunks.
-    Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
+    /// Copy `δ` for a snapshot (at this state; empty: now), subtracting these.
+    Image(crate::crdt::replica::VersionVector, Vec<Segment>),
+    /// Install these snapshot chunks (of this vouched-for state).
+    Install(
+        Vec<Vec<u8>>,
+        Vec<[u8; 32]>,
+        crate::crdt::replica::VersionVector,
+        [u8; 32],
+    ),
     /// Persist an exclusion (origin, first excluded seq, proof).
     Exclude(crate::zo::seed::Origin, u64, Vec<u8>),
 }
@@ -35,8 +40,8 @@ const GROUP_COMMIT: Duration = Duration::from_millis(20);
 pub(super) enum FromCompute {
     /// An own update, applied and stored.
     Made(Box<Made>),
-    /// A copy of `δ` for a snapshot.
-    Image(Box<Image>),
+    /// A copy of `δ` for a snapshot (or why there is none).
+    Image(Result<Box<Image>, String>),
     /// A snapshot was installed (version vector and its log), or not.
     Installed(Result<(crate::crdt::replica::VersionVector, Vec<Segment>), String>),
     /// The replica's state.
@@ -119,8 +124,8 @@ pub(super) fn run(
                         .apply_seconds
                         .observe(t.elapsed().as_secs_f64());
                 }
-                Ok(ToCompute::Image) => {
-                    let image = Box::new(session.trainer().image());
+                Ok(ToCompute::Image(target, retract)) => {
+                    let image = session.image_at(&target, &retract).map(Box::new);
                     if tx.blocking_send(FromCompute::Image(image)).is_err() {
                         return session.last_eval();
                     }
@@ -131,8 +136,8 @@ pub(super) fn run(
                         return session.last_eval();
                     }
                 }
-                Ok(ToCompute::Install(chunks, hashes)) => {
-                    let r = session.install(&chunks, &hashes);
+                Ok(ToCompute::Install(chunks, hashes, vv, digest)) => {
+                    let r = session.install(&chunks, &hashes, (&vv, &digest));
                     dirty = true;
                     if tx.blocking_send(FromCompute::Installed(r)).is_err() {
                         return session.last_eval();

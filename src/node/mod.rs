@@ -97,6 +97,8 @@ pub struct Options {
     pub http: Option<std::net::SocketAddr>,
     /// How a node with an empty log catches up.
     pub join: join::Mode,
+    /// Distinct peers that must vouch for a snapshot (`node.snapshot_quorum`).
+    pub snapshot_quorum: usize,
 }
 
 impl Options {
@@ -159,6 +161,7 @@ impl Options {
             exit_when_settled: true,
             http,
             join: join::Mode::Auto,
+            snapshot_quorum: n.snapshot_quorum,
         })
     }
 }
@@ -356,6 +359,7 @@ async fn start(
         heartbeat_interval: opts.heartbeat_interval,
         timing: opts.timing,
         join: opts.join,
+        snapshot_quorum: opts.snapshot_quorum,
         min_peers: opts.min_peers,
         exit_when_settled: opts.exit_when_settled,
         settle_timeout: opts.settle_timeout,

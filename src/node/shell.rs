@@ -193,9 +193,17 @@ impl Shell {
                     tracing::debug!("sync response not sent: channel closed");
                 }
             }
-            Output::MakeSnapshot => self.queue.push_back(ToCompute::Image),
-            Output::Install { chunks, hashes } => {
-                self.queue.push_back(ToCompute::Install(chunks, hashes));
+            Output::MakeSnapshot { target, retract } => {
+                self.queue.push_back(ToCompute::Image(target, retract));
+            }
+            Output::Install {
+                chunks,
+                hashes,
+                vv,
+                digest,
+            } => {
+                self.queue
+                    .push_back(ToCompute::Install(chunks, hashes, vv, digest));
             }
             Output::KeepChunk { id, index, data } => {
                 if let Some(dir) = &self.data_dir {
@@ -269,11 +277,12 @@ impl Shell {
                 }
                 self.input(Input::State(st));
             }
-            FromCompute::Image(image) => {
+            FromCompute::Image(Ok(image)) => {
                 // δ from compute, the log's prefix from the core.
                 let prefix = self.core.log().prefix(&image.vv);
                 blocking::snapshot(*image, prefix, self.done_tx.clone());
             }
+            FromCompute::Image(Err(reason)) => self.input(Input::SnapshotFailed(reason)),
             FromCompute::Installed(r) => self.input(Input::Installed(r)),
             FromCompute::Failed(e) => self.failure = Some(e),
         }

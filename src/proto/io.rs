@@ -91,6 +91,9 @@ pub struct Settings {
     pub timing: Timing,
     /// How a node with an empty log catches up.
     pub join: join::Mode,
+    /// Distinct peers that must vouch for a snapshot's state before it is
+    /// installed (at most as many as are known).
+    pub snapshot_quorum: usize,
     /// Start training only once this many peers have been heard from.
     pub min_peers: usize,
     /// Finish once training is over and the swarm agrees (or after `settle_timeout`).
@@ -164,6 +167,8 @@ pub enum Input<P, M, C> {
     State(Box<ComputeState>),
     /// A snapshot asked for by [`Output::MakeSnapshot`] is ready.
     Snapshot(Arc<Snapshot>),
+    /// The snapshot of [`Output::MakeSnapshot`] could not be made.
+    SnapshotFailed(String),
     /// The snapshot of [`Output::Install`] was installed (the replica's
     /// version vector and the snapshot's log), or not.
     Installed(Result<(VersionVector, Vec<Segment>), String>),
@@ -220,15 +225,28 @@ pub enum Output<P, M, C> {
         response: wire::Response,
     },
     /// Make a snapshot of the replica (`δ` at its version vector plus
-    /// [`Core::log`]'s prefix up to it) and hand it back as [`Input::Snapshot`].
-    MakeSnapshot,
+    /// [`Core::log`]'s prefix up to it) and hand it back as [`Input::Snapshot`];
+    /// with `retract` non-empty, of the state before those segments (each the
+    /// applied tail of its origin; this node's own may have grown since, the
+    /// compute side subtracts its newer own updates too).
+    MakeSnapshot {
+        /// The state wanted (empty: the current one).
+        target: VersionVector,
+        /// What to subtract first.
+        retract: Vec<Segment>,
+    },
     /// Install these verified snapshot chunks into the (empty) replica and
-    /// report [`Input::Installed`].
+    /// report [`Input::Installed`]; refuse them unless the state is `vv`
+    /// with `digest` (what enough peers vouched for).
     Install {
         /// The chunks.
         chunks: Vec<Vec<u8>>,
         /// Their hashes.
         hashes: Vec<[u8; 32]>,
+        /// The version vector vouched for.
+        vv: VersionVector,
+        /// Its digest.
+        digest: [u8; 32],
     },
     /// Keep this verified snapshot chunk, so an interrupted join resumes.
     KeepChunk {

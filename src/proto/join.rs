@@ -4,15 +4,21 @@
 //! peers, whether to replay the log from genesis (ordinary repair) or to fetch
 //! a snapshot, by estimate: replay costs `updates × parameters` of
 //! regenerate-and-apply work, a snapshot costs its bytes over the network plus
-//! decoding. For a snapshot it asks every known peer for an offer, picks the
-//! newest snapshot offered by the most peers, and fetches its chunks from all
-//! of those peers in parallel, checking every chunk against its hash. Verified
+//! decoding. For a snapshot it asks every known peer for an offer. A snapshot
+//! qualifies only when at least `quorum` distinct peers vouch for its state —
+//! by offering the same snapshot, or by announcing its version vector with
+//! its digest in their heartbeats — and its size is within the bound the
+//! manifest implies ([`max_snapshot_bytes`]). Of those, it picks the newest
+//! (among equals, the one most peers vouch for), fetches its chunks from the
+//! peers offering it in parallel, checking every chunk against its hash, and
+//! the install checks the state's digest against the vouched one. With no
+//! qualifying snapshot it replays. Verified
 //! chunks are handed out to be kept (on disk, by the node) and chunks kept by
 //! an interrupted join are taken back ([`Join::on_kept_chunk`]), so a join
 //! resumes.
 
 use crate::net::wire::{Request, Response};
-use crate::zo::seed::hex;
+use crate::zo::seed::{hex, Origin};
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
@@ -36,6 +42,17 @@ const LINK_RATE: f64 = 50e6;
 /// Requests in flight per peer while fetching chunks.
 const PER_PEER: usize = 16;
 
+/// The largest snapshot body accepted for a run with `params` trainable
+/// parameters whose offer claims `updates` updates: each value of `δ` takes
+/// at most 5 bytes as a varint (zstd adds < 1 %), each update at most one
+/// code, a 64-byte signature and a delta payload's share; 64 MiB of headroom.
+pub fn max_snapshot_bytes(params: u64, updates: u64) -> u64 {
+    params
+        .saturating_mul(6)
+        .saturating_add(updates.saturating_mul(128))
+        .saturating_add(64 << 20)
+}
+
 /// Whether the snapshot fetch logs its progress: when chunks arrived since
 /// the last line (`last` of `total` then, `done` now) and either 2 s passed
 /// or another tenth of the chunks is in.
@@ -48,8 +65,14 @@ fn fetch_report_due(since_last: Duration, done: usize, last: usize, total: usize
 pub enum Action<P> {
     /// Send this request to this peer.
     Ask(P, Request),
-    /// Hand the verified chunks to the compute thread.
-    Install(Vec<Vec<u8>>, Vec<[u8; 32]>),
+    /// Hand the verified chunks to the compute thread; the installed state
+    /// must be `vv` with `digest` (what was vouched for).
+    Install {
+        chunks: Vec<Vec<u8>>,
+        hashes: Vec<[u8; 32]>,
+        vv: Vec<(Origin, u64)>,
+        digest: [u8; 32],
+    },
     /// Offer back the chunks of snapshot `id` kept by an earlier, interrupted
     /// join ([`Join::on_kept_chunk`]).
     Resume { id: [u8; 32], chunks: usize },
@@ -69,6 +92,8 @@ pub enum Chunk {
 #[derive(Clone, Debug)]
 struct Offer {
     id: [u8; 32],
+    vv: Vec<(Origin, u64)>,
+    digest: [u8; 32],
     vv_total: u64,
     raw_len: u64,
     hashes: Vec<[u8; 32]>,
@@ -82,7 +107,12 @@ enum Phase<P> {
     },
     Offers {
         since: Instant,
+        /// Asked and not answered yet.
         asked: HashSet<P>,
+        /// Everyone asked (peers heard of later are asked too).
+        everyone: HashSet<P>,
+        /// The state asked for.
+        target: Vec<(Origin, u64)>,
         got: Vec<(P, Offer)>,
     },
     Fetching {
@@ -113,11 +143,27 @@ pub struct Join<P> {
     pub fetched_bytes: u64,
     /// Raw i32 size of the installed snapshot's `δ`.
     pub raw_bytes: u64,
+    /// Distinct peers that must vouch for a snapshot's state.
+    quorum: usize,
+    /// Trainable parameters (for the size bound), from the last tick.
+    params: u64,
+    /// Offers refused (too large, or not enough peers vouching).
+    pub refused: u64,
 }
+
+/// Who vouches for a state: the peers whose latest heartbeat announced this
+/// version vector with this digest.
+pub type Vouchers<'a, P> = &'a dyn Fn(&[(Origin, u64)], &[u8; 32]) -> Vec<P>;
 
 impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
     /// A node with an empty log joins; one with state does not.
     pub fn new(mode: Mode, empty: bool, now: Instant) -> Self {
+        Self::with_quorum(mode, empty, now, 2)
+    }
+
+    /// Like [`Join::new`]; a snapshot needs `quorum` distinct peers vouching
+    /// for its state (at most as many as are known, at least one).
+    pub fn with_quorum(mode: Mode, empty: bool, now: Instant, quorum: usize) -> Self {
         let (phase, chosen) = match (empty, mode) {
             (false, _) => (Phase::Off, "none"),
             (true, Mode::Replay) => (Phase::Off, "replay"),
@@ -131,6 +177,9 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
             finished: None,
             fetched_bytes: 0,
             raw_bytes: 0,
+            quorum: quorum.max(1),
+            params: 0,
+            refused: 0,
         }
     }
 
@@ -152,8 +201,21 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
     }
 
     /// Advances the join. `best` is the total of the highest version vector
-    /// peers announce; `params` the trainable parameter count.
-    pub fn tick(&mut self, now: Instant, peers: &[P], best: u64, params: usize) -> Vec<Action<P>> {
+    /// peers announce; `params` the trainable parameter count; `target` the
+    /// state to ask snapshots of (what every peer holds: the component-wise
+    /// minimum of their version vectors), `vouchers` who announced a state.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        peers: &[P],
+        best: u64,
+        params: usize,
+        target: &[(Origin, u64)],
+        vouchers: Vouchers<'_, P>,
+    ) -> Vec<Action<P>> {
+        self.params = params as u64;
+        // Two distinct peers by default, when two or more are known.
+        let quorum = self.quorum.min(peers.len().max(1));
         let mut out = Vec::new();
         match &mut self.phase {
             Phase::Off | Phase::Installing => {}
@@ -163,7 +225,9 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                     if waited > Duration::from_secs(2) {
                         self.finish("none", now);
                     }
-                } else if waited > Duration::from_millis(1200) || best > 0 {
+                } else if waited > Duration::from_millis(1200) {
+                    // Not at the first heartbeat: a lone early peer (perhaps
+                    // a hostile one) must not be all the joiner knows.
                     let replay = best as f64 * params as f64 / APPLY_RATE;
                     let snapshot = 0.5 + params as f64 * 1.5 / LINK_RATE + params as f64 / 5e8;
                     let want = match self.mode {
@@ -181,11 +245,18 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                     );
                     if want {
                         for p in peers {
-                            out.push(Action::Ask(p.clone(), Request::Offer));
+                            out.push(Action::Ask(
+                                p.clone(),
+                                Request::Offer {
+                                    at: target.to_vec(),
+                                },
+                            ));
                         }
                         self.phase = Phase::Offers {
                             since: now,
                             asked: peers.iter().cloned().collect(),
+                            everyone: peers.iter().cloned().collect(),
+                            target: target.to_vec(),
                             got: Vec::new(),
                         };
                     } else {
@@ -193,9 +264,26 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                     }
                 }
             }
-            Phase::Offers { since, asked, got } => {
+            Phase::Offers {
+                since,
+                asked,
+                everyone,
+                target,
+                got,
+            } => {
+                // Peers heard of since are asked too (for the same state).
+                for p in peers {
+                    if everyone.insert(p.clone()) {
+                        asked.insert(p.clone());
+                        out.push(Action::Ask(
+                            p.clone(),
+                            Request::Offer { at: target.clone() },
+                        ));
+                    }
+                }
                 if asked.is_empty() || now.duration_since(*since) > Duration::from_secs(5) {
-                    // The newest snapshot; among equals, the one most peers hold.
+                    // The newest snapshot enough peers vouch for; among equals,
+                    // the one most peers vouch for.
                     let mut groups: HashMap<[u8; 32], (Offer, Vec<P>)> = HashMap::new();
                     for (p, o) in got.drain(..) {
                         groups
@@ -204,9 +292,28 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                             .1
                             .push(p);
                     }
+                    let mut refused = 0;
                     let best = groups
                         .into_values()
-                        .max_by_key(|(o, holders)| (o.vv_total, holders.len(), o.id));
+                        .filter_map(|(o, holders)| {
+                            let mut v: HashSet<P> = holders.iter().cloned().collect();
+                            v.extend(vouchers(&o.vv, &o.digest));
+                            if v.len() >= quorum {
+                                Some((o, holders, v.len()))
+                            } else {
+                                tracing::warn!(
+                                    id = %hex(&o.id[..8]),
+                                    vouching = v.len(),
+                                    quorum,
+                                    "snapshot offer not vouched for by enough peers; not taken"
+                                );
+                                refused += 1;
+                                None
+                            }
+                        })
+                        .max_by_key(|(o, _, v)| (o.vv_total, *v, o.id))
+                        .map(|(o, holders, _)| (o, holders));
+                    self.refused += refused;
                     match best {
                         None => {
                             tracing::warn!("no peer offered a snapshot; replaying instead");
@@ -280,7 +387,12 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                         .iter_mut()
                         .map(|c| c.take().unwrap_or_default())
                         .collect();
-                    out.push(Action::Install(data, offer.hashes.clone()));
+                    out.push(Action::Install {
+                        chunks: data,
+                        hashes: offer.hashes.clone(),
+                        vv: offer.vv.clone(),
+                        digest: offer.digest,
+                    });
                     self.phase = Phase::Installing;
                     return out;
                 }
@@ -320,16 +432,35 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
         if let (
             Phase::Offers { asked, got, .. },
             Response::Offer {
-                id, vv, raw_len, ..
+                id,
+                vv,
+                raw_len,
+                digest,
+                ..
             },
         ) = (&mut self.phase, response)
         {
             asked.remove(&peer);
-            let vv_total = vv.iter().map(|(_, n)| n).sum();
+            let vv_total: u64 = vv.iter().map(|(_, n)| n).sum();
+            let bound = max_snapshot_bytes(self.params, vv_total);
+            if (hashes.len() as u64).saturating_mul(crate::crdt::snapshot::CHUNK as u64)
+                > bound + crate::crdt::snapshot::CHUNK as u64
+            {
+                tracing::warn!(
+                    ?peer,
+                    chunks = hashes.len(),
+                    bound,
+                    "snapshot offer larger than this run allows; not taken"
+                );
+                self.refused += 1;
+                return;
+            }
             got.push((
                 peer,
                 Offer {
                     id,
+                    vv,
+                    digest,
                     vv_total,
                     raw_len,
                     hashes,
@@ -452,8 +583,16 @@ mod tests {
         let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let t0 = Instant::now();
         let mut j: Join<u8> = Join::new(Mode::Snapshot, true, t0);
-        let asked = j.tick(t0, &[1], 100, 10);
-        assert!(matches!(asked[..], [Action::Ask(1, Request::Offer)]));
+        // It listens a while before deciding.
+        assert!(j
+            .tick(t0, &[1], 100, 10, &[], &|_, _| Vec::new())
+            .is_empty());
+        let t0 = t0 + Duration::from_millis(1300);
+        let asked = j.tick(t0, &[1], 100, 10, &[], &|_, _| Vec::new());
+        assert!(matches!(
+            &asked[..],
+            [Action::Ask(1, Request::Offer { .. })]
+        ));
         let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
         let hashes: Vec<u8> = chunks
             .iter()
@@ -470,17 +609,102 @@ mod tests {
             },
         );
         let mut now = t0 + Duration::from_millis(10);
-        j.tick(now, &[1], 100, 10);
+        j.tick(now, &[1], 100, 10, &[], &|_, _| Vec::new());
         for (i, c) in chunks.iter().enumerate() {
             now += Duration::from_millis(300);
             assert_eq!(j.on_chunk(&1, i as u32, c.clone()), Chunk::Taken([7; 32]));
-            let out = j.tick(now, &[1], 100, 10);
+            let out = j.tick(now, &[1], 100, 10, &[], &|_, _| Vec::new());
             if i + 1 < chunks.len() {
-                assert!(!out.iter().any(|a| matches!(a, Action::Install(..))));
+                assert!(!out.iter().any(|a| matches!(a, Action::Install { .. })));
             } else {
-                assert!(matches!(&out[..], [Action::Install(got, _)] if got == &chunks));
+                assert!(
+                    matches!(&out[..], [Action::Install { chunks: got, .. }] if got == &chunks)
+                );
             }
         }
         assert_eq!(j.fetched_bytes, 20_000);
+    }
+
+    fn offer(id: u8, total: u64, chunks: usize) -> Response {
+        let vv = vec![(Origin([id; 32]), total)];
+        let hashes: Vec<[u8; 32]> = (0..chunks).map(|i| [i as u8; 32]).collect();
+        let digest = [id; 32];
+        Response::Offer {
+            id: crate::crdt::snapshot::id_of(&vv, &digest, &hashes),
+            vv,
+            digest,
+            raw_len: 100,
+            hashes: crate::net::wire::Blob(hashes.concat()),
+        }
+    }
+
+    /// Runs a join over offers from peers 1..=n; returns what it chose and,
+    /// for a snapshot, the state it will insist on.
+    fn choose(quorum: usize, offers: Vec<(u8, Response)>, vouch: Vouchers<'_, u8>) -> Option<u8> {
+        let t0 = Instant::now();
+        let peers: Vec<u8> = offers.iter().map(|(p, _)| *p).collect();
+        let mut j: Join<u8> = Join::with_quorum(Mode::Snapshot, true, t0, quorum);
+        let t0 = t0 + Duration::from_millis(1300);
+        j.tick(t0, &peers, 100, 10, &[], vouch);
+        for (p, o) in offers {
+            j.on_offer(p, o);
+        }
+        let out = j.tick(t0 + Duration::from_millis(10), &peers, 100, 10, &[], vouch);
+        j.tick(t0 + Duration::from_millis(20), &peers, 100, 10, &[], vouch);
+        match j.phase {
+            Phase::Fetching { offer, .. } => Some(offer.digest[0]),
+            _ => {
+                assert!(out.is_empty() || j.chosen == "replay");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn a_snapshot_needs_a_quorum_of_vouching_peers() {
+        let none: Vouchers<'_, u8> = &|_, _| Vec::new();
+        // A poisoned offer claiming far more history, from one peer, loses
+        // to the snapshot two peers offer.
+        let got = choose(
+            2,
+            vec![
+                (1, offer(9, 1_000_000, 1)),
+                (2, offer(3, 50, 1)),
+                (3, offer(3, 50, 1)),
+            ],
+            none,
+        );
+        assert_eq!(got, Some(3));
+        // Alone, it is not taken: the joiner replays.
+        assert_eq!(
+            choose(
+                2,
+                vec![(1, offer(9, 1_000_000, 1)), (2, offer(3, 50, 1))],
+                none
+            ),
+            None
+        );
+        // A heartbeat of the same version vector and digest vouches too.
+        let hb: Vouchers<'_, u8> = &|vv, d| {
+            if d == &[3; 32] && vv[0].1 == 50 {
+                vec![7]
+            } else {
+                Vec::new()
+            }
+        };
+        assert_eq!(
+            choose(
+                2,
+                vec![(1, offer(9, 1_000_000, 1)), (2, offer(3, 50, 1))],
+                hb
+            ),
+            Some(3)
+        );
+        // With one peer known, one suffices.
+        assert_eq!(choose(2, vec![(1, offer(9, 1_000_000, 1))], none), Some(9));
+        // An offer larger than the run allows is refused whoever vouches.
+        let huge =
+            1 + (max_snapshot_bytes(10, 50) / crate::crdt::snapshot::CHUNK as u64) as usize + 1;
+        assert_eq!(choose(1, vec![(1, offer(3, 50, huge))], none), None);
     }
 }

@@ -105,8 +105,9 @@ pub struct Core<P, M, C> {
     requests: HashMap<u64, (P, wire::Request)>,
     next_tag: u64,
     served: VecDeque<(Arc<Snapshot>, Instant)>,
-    offer_waiting: Vec<C>,
-    want_snapshot: bool,
+    /// Offer requests waiting for a snapshot at their version vector (empty:
+    /// the current state).
+    offer_waiting: Vec<(VersionVector, C)>,
     snapshot_inflight: bool,
     peers_seen: HashSet<P>,
     /// Peers that served forged data, oldest first.
@@ -142,7 +143,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         let origin = settings.signer.origin();
         attest_own(&mut log, &settings.signer);
         let delivered = log.version_vector();
-        let join = Join::new(settings.join, log.is_empty(), now);
+        let join = Join::with_quorum(settings.join, log.is_empty(), now, settings.snapshot_quorum);
         Self {
             repair: Repair::new(settings.timing).with_own(origin),
             join,
@@ -156,7 +157,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             next_tag: 0,
             served: VecDeque::new(),
             offer_waiting: Vec::new(),
-            want_snapshot: false,
             snapshot_inflight: false,
             peers_seen: HashSet::new(),
             banned: VecDeque::new(),
@@ -215,7 +215,26 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.snapshot_inflight = false;
                 self.served.push_front((s, now));
                 self.served.truncate(SNAPSHOTS_KEPT);
-                self.answer_offers();
+                self.answer_offers(now);
+                self.serve_snapshots(now);
+            }
+            Input::SnapshotFailed(why) => {
+                self.snapshot_inflight = false;
+                tracing::debug!(%why, "no snapshot of that state");
+                // Refuse the first waiting request's state; the rest go on.
+                if let Some((target, _)) = self.offer_waiting.first() {
+                    let target = target.clone();
+                    let waiting = std::mem::take(&mut self.offer_waiting);
+                    for (t, channel) in waiting {
+                        if t == target {
+                            let response = wire::Response::Refused(why.clone());
+                            self.emit(Output::Respond { channel, response });
+                        } else {
+                            self.offer_waiting.push((t, channel));
+                        }
+                    }
+                }
+                self.serve_snapshots(now);
             }
             Input::Installed(r) => self.on_installed(now, r),
             Input::KeptChunk { id, index, data } => {
@@ -494,12 +513,41 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         peers.sort();
         let best: u64 = self.repair.best().values().sum();
         let params = self.settings.shapes.iter().map(|(_, n)| *n as usize).sum();
-        for action in self.join.tick(now, &peers, best, params) {
+        let views = self.repair.peers();
+        let vouchers = |vv: &[(Origin, u64)], digest: &[u8; 32]| -> Vec<P> {
+            views
+                .iter()
+                .filter(|(_, v)| {
+                    &v.digest == digest
+                        && v.vv.len() == vv.len()
+                        && vv.iter().all(|(o, n)| v.vv.get(o) == Some(n))
+                })
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        // A state the quorum's most advanced peers all hold: every honest
+        // one of them offers the identical snapshot of it.
+        let quorum = self.settings.snapshot_quorum;
+        let target: Vec<(Origin, u64)> = self.repair.common(quorum).into_iter().collect();
+        let actions = self
+            .join
+            .tick(now, &peers, best, params, &target, &vouchers);
+        for action in actions {
             match action {
                 join::Action::Ask(p, req) => self.send(p, req),
-                join::Action::Install(chunks, hashes) => {
+                join::Action::Install {
+                    chunks,
+                    hashes,
+                    vv,
+                    digest,
+                } => {
                     tracing::info!(chunks = chunks.len(), "snapshot fetched; installing");
-                    self.emit(Output::Install { chunks, hashes });
+                    self.emit(Output::Install {
+                        chunks,
+                        hashes,
+                        vv: vv.into_iter().collect(),
+                        digest,
+                    });
                 }
                 join::Action::Resume { id, chunks } => self.emit(Output::Resume { id, chunks }),
             }

@@ -214,6 +214,33 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
         &self.peers
     }
 
+    /// What the `k` most advanced live peers (by updates held; ties by
+    /// peer) all hold: the component-wise minimum of their version vectors
+    /// (origins one of them lacks left out).
+    pub fn common(&self, k: usize) -> VersionVector {
+        let mut ranked: Vec<(&P, &PeerView)> = self.peers.iter().collect();
+        ranked.sort_by(|a, b| {
+            let (x, y) = (a.1.vv.values().sum::<u64>(), b.1.vv.values().sum::<u64>());
+            y.cmp(&x).then_with(|| a.0.cmp(b.0))
+        });
+        ranked.truncate(k.max(1));
+        let mut it = ranked.into_iter().map(|(_, v)| v);
+        let Some(first) = it.next() else {
+            return VersionVector::new();
+        };
+        let mut out = first.vv.clone();
+        for v in it {
+            out.retain(|o, n| match v.vv.get(o) {
+                Some(&m) => {
+                    *n = (*n).min(m);
+                    *n > 0
+                }
+                None => false,
+            });
+        }
+        out
+    }
+
     /// The most any live peer holds of each origin (claims it could not
     /// back capped).
     pub fn best(&self) -> VersionVector {

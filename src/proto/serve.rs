@@ -35,13 +35,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                         .collect();
                     wire::Response::Fingerprints { heads }
                 }
-                wire::Request::Offer => {
+                wire::Request::Offer { at } => {
                     if self.offer_waiting.len() >= MAX_OFFER_WAITING {
                         wire::Response::Refused("busy".into())
                     } else {
                         // Answered once a snapshot has been made.
-                        self.offer_waiting.push(channel);
-                        self.want_snapshot = true;
+                        self.offer_waiting.push((at.into_iter().collect(), channel));
                         return;
                     }
                 }
@@ -108,37 +107,91 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         wire::Response::Range { origin, batches }
     }
 
-    /// Asks for a snapshot when peers want one; answers waiting offers.
+    /// Answers waiting offers from the snapshots at hand; makes the one
+    /// the first waiting request needs (one at a time).
     pub(super) fn serve_snapshots(&mut self, now: Instant) {
-        if !self.want_snapshot || self.snapshot_inflight {
+        if self.offer_waiting.is_empty() || self.snapshot_inflight {
             return;
         }
-        let current = self.state.as_ref().map(|s| &s.vv);
-        let fresh = self.served.front().is_some_and(|(s, at)| {
-            Some(&s.vv) == current || now.duration_since(*at) < SNAPSHOT_FRESH
-        });
-        self.want_snapshot = false;
-        if fresh {
-            self.answer_offers();
-        } else {
-            self.snapshot_inflight = true;
-            self.emit(Output::MakeSnapshot);
-        }
-    }
-
-    pub(super) fn answer_offers(&mut self) {
-        let Some((s, _)) = self.served.front().cloned() else {
+        self.answer_offers(now);
+        let Some((target, _)) = self.offer_waiting.first() else {
             return;
         };
-        for channel in std::mem::take(&mut self.offer_waiting) {
-            let response = wire::Response::Offer {
-                id: s.id,
-                vv: s.vv.iter().map(|(o, n)| (*o, *n)).collect(),
-                digest: s.digest,
-                raw_len: s.raw_len,
-                hashes: wire::Blob(s.hashes.concat()),
-            };
-            self.emit(Output::Respond { channel, response });
+        let target = target.clone();
+        let retract = if target.is_empty() {
+            Vec::new()
+        } else {
+            match self.retraction_to(&target) {
+                Ok(r) => r,
+                Err(why) => {
+                    // Refuse every request for this state.
+                    let waiting = std::mem::take(&mut self.offer_waiting);
+                    for (t, channel) in waiting {
+                        if t == target {
+                            let response = wire::Response::Refused(why.clone());
+                            self.emit(Output::Respond { channel, response });
+                        } else {
+                            self.offer_waiting.push((t, channel));
+                        }
+                    }
+                    return;
+                }
+            }
+        };
+        self.snapshot_inflight = true;
+        self.emit(Output::MakeSnapshot { target, retract });
+    }
+
+    /// The applied tails to subtract to get from the replica's state to
+    /// `target` (an error when this node holds less of some origin).
+    fn retraction_to(&self, target: &VersionVector) -> Result<Vec<Segment>, String> {
+        let mut out = Vec::new();
+        for (o, &want) in target {
+            if self.delivered.get(o).copied().unwrap_or(0) < want {
+                return Err("this node holds less than that version vector".into());
+            }
+        }
+        for (o, &have) in &self.delivered {
+            let want = target.get(o).copied().unwrap_or(0);
+            if have > want {
+                let mut seg = self.log.segment(o, want, have);
+                if seg.end() != have {
+                    return Err("log does not hold what is applied".into());
+                }
+                seg.attests.clear();
+                seg.op = Op::Retract;
+                out.push(seg);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Answers the waiting offers a served snapshot fits: of the state they
+    /// name, or (naming none) of a state fresh enough.
+    pub(super) fn answer_offers(&mut self, now: Instant) {
+        let current = self.state.as_ref().map(|s| s.vv.clone());
+        let waiting = std::mem::take(&mut self.offer_waiting);
+        for (target, channel) in waiting {
+            let fits = self.served.iter().find(|(s, at)| {
+                if target.is_empty() {
+                    Some(&s.vv) == current.as_ref() || now.duration_since(*at) < SNAPSHOT_FRESH
+                } else {
+                    s.vv == target
+                }
+            });
+            match fits {
+                Some((s, _)) => {
+                    let response = wire::Response::Offer {
+                        id: s.id,
+                        vv: s.vv.iter().map(|(o, n)| (*o, *n)).collect(),
+                        digest: s.digest,
+                        raw_len: s.raw_len,
+                        hashes: wire::Blob(s.hashes.concat()),
+                    };
+                    self.emit(Output::Respond { channel, response });
+                }
+                None => self.offer_waiting.push((target, channel)),
+            }
         }
     }
 
@@ -146,7 +199,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         self.repair.on_result(peer, false);
         match req {
             wire::Request::Range { origin, .. } => self.repair.on_failure(origin),
-            wire::Request::Offer => self.join.on_offer_failed(peer),
+            wire::Request::Offer { .. } => self.join.on_offer_failed(peer),
             wire::Request::Chunk { index, .. } => self.join.on_chunk_failed(peer, *index),
             wire::Request::Delta { origin, seq } => self.on_delta_payload(*origin, *seq, None),
             wire::Request::Fingerprints => {}

@@ -30,6 +30,7 @@ fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
         heartbeat_interval: Duration::from_millis(300),
         timing: Timing::default(),
         join,
+        snapshot_quorum: 2,
         min_peers: 0,
         exit_when_settled: true,
         settle_timeout: Duration::from_secs(60),
@@ -168,7 +169,7 @@ fn held_offer_requests_are_bounded() {
             t0,
             Input::Request {
                 from: 2,
-                request: wire::Request::Offer,
+                request: wire::Request::Offer { at: Vec::new() },
                 channel: ch,
             },
         );

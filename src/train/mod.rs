@@ -426,8 +426,9 @@ impl Trainer {
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
+        expect: (&VersionVector, &[u8; 32]),
     ) -> Result<(VersionVector, Vec<Segment>), String> {
-        let (vv, segments) = snapshot::install(&mut self.replica, chunks, hashes)?;
+        let (vv, segments) = snapshot::install(&mut self.replica, chunks, hashes, expect)?;
         self.materialize().map_err(|e| e.to_string())?;
         // Only what its origins signed is kept (and served on).
         let run = self.replica.rules().run;

@@ -37,7 +37,14 @@ pub struct Session {
     cfg: Config,
     loss: f32,
     eval: Option<Eval>,
+    /// This node's latest own updates (code, delta payload), by seq: a
+    /// snapshot of an earlier state subtracts those the protocol core had
+    /// not heard of yet.
+    own_recent: std::collections::BTreeMap<u64, (u8, Option<log::Payload>)>,
 }
+
+/// Own updates kept for [`Session::image_at`].
+const OWN_RECENT: usize = 1 << 16;
 
 impl Session {
     /// Builds the model and replica, opens the update log of `data_dir` (kept
@@ -67,6 +74,7 @@ impl Session {
             cfg: cfg.clone(),
             loss: f32::NAN,
             eval: None,
+            own_recent: Default::default(),
         };
         Ok((session, log))
     }
@@ -121,6 +129,14 @@ impl Session {
             }
         };
         let seconds = t.elapsed().as_secs_f64();
+        let kept = match &update {
+            Own::Code(c) => (*c, None),
+            Own::Delta(p) => (log::DELTA, Some(p.clone())),
+        };
+        self.own_recent.insert(seq, kept);
+        while self.own_recent.len() > OWN_RECENT {
+            self.own_recent.pop_first();
+        }
         if let Some(store) = &mut self.store {
             let (codes, payloads) = match &update {
                 Own::Code(c) => (vec![*c], Vec::new()),
@@ -167,14 +183,56 @@ impl Session {
         &mut self,
         chunks: &[Vec<u8>],
         hashes: &[[u8; 32]],
+        expect: (&VersionVector, &[u8; 32]),
     ) -> Result<(VersionVector, Vec<Segment>), String> {
-        let (vv, segments) = self.trainer.install(chunks, hashes)?;
+        let (vv, segments) = self.trainer.install(chunks, hashes, expect)?;
         if let Some(store) = &mut self.store {
             for s in &segments {
                 store.append(s).map_err(|e| e.to_string())?;
             }
         }
         Ok((vv, segments))
+    }
+
+    /// A copy of the state at `target` (empty: now), made by subtracting
+    /// `retract` (the applied tails the protocol core knows of) and this
+    /// node's own updates past `target` (which may be newer than the core's).
+    pub fn image_at(&self, target: &VersionVector, retract: &[Segment]) -> Result<Image, String> {
+        if target.is_empty() {
+            return Ok(self.trainer.image());
+        }
+        let own = self.trainer.origin();
+        let mut segments: Vec<Segment> = retract
+            .iter()
+            .filter(|s| s.origin != own)
+            .cloned()
+            .collect();
+        let have = self
+            .trainer
+            .replica()
+            .version_vector()
+            .get(&own)
+            .copied()
+            .unwrap_or(0);
+        let from = target.get(&own).copied().unwrap_or(0);
+        if have > from {
+            let mut codes = Vec::new();
+            let mut payloads = Vec::new();
+            for seq in from..have {
+                let (c, p) = self
+                    .own_recent
+                    .get(&seq)
+                    .ok_or("own updates that old are not kept for snapshots")?;
+                codes.push(*c);
+                payloads.extend(p.clone());
+            }
+            segments.push(Segment::new(own, from, codes, payloads));
+        }
+        let image = snapshot::image_before(self.trainer.replica(), &segments)?;
+        if &image.vv != target {
+            return Err("could not reach that version vector".into());
+        }
+        Ok(image)
     }
 
     /// Persists an exclusion (an origin proven to equivocate, from `from` on).

@@ -644,3 +644,75 @@ fn a_valid_format_staller_neither_stalls_nor_bloats_the_swarm() {
         assert!(n.core.stats().dropped_pending > 0);
     }
 }
+
+#[test]
+fn a_poisoned_snapshot_is_never_installed() {
+    // A peer offers a snapshot claiming far more history (and, asked for a
+    // state, a snapshot of it with another δ). No other peer vouches for
+    // either: the joiner takes the one the honest peers agree on.
+    let mut w = World::new(14);
+    let poisoner = Id(500);
+    let po = origin_of(poisoner);
+    w.add_scripted(
+        poisoner,
+        Box::new(move |req| match req {
+            wire::Request::Offer { at } => {
+                let mut vv: seedswarm::crdt::replica::VersionVector = at.iter().copied().collect();
+                vv.insert(po, 1_000_000);
+                let bogus = [vec![i32::MAX; 48], vec![7; 16]];
+                let d: Vec<&[i32]> = bogus.iter().map(Vec::as_slice).collect();
+                let s = seedswarm::crdt::snapshot::encode(&d, &vv, [0xee; 32], vec![]);
+                Some(wire::Response::Offer {
+                    id: s.id,
+                    vv: s.vv.iter().map(|(o, n)| (*o, *n)).collect(),
+                    digest: s.digest,
+                    raw_len: s.raw_len,
+                    hashes: wire::Blob(s.hashes.concat()),
+                })
+            }
+            _ => None,
+        }),
+    );
+    for id in ids(0..3) {
+        w.add(id, Spec::default());
+    }
+    w.run_for(1_000);
+    for &id in &ids(0..3) {
+        w.inject(
+            poisoner,
+            id,
+            Some(Topic::Status),
+            heartbeat(vec![(po, 1_000_000)]),
+        );
+    }
+    w.add(
+        Id(3),
+        Spec {
+            updates: 20,
+            join: join::Mode::Snapshot,
+            ..Spec::default()
+        },
+    );
+    w.inject(
+        poisoner,
+        Id(3),
+        Some(Topic::Status),
+        heartbeat(vec![(po, 1_000_000)]),
+    );
+    assert!(w.run_until(10 * MINUTE, done), "no quiescence");
+    let j = w.nodes[&Id(3)].core.join();
+    assert_eq!(j.chosen, "snapshot");
+    assert!(j.refused >= 1, "the poisoned offer was refused");
+    assert!(
+        !w.inbox(poisoner)
+            .requests
+            .iter()
+            .any(|(_, r)| matches!(r, wire::Request::Chunk { .. })),
+        "nothing fetched from the poisoner"
+    );
+    assert!(w.agree(), "the joiner ends on the honest state");
+    for n in w.nodes.values() {
+        assert!(!n.replica.version_vector().contains_key(&po));
+        assert_eq!(n.replica.applied(), 3 * 200 + 20);
+    }
+}

@@ -8,6 +8,7 @@ use crate::world::{Ev, World};
 use seedswarm::crdt::attest::Signer;
 use seedswarm::crdt::log::{Log, Payload, Segment, DELTA};
 use seedswarm::crdt::replica::Replica;
+use seedswarm::crdt::replica::VersionVector;
 use seedswarm::delta::fedzip;
 use seedswarm::proto::{self, join, ComputeState, Core, Input, Own};
 use seedswarm::zo::seed::{Origin, RunId};
@@ -99,6 +100,8 @@ pub struct Spec {
     pub join: join::Mode,
     /// Peers to hear from before training.
     pub min_peers: usize,
+    /// Peers that must vouch for a snapshot.
+    pub quorum: usize,
 }
 
 impl Default for Spec {
@@ -109,6 +112,7 @@ impl Default for Spec {
             step_ms: 10,
             join: join::Mode::Replay,
             min_peers: 0,
+            quorum: 2,
         }
     }
 }
@@ -220,11 +224,20 @@ impl World {
         self.schedule(step, Ev::Produce(id));
     }
 
-    pub(crate) fn make_snapshot(&mut self, id: Id) {
+    /// Makes the snapshot at once (the compute side takes work in order:
+    /// the replica is where the core knows it is) and hands it back later.
+    pub(crate) fn make_snapshot(&mut self, id: Id, target: &VersionVector, retract: &[Segment]) {
         let Some(n) = self.nodes.get(&id) else { return };
-        let image = seedswarm::crdt::snapshot::image(&n.replica);
+        let image = match seedswarm::crdt::snapshot::image_before(&n.replica, retract) {
+            Ok(i) if target.is_empty() || &i.vv == target => i,
+            Ok(_) => {
+                let why = "could not reach that version vector".to_string();
+                return self.schedule(10, Ev::SnapshotReady(id, Err(why)));
+            }
+            Err(e) => return self.schedule(10, Ev::SnapshotReady(id, Err(e))),
+        };
         let s = seedswarm::crdt::snapshot::of(&image, n.core.log().prefix(&image.vv));
-        self.input(id, Input::Snapshot(Arc::new(s)));
+        self.schedule(10, Ev::SnapshotReady(id, Ok(Arc::new(s))));
     }
 
     /// Reports node `id`'s replica to its core.

@@ -52,11 +52,16 @@ pub(crate) enum Ev {
         to: Id,
         tag: u64,
     },
-    Snapshot(Id),
+    SnapshotReady(
+        Id,
+        Result<std::sync::Arc<seedswarm::crdt::snapshot::Snapshot>, String>,
+    ),
     Install {
         to: Id,
         chunks: Vec<Vec<u8>>,
         hashes: Vec<[u8; 32]>,
+        vv: seedswarm::crdt::replica::VersionVector,
+        digest: [u8; 32],
     },
 }
 
@@ -166,7 +171,7 @@ impl World {
 
     pub(crate) fn schedule(&mut self, after_ms: u64, ev: Ev) {
         let life = match &ev {
-            Ev::Tick(id) | Ev::Produce(id) | Ev::Snapshot(id) => self.life(*id),
+            Ev::Tick(id) | Ev::Produce(id) | Ev::SnapshotReady(id, _) => self.life(*id),
             Ev::Install { to, .. } => self.life(*to),
             _ => 0,
         };
@@ -200,6 +205,7 @@ impl World {
             heartbeat_interval: Duration::from_millis(300),
             timing: proto::Timing::default(),
             join: spec.join,
+            snapshot_quorum: spec.quorum,
             min_peers: spec.min_peers,
             exit_when_settled: false,
             settle_timeout: Duration::from_secs(600),
@@ -336,19 +342,32 @@ impl World {
                 self.schedule(TICK_MS, Ev::Tick(id));
             }
             Ev::Produce(id) if current(self, id) => self.produce(id),
-            Ev::Snapshot(id) if current(self, id) => self.make_snapshot(id),
-            Ev::Install { to, chunks, hashes } if current(self, to) => {
+            Ev::SnapshotReady(id, r) if current(self, id) => match r {
+                Ok(s) => self.input(id, Input::Snapshot(s)),
+                Err(why) => self.input(id, Input::SnapshotFailed(why)),
+            },
+            Ev::Install {
+                to,
+                chunks,
+                hashes,
+                vv,
+                digest,
+            } if current(self, to) => {
                 let n = self.nodes.get_mut(&to).expect("node");
                 let run = self.rules.run;
-                let r = seedswarm::crdt::snapshot::install(&mut n.replica, &chunks, &hashes).map(
-                    |(vv, segments)| {
-                        let kept: Vec<_> = segments
-                            .iter()
-                            .map(|s| seedswarm::crdt::log::verified_prefix(&run, s))
-                            .collect();
-                        (vv, kept)
-                    },
-                );
+                let r = seedswarm::crdt::snapshot::install(
+                    &mut n.replica,
+                    &chunks,
+                    &hashes,
+                    (&vv, &digest),
+                )
+                .map(|(vv, segments)| {
+                    let kept: Vec<_> = segments
+                        .iter()
+                        .map(|s| seedswarm::crdt::log::verified_prefix(&run, s))
+                        .collect();
+                    (vv, kept)
+                });
                 if let Ok((_, segments)) = &r {
                     n.disk.persisted.extend(segments.iter().cloned());
                 }
@@ -582,13 +601,20 @@ impl World {
                     self.schedule(REQUEST_TIMEOUT_MS, Ev::Failed { to, tag });
                 }
             }
-            Output::MakeSnapshot => self.schedule(10, Ev::Snapshot(id)),
-            Output::Install { chunks, hashes } => self.schedule(
+            Output::MakeSnapshot { target, retract } => self.make_snapshot(id, &target, &retract),
+            Output::Install {
+                chunks,
+                hashes,
+                vv,
+                digest,
+            } => self.schedule(
                 10,
                 Ev::Install {
                     to: id,
                     chunks,
                     hashes,
+                    vv,
+                    digest,
                 },
             ),
             Output::KeepChunk {

@@ -308,8 +308,15 @@ impl Batch {
 pub enum Request {
     /// Codes of `origin` for seqs `[from, to)`.
     Range { origin: Origin, from: u64, to: u64 },
-    /// Describe a snapshot of your current state.
-    Offer,
+    /// Describe a snapshot of your state at version vector `at` (empty: of
+    /// your current state). A node holding more builds `δ` at `at` exactly
+    /// by subtracting the later contributions, so every honest peer offers
+    /// the identical snapshot of one `at`: a joiner asks them all for the
+    /// same one, and takes it only when enough of them agree.
+    Offer {
+        #[serde(default)]
+        at: Vec<(Origin, u64)>,
+    },
     /// Chunk `index` of snapshot `id`.
     Chunk { id: [u8; 32], index: u32 },
     /// The payload of delta update `seq` of `origin`.
@@ -378,8 +385,14 @@ impl Request {
             Request::Range { from, to, .. } if to - from > MAX_RANGE => {
                 Err(Error::Oversized(format!("range of {}", to - from)))
             }
+            Request::Offer { ref at } if at.len() > MAX_ORIGINS => {
+                Err(Error::Oversized(format!("{} origins", at.len())))
+            }
+            Request::Offer { ref at } if at.windows(2).any(|w| w[0].0 >= w[1].0) => Err(
+                Error::Malformed("version vector not sorted by origin".into()),
+            ),
             Request::Range { .. }
-            | Request::Offer
+            | Request::Offer { .. }
             | Request::Chunk { .. }
             | Request::Delta { .. }
             | Request::Fingerprints => Ok(()),
@@ -464,8 +477,11 @@ impl Response {
                     hashes,
                     ..
                 },
-                Request::Offer,
+                Request::Offer { at },
             ) => {
+                if !at.is_empty() && at != vv {
+                    return Err(Error::Malformed("offer of another version vector".into()));
+                }
                 if hashes.0.len() % 32 != 0
                     || hashes.0.len() / 32 > crate::crdt::snapshot::MAX_CHUNKS
                 {
