@@ -98,6 +98,25 @@ pub struct Manifest {
     /// the canonical manifest while at their defaults.
     #[serde(default, skip_serializing_if = "DeltaRules::is_default")]
     pub delta: DeltaRules,
+    /// Most updates one origin may contribute to the run (its log quota:
+    /// later seqs are refused everywhere). Left out of the canonical
+    /// manifest while at its default.
+    #[serde(
+        default = "default_max_updates_per_origin",
+        skip_serializing_if = "is_default_max_updates_per_origin"
+    )]
+    pub max_updates_per_origin: u64,
+}
+
+/// Default of `run.max_updates_per_origin`: 2^24 (16 MiB of codes).
+pub const DEFAULT_MAX_UPDATES_PER_ORIGIN: u64 = 1 << 24;
+
+fn default_max_updates_per_origin() -> u64 {
+    DEFAULT_MAX_UPDATES_PER_ORIGIN
+}
+
+fn is_default_max_updates_per_origin(n: &u64) -> bool {
+    *n == DEFAULT_MAX_UPDATES_PER_ORIGIN
 }
 
 /// What every node accepts and how it applies delta updates.
@@ -439,6 +458,9 @@ impl Config {
             ));
         }
         fo.compression.validate("node.first_order.compression")?;
+        if self.run.max_updates_per_origin == 0 {
+            return Err("run.max_updates_per_origin must be at least 1".into());
+        }
         if self.node.snapshot_quorum == 0 {
             return Err("node.snapshot_quorum must be at least 1".into());
         }

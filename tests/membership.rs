@@ -124,6 +124,10 @@ async fn a_node_joining_mid_run_catches_up_from_a_snapshot() {
     assert_eq!(s[2].updates_applied, 3000 + 3000 + 200);
     assert_eq!(s[2].join, "snapshot");
     assert!(s[2].snapshot_bytes_fetched > 0);
+    // The chunks kept while fetching are gone once the snapshot is in.
+    let kept = dir.path().join("c").join("snapshot");
+    let left = std::fs::read_dir(&kept).map_or(0, |d| d.count());
+    assert_eq!(left, 0, "stale snapshot chunks under {}", kept.display());
     assert!(
         s[2].repaired_updates < 2000,
         "most history came in the snapshot, not by replay: {:?}",

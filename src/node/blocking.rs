@@ -40,6 +40,26 @@ pub(super) fn keep_chunk(dir: &Path, id: [u8; 32], index: u32, data: Vec<u8>) {
     });
 }
 
+/// Removes kept chunks of every snapshot but `keep` (all when None): an
+/// interrupted join resumes only the snapshot it is fetching now, and a
+/// finished join leaves nothing behind.
+pub(super) fn prune_chunks(dir: &Path, keep: Option<[u8; 32]>) {
+    let root = dir.join("snapshot");
+    let keep = keep.map(|id| hex(&id));
+    tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if keep.as_deref() != e.file_name().to_str() {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!(path = %e.path().display(), error = %err, "stale snapshot chunks not removed");
+                }
+            }
+        }
+    });
+}
+
 /// Reads back the kept chunks of snapshot `id`.
 pub(super) fn resume(dir: &Path, id: [u8; 32], chunks: usize, tx: mpsc::Sender<Done>) {
     let d = dir.join("snapshot").join(hex(&id));

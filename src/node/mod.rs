@@ -364,6 +364,10 @@ async fn start(
         exit_when_settled: opts.exit_when_settled,
         settle_timeout: opts.settle_timeout,
         max_delta_bytes: cfg.run.delta.max_bytes,
+        max_updates_per_origin: cfg.run.max_updates_per_origin,
+        epoch_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
         shapes: session.trainer().shapes(),
         drop_incoming: opts.drop_incoming,
         mode: cfg.node.mode,

@@ -212,6 +212,7 @@ impl Shell {
             }
             Output::Resume { id, chunks } => {
                 if let Some(dir) = &self.data_dir {
+                    blocking::prune_chunks(dir, Some(id));
                     blocking::resume(dir, id, chunks, self.done_tx.clone());
                 }
             }
@@ -283,7 +284,12 @@ impl Shell {
                 blocking::snapshot(*image, prefix, self.done_tx.clone());
             }
             FromCompute::Image(Err(reason)) => self.input(Input::SnapshotFailed(reason)),
-            FromCompute::Installed(r) => self.input(Input::Installed(r)),
+            FromCompute::Installed(r) => {
+                if let Some(dir) = &self.data_dir {
+                    blocking::prune_chunks(dir, None);
+                }
+                self.input(Input::Installed(r));
+            }
             FromCompute::Failed(e) => self.failure = Some(e),
         }
     }

@@ -127,6 +127,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if self.test_drop() {
             return Some(Verdict::Ignore);
         }
+        if !self.within_quota(&origin, attest.end()) {
+            return Some(Verdict::Ignore);
+        }
         if !self.room(&origin, first, codes.len() as u64) {
             return Some(Verdict::Ignore);
         }
@@ -206,7 +209,22 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.count("banned");
             return Some(Verdict::Ignore);
         }
-        self.peers_seen.insert(source.clone());
+        // An old heartbeat replayed (by anyone: it stays validly signed).
+        let stamp = (hb.epoch, hb.counter);
+        if self.heard.get(&source).is_some_and(|&last| stamp <= last) {
+            self.count("stale_heartbeat");
+            return Some(Verdict::Ignore);
+        }
+        if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&source) {
+            let live = self.repair.peers();
+            self.heard.retain(|p, _| live.contains_key(p));
+        }
+        if self.heard.len() < MAX_HEARD || self.heard.contains_key(&source) {
+            self.heard.insert(source.clone(), stamp);
+        }
+        if self.peers_seen.len() < MAX_SEEN {
+            self.peers_seen.insert(source.clone());
+        }
         if let Some(st) = &self.state {
             let same_vv =
                 hb.vv.len() == st.vv.len() && hb.vv.iter().all(|(o, n)| st.vv.get(o) == Some(n));
@@ -312,7 +330,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.count("replayed");
             return Some(Verdict::Ignore);
         }
-        if !self.room(&origin, a.seq, 1) {
+        if !self.within_quota(&origin, a.seq + 1) || !self.room(&origin, a.seq, 1) {
             return Some(Verdict::Ignore);
         }
         if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {

@@ -102,6 +102,12 @@ pub struct Settings {
     pub settle_timeout: Duration,
     /// Largest delta payload accepted (`run.delta.max_bytes`).
     pub max_delta_bytes: usize,
+    /// Most updates one origin may contribute (`run.max_updates_per_origin`).
+    pub max_updates_per_origin: u64,
+    /// When this node started, in milliseconds of wall-clock time: heartbeats
+    /// carry it with a counter, so an old heartbeat replayed by anyone is
+    /// told apart from a fresh one (and one after a restart is newer).
+    pub epoch_ms: u64,
     /// Trainable tensors (name, length): what a delta may touch.
     pub shapes: Vec<(String, u64)>,
     /// Test hook: fraction of incoming update messages dropped unseen.

@@ -84,6 +84,17 @@ pub const MAX_PENDING: u64 = 1 << 22;
 /// A proof is sent again to a peer still announcing excluded updates at
 /// most this often.
 const PROOF_RESEND: Duration = Duration::from_secs(5);
+/// Sync requests a peer may make per second (burst of two seconds); an
+/// offer or a fingerprint request costs [`COSTLY_REQUEST`] of them.
+const REQUESTS_PER_SECOND: f64 = 100.0;
+const COSTLY_REQUEST: f64 = 20.0;
+/// Origins the log takes updates of, at most (beyond, batches of new
+/// origins are ignored).
+pub const MAX_LOG_ORIGINS: usize = wire::MAX_ORIGINS;
+/// Distinct peers counted as seen, at most (the count saturates there).
+const MAX_SEEN: usize = 1 << 16;
+/// Peers whose newest heartbeat stamp is remembered, at most.
+const MAX_HEARD: usize = 1 << 14;
 /// Fingerprints are asked of one peer at most this often.
 const FINGERPRINT_EVERY: Duration = Duration::from_secs(10);
 /// Peers banned at most (the oldest is forgotten first).
@@ -102,6 +113,8 @@ pub struct Core<P, M, C> {
     outbox: Option<(u64, Vec<u8>)>,
     delta_waits: HashMap<(Origin, u64), DeltaWait<P, M>>,
     buckets: HashMap<Origin, Bucket>,
+    /// Per requesting peer, a token bucket over sync requests.
+    request_buckets: HashMap<P, Bucket>,
     requests: HashMap<u64, (P, wire::Request)>,
     next_tag: u64,
     served: VecDeque<(Arc<Snapshot>, Instant)>,
@@ -118,6 +131,10 @@ pub struct Core<P, M, C> {
     fingerprints_asked: HashMap<P, Instant>,
     /// The time of the input being handled.
     now: Instant,
+    /// Heartbeats sent since start.
+    heartbeats_sent: u64,
+    /// The newest (epoch, counter) heard from each peer (bounded).
+    heard: HashMap<P, (u64, u64)>,
     /// Per origin: seqs `[from, to)` a snapshot installed in the replica
     /// whose signed batches are not stored yet (repair fetches them; they are
     /// then handed out only to be stored).
@@ -153,6 +170,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             outbox: None,
             delta_waits: HashMap::new(),
             buckets: HashMap::new(),
+            request_buckets: HashMap::new(),
             requests: HashMap::new(),
             next_tag: 0,
             served: VecDeque::new(),
@@ -163,6 +181,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             proof_sent: HashMap::new(),
             fingerprints_asked: HashMap::new(),
             now,
+            heartbeats_sent: 0,
+            heard: HashMap::new(),
             gap_since: HashMap::new(),
             unstored: BTreeMap::new(),
             drop_rng: u64::from_le_bytes(origin.0[..8].try_into().unwrap_or([1; 8])) | 1,
@@ -444,6 +464,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             .is_none_or(|t| now.duration_since(t) >= self.settings.heartbeat_interval);
         if due {
             self.last_heartbeat = Some(now);
+            self.prune_buckets(now);
             let done = self.done_since.is_some() && self.outbox.is_none();
             self.heartbeat(done, false);
             if done {
@@ -739,6 +760,51 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         let drop = (*x % 1_000_000) as f64 / 1e6 < self.settings.drop_incoming;
         self.stats.dropped += u64::from(drop);
         drop
+    }
+
+    /// Takes `n` tokens from `peer`'s bucket of sync requests.
+    fn take_request(&mut self, now: Instant, peer: &P, n: f64) -> bool {
+        if self.request_buckets.len() >= MAX_SEEN && !self.request_buckets.contains_key(peer) {
+            self.prune_buckets(now);
+        }
+        let rate = REQUESTS_PER_SECOND;
+        let b = self.request_buckets.entry(peer.clone()).or_insert(Bucket {
+            tokens: 2.0 * rate,
+            at: now,
+        });
+        b.tokens =
+            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
+        b.at = now;
+        if b.tokens < n {
+            return false;
+        }
+        b.tokens -= n;
+        true
+    }
+
+    /// Forgets buckets that refilled (idle at least their burst time):
+    /// a new bucket starts full, so nothing is lost.
+    fn prune_buckets(&mut self, now: Instant) {
+        let full = |b: &Bucket| now.saturating_duration_since(b.at) >= Duration::from_secs(2);
+        self.buckets.retain(|_, b| !full(b));
+        self.request_buckets.retain(|_, b| !full(b));
+    }
+
+    /// Room in the log for a batch of `origin` ending at `end`: within its
+    /// quota (`run.max_updates_per_origin`) and the bound on origins.
+    fn within_quota(&mut self, origin: &Origin, end: u64) -> bool {
+        if end > self.settings.max_updates_per_origin {
+            self.count("over_quota");
+            return false;
+        }
+        if self.log.next_seq(origin) == 0
+            && self.log.pending_of(origin).1 == 0
+            && self.log.origins() >= MAX_LOG_ORIGINS
+        {
+            self.count("too_many_origins");
+            return false;
+        }
+        true
     }
 
     /// Takes `n` tokens from `origin`'s bucket (burst of two seconds).

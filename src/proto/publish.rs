@@ -102,7 +102,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             loss: st.loss,
             backlog: self.backlog(),
             mode: self.settings.mode,
+            epoch: self.settings.epoch_ms,
+            counter: self.heartbeats_sent,
         };
+        self.heartbeats_sent += 1;
         let data = hb.encode();
         self.event(Event::Bytes {
             protocol: "gossip_status",

@@ -6,11 +6,19 @@ use crate::crdt::log::DELTA;
 
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub(super) fn on_request(&mut self, from: P, request: wire::Request, channel: C) {
-        let _ = from;
+        let cost = match &request {
+            wire::Request::Offer { .. } | wire::Request::Fingerprints => COSTLY_REQUEST,
+            _ => 1.0,
+        };
+        let now = self.now;
         let response = match request.validate() {
             Err(e) => {
                 self.count("bad_request");
                 wire::Response::Refused(e.to_string())
+            }
+            Ok(()) if !self.take_request(now, &from, cost) => {
+                self.count("request_rate");
+                wire::Response::Refused("over the request rate".into())
             }
             Ok(()) => match request {
                 wire::Request::Range { origin, from, to } => self.serve_range(origin, from, to),
@@ -319,6 +327,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 .exclusion(&origin)
                 .is_some_and(|e| b.first_seq >= e.from)
             {
+                break;
+            }
+            if !self.within_quota(&origin, attest.end()) {
                 break;
             }
             if let Some(c) = self.log.conflict(&origin, b.first_seq, &codes, &hashes) {

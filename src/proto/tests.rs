@@ -35,6 +35,8 @@ fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
         exit_when_settled: true,
         settle_timeout: Duration::from_secs(60),
         max_delta_bytes: 1 << 20,
+        max_updates_per_origin: 1 << 24,
+        epoch_ms: 1,
         shapes: vec![("w".into(), 8)],
         drop_incoming: 0.0,
         mode: Default::default(),
@@ -164,11 +166,12 @@ fn nothing_is_handed_out_while_joining_by_snapshot() {
 #[test]
 fn held_offer_requests_are_bounded() {
     let (mut c, t0) = core(1, join::Mode::Replay);
+    // From many peers (each within its own request rate).
     for ch in 0..(MAX_OFFER_WAITING as u64 + 10) {
         c.handle(
             t0,
             Input::Request {
-                from: 2,
+                from: 2 + (ch % 30) as u8,
                 request: wire::Request::Offer { at: Vec::new() },
                 channel: ch,
             },
@@ -187,4 +190,99 @@ fn held_offer_requests_are_bounded() {
         })
         .count();
     assert_eq!(busy, 10, "beyond the bound, offers are refused at once");
+}
+
+fn heartbeat_from(c: &mut Core<u8, u64, u64>, t: Instant, peer: u8, epoch: u64, counter: u64) {
+    let hb = Heartbeat {
+        vv: Vec::new(),
+        digest: [0; 32],
+        done: false,
+        leaving: false,
+        loss: 0.0,
+        backlog: 0,
+        mode: Default::default(),
+        epoch,
+        counter,
+    };
+    c.handle(
+        t,
+        Input::Gossip {
+            id: counter,
+            from: peer,
+            source: Some(peer),
+            topic: Some(Topic::Status),
+            data: hb.encode(),
+        },
+    );
+}
+
+#[test]
+fn replayed_heartbeats_are_ignored() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    heartbeat_from(&mut c, t0, 2, 10, 5);
+    heartbeat_from(&mut c, t0, 2, 10, 5); // replayed
+    heartbeat_from(&mut c, t0, 2, 10, 4); // older
+    assert_eq!(c.stats().rejected.get("stale_heartbeat"), Some(&2));
+    heartbeat_from(&mut c, t0, 2, 10, 6);
+    heartbeat_from(&mut c, t0, 2, 11, 0); // restarted: a later epoch
+    assert_eq!(c.stats().rejected.get("stale_heartbeat"), Some(&2));
+    assert!(c.peers().contains_key(&2));
+}
+
+#[test]
+fn sync_requests_are_rate_limited_per_peer() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    let range = |ch| Input::Request {
+        from: 2,
+        request: wire::Request::Range {
+            origin: Origin([9; 32]),
+            from: 0,
+            to: 10,
+        },
+        channel: ch,
+    };
+    for ch in 0..1000 {
+        c.handle(t0, range(ch));
+    }
+    let refused = c.stats().rejected.get("request_rate").copied().unwrap_or(0);
+    assert_eq!(
+        refused,
+        1000 - 2 * REQUESTS_PER_SECOND as u64,
+        "a burst of two seconds"
+    );
+    // Another peer has its own allowance; time refills it.
+    c.handle(
+        t0,
+        Input::Request {
+            from: 3,
+            request: wire::Request::Fingerprints,
+            channel: 5000,
+        },
+    );
+    c.handle(t0 + Duration::from_secs(1), range(5001));
+    assert_eq!(
+        c.stats().rejected.get("request_rate").copied(),
+        Some(refused)
+    );
+}
+
+#[test]
+fn an_origin_past_its_quota_is_refused() {
+    let t0 = Instant::now();
+    let (c, _) = core(1, join::Mode::Replay);
+    let mut settings = c.settings.clone();
+    settings.max_updates_per_origin = 4;
+    let mut c: Core<u8, u64, u64> = Core::new(settings, Log::in_memory(RunId([0; 32])), t0);
+    let gossip = |id, first, codes: &[u8]| Input::Gossip {
+        id,
+        from: 2,
+        source: Some(2),
+        topic: Some(Topic::Updates),
+        data: signed(2, first, codes),
+    };
+    c.handle(t0, gossip(1, 0, &[5, 6, 7]));
+    c.handle(t0, gossip(2, 3, &[8, 9]));
+    c.handle(t0, gossip(3, 3, &[8]));
+    assert_eq!(c.stats().rejected.get("over_quota"), Some(&1));
+    assert_eq!(c.log().version_vector().get(&signer(2).origin()), Some(&4));
 }

@@ -278,6 +278,8 @@ fn hostile_inputs_are_judged_without_sockets() {
         loss: 0.0,
         backlog: 0,
         mode: Default::default(),
+        epoch: 1,
+        counter: 0,
     };
     w.inject(liar, victim, Some(Topic::Status), hb.encode());
     w.run_for(5_000);
@@ -354,8 +356,10 @@ fn thirty_two_nodes_converge() {
     assert_converged(&w, 32 * 100);
 }
 
-/// A heartbeat as a scripted peer sends it: claims `vv`, never done.
+/// A heartbeat as a scripted peer sends it: claims `vv`, never done (each
+/// newer than the last).
 fn heartbeat(vv: Vec<(seedswarm::zo::seed::Origin, u64)>) -> Vec<u8> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut vv = vv;
     vv.sort();
     wire::Heartbeat {
@@ -366,6 +370,8 @@ fn heartbeat(vv: Vec<(seedswarm::zo::seed::Origin, u64)>) -> Vec<u8> {
         loss: 0.0,
         backlog: 0,
         mode: Default::default(),
+        epoch: 1,
+        counter: COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     }
     .encode()
 }

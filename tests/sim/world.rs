@@ -210,6 +210,9 @@ impl World {
             exit_when_settled: false,
             settle_timeout: Duration::from_secs(600),
             max_delta_bytes: self.max_delta_bytes,
+            max_updates_per_origin: 1 << 24,
+            // Virtual time since the world began: a restart is newer.
+            epoch_ms: self.now_ms + 1,
             shapes: self
                 .tensors
                 .iter()

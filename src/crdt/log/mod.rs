@@ -656,6 +656,11 @@ impl Log {
         }
     }
 
+    /// Origins with updates held.
+    pub fn origins(&self) -> usize {
+        self.origins.len()
+    }
+
     /// Number of contiguous updates held for `origin` (exclusions aside).
     pub fn next_seq(&self, origin: &Origin) -> u64 {
         self.origins.get(origin).map_or(0, |v| v.len() as u64)

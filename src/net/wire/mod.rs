@@ -7,12 +7,13 @@
 //!
 //! | format | where | version | layout |
 //! |---|---|---|---|
-//! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 1 | `0x01 ‖ varint first_seq ‖ codes` |
-//! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 1 | `0x01 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload)` (45 bytes) |
-//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 2 | `0x02 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
-//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/1` | CBOR of [`Request`] / [`Response`] |
-//! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::crdt::snapshot::VERSION) = 1 | see [`crate::crdt::snapshot`] |
-//! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x01` (16 bytes) | see [`crate::crdt::log`] |
+//! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 2 | `0x02 ‖ varint first_seq ‖ origin's signature (64) ‖ codes` |
+//! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 2 | `0x02 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload) ‖ signature (64)` (109 bytes) |
+//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 3 | `0x03 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
+//! | proof of equivocation | gossipsub `seedswarm/<run>/x` | byte [`PROOF_VERSION`](crate::crdt::attest::PROOF_VERSION) = 1 | see [`crate::crdt::attest::Proof`] |
+//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/2` | CBOR of [`Request`] / [`Response`] |
+//! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::crdt::snapshot::VERSION) = 2 | see [`crate::crdt::snapshot`] |
+//! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x02` (16 bytes; version 1 is read and upgraded) | see [`crate::crdt::log`] |
 //! | FedZip delta | delta payloads (sync, log, snapshot) | magic `FZDL` + byte [`fedzip::VERSION`](crate::delta::fedzip::VERSION) = 1 | see [`crate::delta::fedzip`] |
 //!
 //! Varints are [`crate::varint`] (unsigned LEB128, shortest form only). The
@@ -23,14 +24,18 @@
 //! the unit tests of its module.
 //!
 //! - Update batches: the origin is the message's authenticated source, not
-//!   repeated; seqs run from `first_seq`, one per code.
+//!   repeated; seqs run from `first_seq`, one per code; the signature is the
+//!   origin's over the batch ([`crate::crdt::attest`]), kept with the codes
+//!   and served on, so a code is applied only if its origin signed it.
 //! - Delta announcements: the payload itself (a compressed sparse delta) is
 //!   pulled over request-response.
 //! - Heartbeats: version vector, digest, counters, done flag, mode
-//!   (zeroth- or first-order). Version 2 added the mode; a version-1
-//!   heartbeat is an unknown version (ignored and counted, not penalized).
-//! - Sync requests/responses: log ranges (with the payloads of the delta
-//!   updates in them), delta payloads, snapshot offers and chunks.
+//!   (zeroth- or first-order), and the node's start time with a counter
+//!   (version 3), so a replayed old heartbeat is ignored. An older version
+//!   is an unknown version (ignored and counted, not penalized).
+//! - Sync requests/responses: log ranges as whole origin-signed batches
+//!   (with the payloads of the delta updates in them), delta payloads,
+//!   snapshot offers of a named state and chunks, log fingerprints.
 
 use crate::config::Mode;
 use crate::varint;
@@ -205,10 +210,16 @@ pub struct Heartbeat {
     pub backlog: u64,
     /// How the node contributes (one byte: 0 zeroth-order, 1 first-order).
     pub mode: Mode,
+    /// When the node started (wall-clock milliseconds).
+    pub epoch: u64,
+    /// Heartbeats it sent before this one since it started: with `epoch`,
+    /// a replayed old heartbeat is told from a new one.
+    pub counter: u64,
 }
 
-/// Wire version byte of heartbeats (2: with the mode).
-pub const HEARTBEAT_VERSION: u8 = 2;
+/// Wire version byte of heartbeats (2: with the mode; 3: with epoch and
+/// counter).
+pub const HEARTBEAT_VERSION: u8 = 3;
 
 fn bincode_config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_HEARTBEAT>()

@@ -63,6 +63,8 @@ fn heartbeat_roundtrip_and_limits() {
         loss: 0.25,
         backlog: 0,
         mode: Mode::ZerothOrder,
+        epoch: 1_764_600_000_000,
+        counter: 12,
     };
     assert_eq!(Heartbeat::decode(&hb.encode()), Ok(hb.clone()));
     let mut unsorted = hb.clone();
@@ -84,6 +86,8 @@ fn golden_heartbeat() {
         loss: 0.25,
         backlog: 300,
         mode: Mode::FirstOrder,
+        epoch: 300,
+        counter: 7,
     };
     // version ‖ bincode (standard: varint lengths and integers, arrays
     // and tuples without length, f32 LE).
@@ -95,21 +99,23 @@ fn golden_heartbeat() {
     want.extend_from_slice(&[0x00, 0x00, 0x80, 0x3e]); // loss 0.25
     want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // backlog 300: u16 marker + LE
     want.push(1); // mode: first-order (variant index)
+    want.extend_from_slice(&[0xfb, 0x2c, 0x01]); // epoch 300
+    want.push(7); // counter
     let bytes = hb.encode();
-    assert_eq!(bytes.len(), 77);
+    assert_eq!(bytes.len(), 81);
     assert_eq!(bytes, want);
     assert_eq!(Heartbeat::decode(&want), Ok(hb));
     // An unknown version is told apart from malformed input.
-    let mut v3 = want.clone();
-    v3[0] = 3;
-    assert_eq!(Heartbeat::decode(&v3), Err(Error::Version(3)));
-    // Version 1 (no mode) is an older format: unknown, not malformed.
-    let mut v1 = want[..want.len() - 1].to_vec();
-    v1[0] = 1;
-    assert_eq!(Heartbeat::decode(&v1), Err(Error::Version(1)));
+    let mut v4 = want.clone();
+    v4[0] = 4;
+    assert_eq!(Heartbeat::decode(&v4), Err(Error::Version(4)));
+    // Version 2 (no epoch, counter) is an older format: unknown, not malformed.
+    let mut v2 = want[..want.len() - 4].to_vec();
+    v2[0] = 2;
+    assert_eq!(Heartbeat::decode(&v2), Err(Error::Version(2)));
     // A mode this version does not know is malformed.
     let mut bad = want.clone();
-    *bad.last_mut().unwrap() = 2;
+    bad[want.len() - 5] = 2;
     assert!(matches!(Heartbeat::decode(&bad), Err(Error::Malformed(_))));
     assert_eq!(Heartbeat::decode(&[]), Err(Error::Truncated));
     assert!(matches!(
@@ -161,6 +167,8 @@ fn every_gossip_decoder_names_an_unknown_version() {
         loss: 1.0,
         backlog: 0,
         mode: Mode::ZerothOrder,
+        epoch: 0,
+        counter: 0,
     };
     let announce = DeltaAnnounce {
         seq: 1,
