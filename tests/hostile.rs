@@ -242,11 +242,24 @@ async fn bad_delta_payloads_are_refused_and_a_good_one_is_applied() {
             .publish(topics.deltas.hash(), ann.encode())
             .expect("announced");
     }
+    // The payload requests are held unanswered (their channels kept open),
+    // so the victim's fetches stay in flight: the bound is what it is.
+    let mut held = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         tokio::select! {
-            _ = peer.select_next_some() => {}
+            ev = peer.select_next_some() => {
+                if let SwarmEvent::Behaviour(BehaviourEvent::Sync(request_response::Event::Message {
+                    message: Message::Request { channel, .. },
+                    ..
+                })) = ev
+                {
+                    held.push(channel);
+                }
+            }
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 let st = victim.status();
+                assert!(held.len() <= 16, "{} payloads fetched at once", held.len());
                 if st.rejected.get("deltas_busy").copied().unwrap_or(0) >= 40 - 16 {
                     break;
                 }

@@ -45,6 +45,14 @@ pub struct Status {
     pub bytes_out_per_s: f64,
     pub mesh_peers: usize,
     pub digest_mismatches: u64,
+    /// Origins proven to equivocate (hex), with the first excluded seq.
+    pub excluded: BTreeMap<String, u64>,
+    /// Updates taken back out of the replica by exclusions.
+    pub retracted_updates: u64,
+    /// Updates dropped from behind gaps nobody filled (or over bounds).
+    pub dropped_pending: u64,
+    /// Live peers settling still waits for, each with why.
+    pub waiting_for: Vec<String>,
     /// Every live peer known from its heartbeats, sorted by peer id.
     pub swarm: Vec<SwarmPeer>,
 }
@@ -152,6 +160,15 @@ pub struct Summary {
     pub join_seconds: Option<f64>,
     pub snapshot_bytes_fetched: u64,
     pub snapshot_raw_bytes: u64,
+    /// Origins proven to equivocate (hex), with the first excluded seq.
+    pub excluded: BTreeMap<String, u64>,
+    /// Updates taken back out by exclusions.
+    pub retracted_updates: u64,
+    /// Updates dropped from behind gaps nobody filled.
+    pub dropped_pending: u64,
+    /// Peers settling still waited for when the node stopped (empty when
+    /// it settled), each with why.
+    pub waiting_for: Vec<String>,
 }
 
 /// Per-second rates between two status samples.
@@ -272,6 +289,14 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
         bytes_out_per_s: sw.rates.2,
         mesh_peers: sw.mesh_peers,
         digest_mismatches: stats.digest_mismatches,
+        excluded: stats.excluded.clone(),
+        retracted_updates: stats.retracted,
+        dropped_pending: stats.dropped_pending,
+        waiting_for: core
+            .waiting_for()
+            .into_iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect(),
         swarm: swarm_peers(core, now),
     }
 }
@@ -320,6 +345,10 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         join_seconds: join.seconds(),
         snapshot_bytes_fetched: join.fetched_bytes,
         snapshot_raw_bytes: join.raw_bytes,
+        excluded: stats.excluded,
+        retracted_updates: stats.retracted,
+        dropped_pending: stats.dropped_pending,
+        waiting_for: status.waiting_for,
     }
 }
 

@@ -375,6 +375,15 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         self.settled
     }
 
+    /// Live peers settling waits for, with why (empty when agreed or no
+    /// state yet).
+    pub fn waiting_for(&self) -> Vec<(P, &'static str)> {
+        match &self.state {
+            Some(st) => self.repair.waiting_for(&st.vv, &st.digest),
+            None => Vec::new(),
+        }
+    }
+
     /// Training is over (own updates all made).
     pub fn training_done(&self) -> bool {
         self.done_since.is_some()
