@@ -209,6 +209,36 @@ pub async fn run(
     }
 }
 
+/// This start's epoch (wall-clock milliseconds), kept increasing across
+/// restarts from one data dir (`epoch` file there) even when the clock was
+/// set back, so peers that remember this node's last heartbeat hear the new
+/// ones. Best effort: without a data dir, or when the file cannot be
+/// written, the clock alone.
+fn start_epoch(dir: Option<&std::path::Path>) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let Some(dir) = dir else { return now };
+    let path = dir.join("epoch");
+    let last = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let epoch = now.max(last.saturating_add(1));
+    let tmp = dir.join("epoch.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(epoch.to_string().as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    if let Err(e) = write() {
+        tracing::warn!(path = %path.display(), error = %e, "start epoch not kept");
+    }
+    epoch
+}
+
 impl Node {
     /// Loads the model and the log (off the reactor), builds the swarm,
     /// starts listening and spawns the shell and the compute thread.
@@ -365,9 +395,7 @@ async fn start(
         settle_timeout: opts.settle_timeout,
         max_delta_bytes: cfg.run.delta.max_bytes,
         max_updates_per_origin: cfg.run.max_updates_per_origin,
-        epoch_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
+        epoch_ms: start_epoch(opts.data_dir.as_deref()),
         shapes: session.trainer().shapes(),
         drop_incoming: opts.drop_incoming,
         mode: cfg.node.mode,

@@ -437,6 +437,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.emit(Output::StartTraining);
         }
         for gone in self.repair.expire(now) {
+            // Its newest heartbeat stamp stays remembered: an old heartbeat
+            // replayed later must not make a departed peer look alive.
+            self.fingerprints_asked.remove(&gone);
             self.event(Event::PeerSilent(gone));
         }
         self.give_up_gaps(now);
