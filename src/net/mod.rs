@@ -197,13 +197,48 @@ fn transport(
 }
 
 /// Builds the swarm for `run` with `key`; registers gossipsub metrics in
-/// `registry`; counts wire bytes in `bw`.
+/// `registry`; counts wire bytes in `bw`. Sync responses are accepted up to
+/// what a run with delta payloads of the largest size allows.
 pub fn build(
     key: Keypair,
     topics: &Topics,
     mdns_on: bool,
     registry: &mut Registry,
     bw: Bandwidth,
+) -> Result<Swarm<Behaviour>, Error> {
+    build_for(
+        key,
+        topics,
+        mdns_on,
+        registry,
+        bw,
+        crate::crdt::log::MAX_DELTA_BYTES,
+    )
+}
+
+/// The largest sync response accepted for a run whose delta payloads are at
+/// most `max_delta_bytes`: a range of [`wire::MAX_RANGE`] codes in whole
+/// batches with their signatures and payloads (4 MiB beyond the first), a
+/// snapshot chunk or a delta payload.
+pub fn max_response_bytes(max_delta_bytes: usize) -> u64 {
+    let range = 4 * (wire::MAX_RANGE + wire::MAX_BATCH as u64)
+        + 128 * wire::MAX_RANGE_BATCHES as u64
+        + (4 << 20)
+        + max_delta_bytes as u64;
+    range
+        .max(crate::crdt::snapshot::CHUNK as u64 + 4096)
+        .saturating_add(4096)
+}
+
+/// Like [`build`], accepting sync responses only up to what this run's
+/// `run.delta.max_bytes` allows ([`max_response_bytes`]).
+pub fn build_for(
+    key: Keypair,
+    topics: &Topics,
+    mdns_on: bool,
+    registry: &mut Registry,
+    bw: Bandwidth,
+    max_delta_bytes: usize,
 ) -> Result<Swarm<Behaviour>, Error> {
     let b = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let topics = topics.clone();
@@ -264,12 +299,7 @@ pub fn build(
                 let sync = request_response::cbor::Behaviour::with_codec(
                     request_response::cbor::codec::Codec::default()
                         .set_request_size_maximum(48 * wire::MAX_ORIGINS as u64 + 4096)
-                        .set_response_size_maximum(
-                            4 * (wire::MAX_RANGE + wire::MAX_BATCH as u64)
-                                + 128 * wire::MAX_RANGE_BATCHES as u64
-                                + 4096
-                                + 2 * crate::crdt::log::MAX_DELTA_BYTES as u64,
-                        ),
+                        .set_response_size_maximum(max_response_bytes(max_delta_bytes)),
                     [(
                         StreamProtocol::new(SYNC_PROTOCOL),
                         request_response::ProtocolSupport::Full,

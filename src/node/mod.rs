@@ -337,7 +337,14 @@ async fn start(
         .clone()
         .try_into_ed25519()
         .map_err(|_| net::Error::Build("node key is not ed25519".into()))?;
-    let mut swarm = net::build(key, &topics, opts.mdns, &mut registry, bandwidth.clone())?;
+    let mut swarm = net::build_for(
+        key,
+        &topics,
+        opts.mdns,
+        &mut registry,
+        bandwidth.clone(),
+        cfg.run.delta.max_bytes,
+    )?;
     let metrics = Metrics::new(&mut registry);
     let series = Series::register(&mut registry);
     let registry = Arc::new(Mutex::new(registry));

@@ -874,8 +874,16 @@ fn attest_own(log: &mut Log, signer: &attest::Signer) {
     let n = log.next_seq(&own);
     let mut at = log.signed_through(&own);
     while at < n {
-        let end = n.min(at + wire::MAX_BATCH as u64);
-        let codes = log.range(&own, at, end).to_vec();
+        // Batches as published: runs of one-byte codes, each delta alone
+        // (so a served batch carries at most one payload).
+        let codes = log.range(&own, at, n.min(at + wire::MAX_BATCH as u64));
+        let len = match codes.iter().position(|&c| c == crate::crdt::log::DELTA) {
+            Some(0) => 1,
+            Some(k) => k,
+            None => codes.len(),
+        } as u64;
+        let end = at + len;
+        let codes = codes[..len as usize].to_vec();
         let payloads = log.payloads_in(&own, at, end);
         let Some(hashes) = attest::payload_hashes(&codes, &payloads) else {
             tracing::warn!(seq = at, "own delta payload missing; not signed again");

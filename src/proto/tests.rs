@@ -286,3 +286,25 @@ fn an_origin_past_its_quota_is_refused() {
     assert_eq!(c.stats().rejected.get("over_quota"), Some(&1));
     assert_eq!(c.log().version_vector().get(&signer(2).origin()), Some(&4));
 }
+
+#[test]
+fn own_updates_recovered_from_disk_are_signed_again_as_published() {
+    // A restarted node holds its own codes (and a delta) without signatures.
+    let me = signer(1);
+    let mut log = Log::in_memory(RunId([0; 32]));
+    let p = crate::crdt::log::Payload::new(vec![7; 10]);
+    log.insert_with(me.origin(), 0, &[1, 2, crate::crdt::log::DELTA, 3], &[p])
+        .unwrap();
+    let (c, t0) = core(1, join::Mode::Replay);
+    let c: Core<u8, u64, u64> = Core::new(c.settings.clone(), log, t0);
+    let o = me.origin();
+    assert_eq!(c.log().signed_through(&o), 4);
+    // Served as published: the codes, the delta alone, the rest.
+    let served: Vec<(u64, u32)> = c
+        .log()
+        .signed_batches(&o, 0, 100, 1 << 20)
+        .into_iter()
+        .map(|(a, _, _)| (a.first_seq, a.len))
+        .collect();
+    assert_eq!(served, vec![(0, 2), (2, 1), (3, 1)]);
+}
