@@ -130,7 +130,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if !self.within_quota(&origin, attest.end()) {
             return Some(Verdict::Ignore);
         }
-        if !self.room(&origin, first, codes.len() as u64) {
+        if !self.room(&origin, first, codes.len() as u64, 0) {
             return Some(Verdict::Ignore);
         }
         self.accept(origin, first, codes, &[], attest);
@@ -330,7 +330,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.count("replayed");
             return Some(Verdict::Ignore);
         }
-        if !self.within_quota(&origin, a.seq + 1) || !self.room(&origin, a.seq, 1) {
+        if !self.within_quota(&origin, a.seq + 1) || !self.room(&origin, a.seq, 1, a.len as usize) {
             return Some(Verdict::Ignore);
         }
         if self.delta_waits.contains_key(&(origin, a.seq)) || self.test_drop() {

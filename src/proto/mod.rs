@@ -79,8 +79,11 @@ const SNAPSHOTS_KEPT: usize = 2;
 /// Updates one origin may have waiting behind gaps, and batches.
 pub const MAX_PENDING_PER_ORIGIN: u64 = 1 << 16;
 const MAX_PENDING_BATCHES_PER_ORIGIN: usize = 1024;
-/// Updates all origins together may have waiting behind gaps.
+/// Updates all origins together may have waiting behind gaps, in at most
+/// this many batches, with at most this many delta payload bytes.
 pub const MAX_PENDING: u64 = 1 << 22;
+pub const MAX_PENDING_BATCHES: usize = 1 << 16;
+pub const MAX_PENDING_PAYLOAD_BYTES: usize = 64 << 20;
 /// A proof is sent again to a peer still announcing excluded updates at
 /// most this often.
 const PROOF_RESEND: Duration = Duration::from_secs(5);
@@ -745,7 +748,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// Room behind `origin`'s gap for a batch of `n` updates at `first`;
     /// false (and counted) when the bounds are reached.
-    fn room(&mut self, origin: &Origin, first: u64, n: u64) -> bool {
+    /// `payload`: bytes of the delta payload it carries.
+    fn room(&mut self, origin: &Origin, first: u64, n: u64, payload: usize) -> bool {
         if first <= self.log.next_seq(origin) {
             return true;
         }
@@ -753,6 +757,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if mine + n > MAX_PENDING_PER_ORIGIN
             || batches >= MAX_PENDING_BATCHES_PER_ORIGIN
             || self.log.pending_updates() + n > MAX_PENDING
+            || self.log.pending_batches() >= MAX_PENDING_BATCHES
+            || (payload > 0
+                && self.log.pending_payload_bytes() + payload > MAX_PENDING_PAYLOAD_BYTES)
         {
             self.count("pending_full");
             return false;

@@ -710,6 +710,28 @@ impl Log {
             .sum()
     }
 
+    /// Batches buffered behind gaps, all origins.
+    pub fn pending_batches(&self) -> usize {
+        self.pending.values().map(BTreeMap::len).sum()
+    }
+
+    /// Bytes of the delta payloads buffered behind gaps, all origins.
+    pub fn pending_payload_bytes(&self) -> usize {
+        self.pending
+            .iter()
+            .flat_map(|(o, p)| {
+                p.iter().flat_map(move |(&first, (codes, _))| {
+                    codes
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &c)| c == DELTA)
+                        .map(move |(i, _)| (*o, first + i as u64))
+                })
+            })
+            .filter_map(|(o, seq)| self.payloads.get(&(o, seq)).map(|p| p.len()))
+            .sum()
+    }
+
     /// Updates of `origin` buffered behind a gap, and in how many batches.
     pub fn pending_of(&self, origin: &Origin) -> (u64, usize) {
         self.pending.get(origin).map_or((0, 0), |p| {
