@@ -33,6 +33,18 @@ pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/2";
 pub const KAD_PROTOCOL: &str = "/seedswarm/kad/1.0.0";
 /// Largest gossip message accepted (bytes).
 pub const MAX_GOSSIP: usize = 64 * 1024;
+/// Largest control part (IHAVE, IWANT, GRAFT, PRUNE, subscriptions) of one
+/// gossip RPC accepted, bytes (gossipsub's default, made explicit).
+pub const MAX_GOSSIP_CONTROL: usize = 16 * 1024;
+/// Most message ids one IHAVE or IWANT carries (gossipsub's
+/// `max_control_messages_sent`). A message id is the source's base58 peer id
+/// and a decimal seq, at most 72 bytes (74 framed), so 192 of them fit in
+/// [`MAX_GOSSIP_CONTROL`]. gossipsub's default of 5000 does not: after a
+/// burst of a few hundred messages in the gossip window a node's IHAVE
+/// exceeds what its peers accept, the peer drops that inbound stream, the
+/// sender is not told, and gossip in that direction stays silent until the
+/// peers forget each other as silent (each may then settle on its own).
+pub const MAX_GOSSIP_IDS: usize = 192;
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +267,8 @@ pub fn build_for(
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .validate_messages()
                     .max_transmit_size(MAX_GOSSIP)
+                    .max_control_message_size(MAX_GOSSIP_CONTROL)
+                    .max_control_messages_sent(MAX_GOSSIP_IDS)
                     .heartbeat_interval(Duration::from_millis(700))
                     .mesh_n(6)
                     .mesh_n_low(4)
@@ -352,6 +366,15 @@ pub fn build_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_ihave_or_iwant_fits_in_a_gossip_frame() {
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        // The default message id: base58 source ‖ decimal seq.
+        let id = peer.to_base58().len() + u64::MAX.to_string().len();
+        // Each id framed (tag, length), plus the topic and the RPC's framing.
+        assert!(MAX_GOSSIP_IDS * (id + 2) + 1024 <= MAX_GOSSIP_CONTROL);
+    }
 
     #[test]
     fn origin_and_peer_id_correspond() {

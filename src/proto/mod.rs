@@ -565,9 +565,15 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         // one of them offers the identical snapshot of it.
         let quorum = self.settings.snapshot_quorum;
         let target: Vec<(Origin, u64)> = self.repair.common(quorum).into_iter().collect();
+        let refused = self.join.refused;
         let actions = self
             .join
             .tick(now, &peers, best, params, &target, &vouchers);
+        // Offers not enough peers vouched for (a poisoned snapshot, or
+        // peers at different states) are counted like any refused input.
+        for _ in refused..self.join.refused {
+            self.count("offer_unvouched");
+        }
         for action in actions {
             match action {
                 join::Action::Ask(p, req) => self.send(p, req),

@@ -238,7 +238,13 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 };
                 self.on_range(from, origin, asked, batches);
             }
-            offer @ wire::Response::Offer { .. } => self.join.on_offer(from, offer),
+            offer @ wire::Response::Offer { .. } => {
+                let refused = self.join.refused;
+                self.join.on_offer(from, offer);
+                for _ in refused..self.join.refused {
+                    self.count("offer_oversized");
+                }
+            }
             wire::Response::Chunk { id: _, index, data } => {
                 self.event(Event::Bytes {
                     protocol: "snapshot",
