@@ -44,8 +44,9 @@ type Answer = Box<dyn FnMut(&wire::Request) -> Option<wire::Response>>;
 
 /// How a hostile peer behaves while it is driven.
 struct Script {
-    /// Published on the status topic every 300 ms (None: no heartbeats).
-    beat: Option<Vec<u8>>,
+    /// Published on the status topic every 300 ms, each with the next
+    /// counter (None: no heartbeats).
+    beat: Option<wire::Heartbeat>,
     /// The answer to a sync request; None: no answer (the channel is
     /// dropped, so the asker's stream closes without a response).
     answer: Answer,
@@ -73,13 +74,19 @@ async fn drive<T>(
     until: impl Future<Output = T>,
 ) -> T {
     let mut beat = tokio::time::interval(Duration::from_millis(300));
+    let mut counter = 0u64;
     tokio::pin!(until);
     tokio::time::timeout(limit, async {
         loop {
             tokio::select! {
                 r = &mut until => return r,
                 _ = beat.tick() => {
-                    if let Some(b) = &script.beat {
+                    if let Some(hb) = &script.beat {
+                        // Each newer than the last (an old one is ignored as replayed).
+                        let mut hb = hb.clone();
+                        hb.counter = counter;
+                        counter += 1;
+                        let b = hb.encode();
                         for e in evils.iter_mut() {
                             // Fails once every victim has banned it (no peers left).
                             let _ = e.behaviour_mut().gossipsub.publish(topics.status.hash(), b.clone());
@@ -164,7 +171,7 @@ fn signed(key: &Signer, first: u64, codes: &[u8]) -> Vec<u8> {
 }
 
 /// A heartbeat as the attacker sends it: claims `vv`, never done.
-fn heartbeat(mut vv: Vec<(Origin, u64)>, digest: [u8; 32]) -> Vec<u8> {
+fn heartbeat(mut vv: Vec<(Origin, u64)>, digest: [u8; 32]) -> wire::Heartbeat {
     vv.sort();
     wire::Heartbeat {
         vv,
@@ -174,8 +181,9 @@ fn heartbeat(mut vv: Vec<(Origin, u64)>, digest: [u8; 32]) -> Vec<u8> {
         loss: 0.0,
         backlog: 0,
         mode: Default::default(),
+        epoch: 1,
+        counter: 0,
     }
-    .encode()
 }
 
 async fn run_of(node: &Node) -> RunId {
