@@ -1,8 +1,11 @@
 //! Decoding the fuzz bytes: the byte reader `R` (peers, sources, origins,
 //! version vectors, codes with delta payloads), the fixed set of valid FedZip
-//! deltas over `shapes()`, and snapshots with a true id built from the bytes.
+//! deltas over `shapes()`, every peer's honest history (what it signs when
+//! it does not equivocate), signing as a peer (truly or not), and snapshots
+//! with a true id built from the bytes.
 
-use crate::{hash, origin_of, Pe, PEERS};
+use crate::{hash, origin_of, signer_of, Pe, NO_ORIGIN, PEERS};
+use seedswarm::crdt::attest::SIG_LEN;
 use seedswarm::crdt::log::{Payload, DELTA};
 use seedswarm::crdt::replica::VersionVector;
 use seedswarm::crdt::snapshot::{self, Snapshot};
@@ -43,6 +46,77 @@ pub(crate) fn deltas() -> &'static [Payload] {
             })
             .collect()
     })
+}
+
+/// Peer `x`'s honest update `seq`: a delta update every 16th seq (15, 31,
+/// …; one of `deltas()`), else a one-byte code (never the marker).
+pub(crate) fn honest_code(x: u8, seq: u64) -> u8 {
+    if seq % 16 == 15 {
+        return DELTA;
+    }
+    let c = (seq as u8).wrapping_mul(0x9d) ^ x.wrapping_mul(0x3b) ^ 0x11;
+    if c == DELTA {
+        0x7f
+    } else {
+        c
+    }
+}
+
+/// The payload of peer `x`'s honest delta update `seq`.
+pub(crate) fn honest_payload(x: u8, seq: u64) -> Payload {
+    deltas()[(usize::from(x) + (seq / 16) as usize) % 4].clone()
+}
+
+/// Peer `x`'s honest updates `[first, first + n)` with their payloads.
+pub(crate) fn honest(x: u8, first: u64, n: usize) -> (Vec<u8>, Vec<Payload>) {
+    let mut payloads = Vec::new();
+    let codes = (first..first.saturating_add(n as u64))
+        .map(|s| {
+            let c = honest_code(x, s);
+            if c == DELTA {
+                payloads.push(honest_payload(x, s));
+            }
+            c
+        })
+        .collect();
+    (codes, payloads)
+}
+
+/// BLAKE3 of each payload.
+pub(crate) fn hashes(payloads: &[Payload]) -> Vec<[u8; 32]> {
+    payloads.iter().map(|p| hash(p)).collect()
+}
+
+/// How a built batch is signed and filled, from one byte `s`: the low three
+/// bits pick the signature (0–4: the author's true one; 5: another peer's
+/// key; 6: the true one with a bit flipped; 7: zeros), bit 3 takes the codes
+/// from the input instead of the author's honest history (an equivocation
+/// when they differ).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct How(pub(crate) u8);
+
+impl How {
+    pub(crate) fn from_input(self) -> bool {
+        self.0 & 8 != 0
+    }
+    /// Whether `x`'s batch signed this way verifies.
+    pub(crate) fn good(self, x: u8) -> bool {
+        self.0 % 8 < 5 && x != NO_ORIGIN
+    }
+    /// Signs `x`'s batch this way.
+    pub(crate) fn sign(self, x: u8, first: u64, codes: &[u8], hashes: &[[u8; 32]]) -> [u8; SIG_LEN] {
+        if codes.is_empty() {
+            return [0; SIG_LEN];
+        }
+        let by = if self.0 % 8 == 5 { (x + 1) % PEERS } else { x };
+        let mut sig = signer_of(by).sign(first, codes, hashes).sig;
+        match self.0 % 8 {
+            6 => sig[usize::from(self.0 >> 4) % SIG_LEN] ^= 1,
+            7 => sig = [0; SIG_LEN],
+            _ => {}
+        }
+        sig
+    }
 }
 
 /// Reads the fuzz bytes; a missing byte reads as 0.
@@ -105,6 +179,21 @@ impl R<'_> {
             .collect();
         (codes, payloads)
     }
+}
+
+/// The state digest of the harness's model: a function of the version
+/// vector (so peers at one state agree), unless the node diverged (`salt`).
+pub(crate) fn digest_of(vv: &VersionVector, salt: u8) -> [u8; 32] {
+    if salt != 0 {
+        return [salt; 32];
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"seedswarm-fuzz/state");
+    for (o, n) in vv {
+        h.update(&o.0);
+        h.update(&n.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// A snapshot with a true id over small chunks from the fuzz bytes.

@@ -1,36 +1,66 @@
-//! The operations: one byte `op` (kind = `op % 16`) and its arguments,
+//! The operations: one byte `op` (kind = `op % 17`) and its arguments,
 //! decoded from the fuzz bytes and handed to the core as inputs (the table
 //! at the top of `proto.rs`), and the responses built to fit the core's own
 //! requests.
 
 use crate::harness::H;
-use crate::input::{deltas, make_snapshot, R};
-use crate::{cbor, hash, Pe, ME, PEERS};
-use seedswarm::crdt::log::{Segment, DELTA};
+use crate::input::{deltas, digest_of, hashes, honest, make_snapshot, How, R};
+use crate::{cbor, hash, index_of, origin_of, signer_of, Pe, ME, NO_ORIGIN, PEERS, RUN};
+use seedswarm::crdt::attest::{SignedBatch, Proof};
+use seedswarm::crdt::log::{self, Segment, DELTA};
 use seedswarm::crdt::replica::VersionVector;
-use seedswarm::net::wire::{self, Blob, DeltaAnnounce, Heartbeat, Request, Response};
+use seedswarm::net::wire::{self, Batch, Blob, DeltaAnnounce, Heartbeat, Request, Response};
 use seedswarm::proto::{self, Input, Own, Topic};
 use seedswarm::zo::seed::Origin;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The peer index whose history `origin` is (`NO_ORIGIN` for none).
+fn peer_of(origin: &Origin) -> u8 {
+    index_of(origin).unwrap_or(NO_ORIGIN)
+}
+
 impl H {
-    /// A response fitting `req`, built from the fuzz bytes.
-    pub(crate) fn answer(&mut self, r: &mut R, req: &Request) -> Response {
-        match *req {
-            Request::Range { origin, from, to } => {
+    /// A response fitting `req`, built from the fuzz bytes, as peer
+    /// `responder` answers it.
+    pub(crate) fn answer(&mut self, r: &mut R, req: &Request, responder: Pe) -> Response {
+        match req {
+            &Request::Range { origin, from, to } => {
+                let x = peer_of(&origin);
+                let how = How(r.u8());
                 let back = u64::from(r.u8() % 3).min(from);
-                let first_seq = from - back;
-                let n = (u64::from(r.u8() % 24)).min(to - first_seq) as usize;
-                let (codes, payloads) = r.codes(n);
-                Response::Range {
-                    origin,
-                    first_seq,
-                    codes: Blob(codes),
-                    payloads: payloads.iter().map(|p| Blob(p.to_vec())).collect(),
+                let k = 1 + r.u8() % 3;
+                let mut at = from - back;
+                let mut batches = Vec::new();
+                for i in 0..k {
+                    if i > 0 && at >= to {
+                        break;
+                    }
+                    let n = usize::from(r.u8() % 24);
+                    let (codes, payloads) = if how.from_input() {
+                        r.codes(n)
+                    } else {
+                        honest(x, at, n)
+                    };
+                    let sig = how.sign(x, at, &codes, &hashes(&payloads));
+                    batches.push(Batch {
+                        first_seq: at,
+                        codes: Blob(codes),
+                        payloads: payloads.iter().map(|p| Blob(p.to_vec())).collect(),
+                        sig: Blob(sig.to_vec()),
+                    });
+                    at += n as u64;
+                    if n == 0 {
+                        break;
+                    }
                 }
+                if !how.good(x) {
+                    self.forgers.insert(responder);
+                } else if how.from_input() {
+                    self.equivocated.insert(origin);
+                }
+                Response::Range { origin, batches }
             }
-            Request::Delta { origin, seq } => {
+            &Request::Delta { origin, seq } => {
                 let b = r.u8();
                 let data = match (b % 4, self.announced.get(&(origin, seq))) {
                     (0 | 1, Some(p)) => p.clone(),
@@ -46,10 +76,19 @@ impl H {
                     data: Blob(data),
                 }
             }
-            Request::Offer => {
-                let vv: VersionVector = r.vv().into_iter().collect();
-                let d = r.u8();
-                let s = make_snapshot(r, &vv, [d; 32]);
+            Request::Offer { at } => {
+                let b = r.u8();
+                let vv: VersionVector = if !at.is_empty() && b & 1 == 0 {
+                    at.iter().copied().collect()
+                } else {
+                    r.vv().into_iter().collect()
+                };
+                let digest = if b & 2 == 0 {
+                    digest_of(&vv, 0)
+                } else {
+                    [r.u8(); 32]
+                };
+                let s = make_snapshot(r, &vv, digest);
                 self.offered.insert(s.id, s.chunks.clone());
                 Response::Offer {
                     id: s.id,
@@ -59,7 +98,7 @@ impl H {
                     hashes: Blob(s.hashes.concat()),
                 }
             }
-            Request::Chunk { id, index } => {
+            &Request::Chunk { id, index } => {
                 let b = r.u8();
                 let mut data = self
                     .offered
@@ -79,11 +118,73 @@ impl H {
                     data: Blob(data),
                 }
             }
+            Request::Fingerprints => {
+                // The node's own log's fingerprints (a peer holding the same),
+                // the first one altered or one past what the node holds.
+                let b = r.u8();
+                let log = self.core.log();
+                let mut heads: Vec<(Origin, u64, Blob)> = log
+                    .heads()
+                    .filter(|&(_, n)| n > 0)
+                    .take(4)
+                    .map(|(o, n)| {
+                        let n = n + u64::from(b & 2 != 0);
+                        let f = log.fingerprint(o, n).unwrap_or([b; 32]);
+                        (*o, n, Blob(f.to_vec()))
+                    })
+                    .collect();
+                if b & 1 != 0 {
+                    if let Some((_, _, f)) = heads.first_mut() {
+                        f.0[0] ^= 1;
+                    }
+                }
+                Response::Fingerprints { heads }
+            }
         }
     }
 
+    /// The compute side installs the snapshot of `vv`: the snapshot's log of
+    /// each origin (its honest history from seq 0, signed in batches; exactly
+    /// to `vv`, to the end of a batch past it, short of it, or with a forged
+    /// batch), of which it keeps the verified prefix, as `Trainer::install`.
+    fn installed(&mut self, r: &mut R, vv: VersionVector) -> Vec<Segment> {
+        let mut segs = Vec::new();
+        for (&o, &n) in &vv {
+            let x = peer_of(&o);
+            let k = r.u8();
+            let len = match k % 4 {
+                1 => n.saturating_add(1 + u64::from(k >> 2) % 4),
+                2 => n.saturating_sub(1 + u64::from(k >> 2) % 4),
+                _ => n,
+            }
+            .min(1 << 12);
+            let step = 1 + u64::from(k >> 4) % 8;
+            let forged = (k % 4 == 3).then_some(u64::from(k >> 2) % 4);
+            let (codes, payloads) = honest(x, 0, len as usize);
+            let mut seg = Segment::new(o, 0, codes, payloads);
+            let mut at = 0;
+            let mut i = 0;
+            while at < len {
+                let end = (at + step).min(len);
+                let c = &seg.codes[at as usize..end as usize];
+                let before = seg.codes[..at as usize].iter().filter(|&&c| c == DELTA).count();
+                let m = c.iter().filter(|&&c| c == DELTA).count();
+                let h = hashes(&seg.payloads[before..before + m]);
+                let mut a = signer_of(x).sign(at, c, &h);
+                if forged == Some(i) {
+                    a.sig[0] ^= 1;
+                }
+                seg.attests.push(a);
+                at = end;
+                i += 1;
+            }
+            segs.push(log::verified_prefix(&RUN, &seg));
+        }
+        segs
+    }
+
     pub(crate) fn op(&mut self, r: &mut R) {
-        match r.u8() % 16 {
+        match r.u8() % 17 {
             0 | 1 => {
                 let b = r.u8();
                 let dt = if b < 200 {
@@ -101,8 +202,9 @@ impl H {
                     Some(Topic::Updates),
                     Some(Topic::Status),
                     Some(Topic::Deltas),
+                    Some(Topic::Proofs),
                     None,
-                ][usize::from(r.u8() % 4)];
+                ][usize::from(r.u8() % 5)];
                 let n = usize::from(r.u8());
                 let data = r.bytes(n);
                 self.gossip(from, source, topic, data);
@@ -110,14 +212,27 @@ impl H {
             3 => {
                 let from = r.peer();
                 let source = r.source();
+                let how = How(r.u8());
                 let first = u64::from(r.u8());
                 let n = usize::from(r.u8() % 32);
-                let codes = r.bytes(n);
+                let x = source.map_or(1, |p| p.0);
+                let codes = if how.from_input() {
+                    r.bytes(n)
+                } else {
+                    // The honest one-byte updates from `first`, up to the
+                    // next delta update (announced on its own).
+                    let (c, _) = honest(x, first, n);
+                    c.into_iter().take_while(|&c| c != DELTA).collect()
+                };
+                if how.from_input() && how.good(x) && !codes.contains(&DELTA) {
+                    self.equivocated.insert(origin_of(x));
+                }
+                let sig = how.sign(x, first, &codes, &[]);
                 self.gossip(
                     from,
                     source,
                     Some(Topic::Updates),
-                    wire::encode_updates(first, &codes),
+                    wire::encode_updates(first, &sig, &codes),
                 );
             }
             4 => {
@@ -125,9 +240,25 @@ impl H {
                 let from = source.filter(|p| *p != ME).unwrap_or_else(|| r.peer());
                 let vv = r.vv();
                 let d = r.u8();
-                let digest = if d == 0 { self.digest } else { [d; 32] };
+                let digest = match d {
+                    0 => self.digest(),
+                    1 => digest_of(&vv.iter().copied().collect(), 0),
+                    _ => [d; 32],
+                };
                 let flags = r.u8();
                 let loss = [f32::NAN, 0.5, 0.0, f32::INFINITY][usize::from(flags >> 4) % 4];
+                // Stamps count up per peer; bit 3 replays the last one,
+                // bit 6 starts a new epoch (a restart).
+                let key = source.unwrap_or(from);
+                let last = self.stamps.get(&key).copied().unwrap_or((1, 0));
+                let stamp = if flags & 8 != 0 {
+                    last
+                } else if flags & 0x40 != 0 {
+                    (last.0 + 1, 0)
+                } else {
+                    (last.0, last.1 + 1)
+                };
+                self.stamps.insert(key, stamp);
                 let hb = Heartbeat {
                     vv,
                     digest,
@@ -136,28 +267,42 @@ impl H {
                     loss,
                     backlog: if flags & 4 != 0 { u64::from(r.u8()) } else { 0 },
                     mode: Default::default(),
+                    epoch: stamp.0,
+                    counter: stamp.1,
                 };
                 self.gossip(from, source, Some(Topic::Status), hb.encode());
             }
             5 => {
                 let from = r.peer();
                 let source = r.source();
+                let how = How(r.u8());
                 let seq = u64::from(r.u8());
                 let b = r.u8();
-                let payload = if b & 0x10 == 0 {
-                    deltas()[usize::from(b) % 4].to_vec()
+                let x = source.map_or(1, |p| p.0);
+                let (seq, payload) = if !how.from_input() {
+                    // The honest delta update at or after `seq`.
+                    let seq = seq | 15;
+                    (seq, crate::input::honest_payload(x, seq).to_vec())
+                } else if b & 0x10 == 0 {
+                    (seq, deltas()[usize::from(b) % 4].to_vec())
                 } else {
                     let n = usize::from(r.u8() % 64);
-                    r.bytes(n)
+                    (seq, r.bytes(n))
                 };
                 let mut h = hash(&payload);
                 if b & 0x20 != 0 {
                     h[0] ^= 1;
                 }
+                // A true signature over another payload hash than the
+                // honest one is an equivocation too.
+                if how.good(x) && (how.from_input() || b & 0x20 != 0) {
+                    self.equivocated.insert(origin_of(x));
+                }
                 let a = DeltaAnnounce {
                     seq,
                     len: payload.len() as u32,
                     hash: h,
+                    sig: how.sign(x, seq, &[DELTA], &[h]),
                 };
                 if let Some(o) = source.and_then(|p| proto::Peer::origin(&p)) {
                     self.announced.insert((o, seq), payload);
@@ -166,14 +311,30 @@ impl H {
             }
             6 => {
                 let from = r.peer();
-                let req = match r.u8() % 4 {
+                let req = match r.u8() % 5 {
                     0 => {
                         let origin = r.origin();
                         let from = u64::from(r.u8());
                         let to = from + u64::from(r.u8());
                         Request::Range { origin, from, to }
                     }
-                    1 => Request::Offer,
+                    1 => {
+                        // Of the current state, a state from the input, the
+                        // node's applied state, or a little before it.
+                        let a = r.u8();
+                        let at = match a % 4 {
+                            0 => Vec::new(),
+                            1 => r.vv(),
+                            2 => self.applied.iter().map(|(o, n)| (*o, *n)).collect(),
+                            _ => self
+                                .applied
+                                .iter()
+                                .map(|(o, n)| (*o, n.saturating_sub(u64::from(r.u8() % 4))))
+                                .filter(|(_, n)| *n > 0)
+                                .collect(),
+                        };
+                        Request::Offer { at }
+                    }
                     2 => {
                         let b = r.u8();
                         let id = match self.served.iter().rev().nth(usize::from(b % 4)) {
@@ -185,10 +346,11 @@ impl H {
                             index: u32::from(r.u8() % 4),
                         }
                     }
-                    _ => Request::Delta {
+                    3 => Request::Delta {
                         origin: r.origin(),
                         seq: u64::from(r.u8()),
                     },
+                    _ => Request::Fingerprints,
                 };
                 self.request(from, req);
             }
@@ -210,11 +372,14 @@ impl H {
                     3 => {
                         let n = usize::from(r.u8());
                         match cbor::<Response>(&r.bytes(n)) {
-                            Some(resp) => resp,
+                            Some(resp) => {
+                                self.forgers.insert(from);
+                                resp
+                            }
                             None => Response::Refused("undecodable".into()),
                         }
                     }
-                    _ => self.answer(r, &req),
+                    _ => self.answer(r, &req, from),
                 };
                 self.closed(tag);
                 self.input(Input::Response {
@@ -252,45 +417,54 @@ impl H {
                 let b = r.u8();
                 self.training_done |= b & 1 != 0;
                 if b & 2 != 0 {
-                    self.digest = [r.u8(); 32];
+                    self.salt = r.u8();
                 }
                 self.loss = [f32::NAN, 1.5, 0.25, 0.0][usize::from(b >> 2) % 4];
                 let st = self.state();
                 self.input(Input::State(Box::new(st)));
             }
             13 => {
-                if self.make_pending {
-                    self.make_pending = false;
-                    let vv = self.applied.clone();
-                    let s = make_snapshot(r, &vv, self.digest);
-                    self.served.push(s.id);
-                    self.input(Input::Snapshot(Arc::new(s)));
-                } else if self.install.take().is_some() {
+                if let Some(made) = self.make_pending.take() {
+                    let b = r.u8();
+                    match made {
+                        Ok(vv) if b & 0x80 == 0 => {
+                            let s = make_snapshot(r, &vv, digest_of(&vv, self.salt));
+                            self.served.push(s.id);
+                            self.input(Input::Snapshot(Arc::new(s)));
+                        }
+                        Ok(_) => self.input(Input::SnapshotFailed("out of memory".into())),
+                        Err(why) => self.input(Input::SnapshotFailed(why)),
+                    }
+                } else if let Some(vv) = self.install.take() {
                     let b = r.u8();
                     let result = if b & 1 == 0 {
-                        let n = r.u8() % 4;
-                        let mut segs: BTreeMap<Origin, Segment> = BTreeMap::new();
-                        for _ in 0..n {
-                            let origin = r.origin();
-                            let len = usize::from(r.u8() % 16);
-                            let (codes, payloads) = r.codes(len);
-                            segs.insert(
-                                origin,
-                                Segment {
-                                    origin,
-                                    first_seq: 0,
-                                    codes,
-                                    payloads,
-                                },
-                            );
+                        let segs = self.installed(r, vv.clone());
+                        // The compute side installed the snapshot's state and
+                        // persisted the verified log.
+                        self.applied = vv.clone();
+                        self.applied.retain(|_, n| *n > 0);
+                        self.installed = self.applied.clone();
+                        self.persisted.clear();
+                        self.hist.clear();
+                        for s in &segs {
+                            self.persisted.insert(s.origin, s.end());
+                            let h = self.hist.entry(s.origin).or_default();
+                            let mut k = 0;
+                            for (i, &c) in s.codes.iter().enumerate() {
+                                let ph = (c == DELTA).then(|| {
+                                    k += 1;
+                                    hash(&s.payloads[k - 1])
+                                });
+                                h.set(i as u64, c, ph);
+                            }
+                            for a in &s.attests {
+                                h.cover(a.first_seq, a.end());
+                            }
                         }
-                        let segs: Vec<Segment> = segs.into_values().collect();
-                        // The compute side installed the snapshot's state.
-                        self.applied = segs.iter().map(|s| (s.origin, s.end())).collect();
                         if let Some(n) = self.applied.get(&self.own) {
                             self.own_next = self.own_next.max(*n);
                         }
-                        Ok(segs)
+                        Ok((vv, segs))
                     } else {
                         Err("cannot install".to_string())
                     };
@@ -301,7 +475,60 @@ impl H {
                 let p = Pe(r.u8() % PEERS);
                 self.input(Input::Forget(p));
             }
-            _ => self.input(Input::Leave),
+            15 => self.input(Input::Leave),
+            _ => {
+                let from = r.peer();
+                let x = r.u8() % PEERS;
+                let m = r.u8();
+                let first = u64::from(r.u8());
+                let n = 1 + usize::from(r.u8() % 8);
+                let data = if m % 4 == 3 {
+                    let len = usize::from(r.u8());
+                    r.bytes(len)
+                } else {
+                    self.proof(x, m, first, n).encode()
+                };
+                self.gossip(from, Some(from), Some(Topic::Proofs), data);
+            }
         }
+    }
+
+    /// A proof against peer `x`: its honest batch `[first, first + n)` and
+    /// another one (shifted by `m >> 4 & 3`) with one update changed (`m % 4`
+    /// 0), none changed (1: no conflict), or changed but badly signed (2).
+    fn proof(&mut self, x: u8, m: u8, first: u64, n: usize) -> Proof {
+        let origin = origin_of(x);
+        let signed = |first: u64, codes: Vec<u8>, hashes: Vec<[u8; 32]>| SignedBatch {
+            attest: signer_of(x).sign(first, &codes, &hashes),
+            codes,
+            hashes,
+        };
+        let (ca, pa) = honest(x, first, n);
+        let a = signed(first, ca, hashes(&pa));
+        let shift = u64::from(m >> 4) % 4;
+        let fb = first + shift;
+        let (mut cb, pb) = honest(x, fb, n);
+        let mut hb = hashes(&pb);
+        if m % 4 != 1 {
+            let overlap = (n as u64).saturating_sub(shift).max(1) as usize;
+            let i = usize::from(m >> 2) % overlap;
+            if cb[i] == DELTA {
+                let k = cb[..i].iter().filter(|&&c| c == DELTA).count();
+                hb[k][0] ^= 1;
+            } else {
+                cb[i] ^= 1;
+                if cb[i] == DELTA {
+                    cb[i] = 0x01;
+                }
+            }
+        }
+        let mut b = signed(fb, cb, hb);
+        if m % 4 == 2 {
+            b.attest.sig[0] ^= 1;
+        }
+        if m % 4 == 0 && x != NO_ORIGIN {
+            self.equivocated.insert(origin);
+        }
+        Proof { origin, a, b }
     }
 }
