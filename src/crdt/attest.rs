@@ -52,7 +52,7 @@ impl std::fmt::Debug for Attest {
 impl Attest {
     /// One past the batch's last seq.
     pub fn end(&self) -> u64 {
-        self.first_seq + u64::from(self.len)
+        self.first_seq.saturating_add(u64::from(self.len))
     }
 }
 

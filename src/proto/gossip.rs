@@ -176,8 +176,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if news {
             tracing::warn!(origin = %proof.origin.short(), from, "proof of equivocation received: origin excluded from this seq on");
             self.log.drop_pending(&proof.origin);
-            self.delta_waits
-                .retain(|(o, s), _| *o != proof.origin || *s < from);
+            self.drop_delta_waits(&proof.origin, from);
             self.proof_sent.insert(proof.origin, now);
             self.event(Event::Excluded(proof.origin, from));
             self.emit(Output::Excluded {

@@ -294,6 +294,13 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         });
         if let Some((origin, from, to)) = back {
             let mut seg = self.log.segment(&origin, from, to);
+            if seg.end() != to {
+                // Installed with a snapshot, never held one by one: there is
+                // nothing to subtract them with (see the README's limits).
+                tracing::error!(origin = %origin.short(), from, to, held = seg.end(), "cannot take back updates of an excluded origin this node never held; its state now differs");
+                self.delivered.insert(origin, from);
+                return self.next_apply(max);
+            }
             seg.attests.clear();
             seg.op = Op::Retract;
             if from == 0 {
@@ -606,11 +613,14 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         let ok = r.is_ok();
         match r {
             Ok((vv, segments)) => {
+                let mut stored: HashMap<Origin, u64> = HashMap::new();
                 for s in segments {
-                    self.store_signed_prefix(&s);
+                    let at = self.store_signed_prefix(now, &s);
+                    stored.insert(s.origin, at);
                 }
                 for (o, &n) in &vv {
-                    let kept = self.log.next_seq(o);
+                    // What the compute side persisted: the verified prefix.
+                    let kept = stored.get(o).copied().unwrap_or(0);
                     if kept < n {
                         tracing::info!(
                             origin = %o.short(),
@@ -635,7 +645,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// the compute side kept only its verified prefix,
     /// [`crate::crdt::log::verified_prefix`]); returns one past the last seq
     /// stored.
-    fn store_signed_prefix(&mut self, s: &Segment) -> u64 {
+    fn store_signed_prefix(&mut self, now: Instant, s: &Segment) -> u64 {
         let mut at = 0u64;
         for a in &s.attests {
             if a.first_seq > at || a.end() <= at || a.end() > s.end() {
@@ -653,6 +663,19 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             let Some(payloads) = s.payloads.get(before..before + n) else {
                 break;
             };
+            // What gossip brought while joining may contradict it.
+            let Some(hashes) = attest::payload_hashes(codes, payloads) else {
+                break;
+            };
+            if let Some(c) = self.log.conflict(&s.origin, a.first_seq, codes, &hashes) {
+                let incoming = SignedBatch {
+                    attest: *a,
+                    codes: codes.to_vec(),
+                    hashes,
+                };
+                self.on_conflict(now, s.origin, c.with, incoming);
+                break;
+            }
             if let Err(e) = self
                 .log
                 .insert_signed(s.origin, a.first_seq, codes, payloads, Some(*a))
@@ -681,8 +704,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
         tracing::warn!(origin = %origin.short(), from, "origin signed conflicting updates: excluded from this seq on");
         self.log.drop_pending(&origin);
-        self.delta_waits
-            .retain(|(o, s), _| *o != origin || *s < from);
+        self.drop_delta_waits(&origin, from);
         self.event(Event::Excluded(origin, from));
         self.emit(Output::Excluded {
             origin,
@@ -731,6 +753,26 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.exclude(now, origin, from, proof.encode());
             }
             Err(e) => tracing::debug!(error = %e, "no proof from a conflict"),
+        }
+    }
+
+    /// Drops the delta fetches of `origin` from seq `from` on (excluded),
+    /// judging their announcements: ignored.
+    pub(super) fn drop_delta_waits(&mut self, origin: &Origin, from: u64) {
+        let gone: Vec<(Origin, u64)> = self
+            .delta_waits
+            .keys()
+            .filter(|(o, s)| o == origin && *s >= from)
+            .copied()
+            .collect();
+        for k in gone {
+            if let Some(w) = self.delta_waits.remove(&k) {
+                self.emit(Output::Verdict {
+                    id: w.id,
+                    from: w.from,
+                    verdict: Verdict::Ignore,
+                });
+            }
         }
     }
 

@@ -326,7 +326,11 @@ impl Log {
     /// (this node's own batches, signed when published); ignored unless it
     /// extends the signed frontier and the codes are held.
     pub fn attest(&mut self, origin: Origin, attest: Attest) {
-        if attest.end() > self.next_seq(&origin) || attest.len == 0 {
+        let fits = attest
+            .first_seq
+            .checked_add(u64::from(attest.len))
+            .is_some_and(|end| end <= self.next_seq(&origin));
+        if !fits || attest.len == 0 {
             return;
         }
         let a = self.attests.entry(origin).or_default();
@@ -552,11 +556,10 @@ impl Log {
     pub fn segment(&self, origin: &Origin, from: u64, to: u64) -> Segment {
         let codes = self.range(origin, from, to).to_vec();
         let end = from + codes.len() as u64;
-        let attests = self
-            .attests
-            .get(origin)
-            .map(|a| a.range(from + 1..=end).map(|(_, a)| *a).collect())
-            .unwrap_or_default();
+        let attests = match self.attests.get(origin) {
+            Some(a) if end > from => a.range(from + 1..=end).map(|(_, a)| *a).collect(),
+            _ => Vec::new(),
+        };
         Segment {
             origin: *origin,
             first_seq: from,
@@ -942,5 +945,32 @@ mod tests {
         std::fs::write(&path, b"hello world, not a log at all, certainly not one").unwrap();
         let err = Store::open(&path, RunId([1; 32])).unwrap_err().to_string();
         assert!(err.contains("bad header"), "{err}");
+    }
+
+    #[test]
+    fn segments_past_what_is_held_and_overflowing_signatures_never_panic() {
+        // Found by the proto fuzz target: a segment asked past the held end
+        // of a signed origin, and a signature record whose range overflows.
+        let mut log = Log::in_memory(RunId([0; 32]));
+        let o = Origin([1; 32]);
+        log.insert(o, 0, &[1, 2, 3]).unwrap();
+        let a = Attest {
+            first_seq: 0,
+            len: 3,
+            sig: [0; 64],
+        };
+        log.attest(o, a);
+        assert_eq!(log.signed_through(&o), 3);
+        let seg = log.segment(&o, 5, 9);
+        assert!(seg.codes.is_empty() && seg.attests.is_empty());
+        log.attest(
+            o,
+            Attest {
+                first_seq: u64::MAX,
+                len: 2,
+                sig: [0; 64],
+            },
+        );
+        assert_eq!(log.signed_through(&o), 3);
     }
 }
