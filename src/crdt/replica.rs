@@ -367,17 +367,7 @@ impl Replica {
                 });
             }
             *n += 1;
-            if u.code == crate::crdt::log::DELTA {
-                let bad = |reason: String| Error::BadDelta {
-                    origin: u.origin.short(),
-                    seq: u.seq,
-                    reason,
-                };
-                let p = payload(&u.origin, u.seq).ok_or_else(|| bad("payload missing".into()))?;
-                sparse.extend(self.decode_delta(&p).map_err(bad)?);
-            } else if u.code & 0x7f != 0 {
-                fresh.push(*u);
-            }
+            self.collect(u, payload, &mut fresh, &mut sparse)?;
         }
         let count = next.values().sum::<u64>() - self.vv.values().sum::<u64>();
         self.contribute(&fresh, &sparse, false);
@@ -409,17 +399,7 @@ impl Replica {
                 });
             }
             e.1 += 1;
-            if u.code == crate::crdt::log::DELTA {
-                let bad = |reason: String| Error::BadDelta {
-                    origin: u.origin.short(),
-                    seq: u.seq,
-                    reason,
-                };
-                let p = payload(&u.origin, u.seq).ok_or_else(|| bad("payload missing".into()))?;
-                sparse.extend(self.decode_delta(&p).map_err(bad)?);
-            } else if u.code & 0x7f != 0 {
-                fresh.push(*u);
-            }
+            self.collect(u, payload, &mut fresh, &mut sparse)?;
         }
         for (o, &(from, end)) in &tails {
             let n = self.vv.get(o).copied().unwrap_or(0);
@@ -445,6 +425,30 @@ impl Replica {
         }
         self.applied -= count;
         Ok(count as usize)
+    }
+
+    /// Sorts one update into what it contributes: a one-byte update with a
+    /// non-zero code into `fresh`, a delta's decoded contributions into
+    /// `sparse` (its payload from `payload`).
+    fn collect(
+        &self,
+        u: &Update,
+        payload: &dyn Fn(&Origin, u64) -> Option<crate::crdt::log::Payload>,
+        fresh: &mut Vec<Update>,
+        sparse: &mut Vec<SparseContribution>,
+    ) -> Result<(), Error> {
+        if u.code == crate::crdt::log::DELTA {
+            let bad = |reason: String| Error::BadDelta {
+                origin: u.origin.short(),
+                seq: u.seq,
+                reason,
+            };
+            let p = payload(&u.origin, u.seq).ok_or_else(|| bad("payload missing".into()))?;
+            sparse.extend(self.decode_delta(&p).map_err(bad)?);
+        } else if u.code & 0x7f != 0 {
+            fresh.push(*u);
+        }
+        Ok(())
     }
 
     /// Adds (or, with `negate`, subtracts) the contributions of one-byte

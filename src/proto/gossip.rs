@@ -169,22 +169,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return Some(Verdict::Reject);
         }
         if proof.origin == self.settings.signer.origin() {
-            self.exclude(now, proof.origin, from, data.to_vec());
+            self.exclude(now, proof.origin, from, data.to_vec(), false);
             return Some(Verdict::Accept);
         }
-        let news = self.log.exclude(proof.origin, from, data.to_vec());
-        if news {
-            tracing::warn!(origin = %proof.origin.short(), from, "proof of equivocation received: origin excluded from this seq on");
-            self.log.drop_pending(&proof.origin);
-            self.drop_delta_waits(&proof.origin, from);
-            self.proof_sent.insert(proof.origin, now);
-            self.event(Event::Excluded(proof.origin, from));
-            self.emit(Output::Excluded {
-                origin: proof.origin,
-                from,
-                proof: data.to_vec(),
-            });
-        }
+        let news = self.exclude(now, proof.origin, from, data.to_vec(), false);
         Some(if news {
             Verdict::Accept
         } else {

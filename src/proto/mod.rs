@@ -58,11 +58,33 @@ struct DeltaWait<P, M> {
     sig: [u8; attest::SIG_LEN],
 }
 
-/// Per-origin token bucket over updates.
+/// A token bucket (burst of two seconds).
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
     at: Instant,
+}
+
+impl Bucket {
+    /// A full bucket for `rate` per second.
+    fn full(rate: f64, now: Instant) -> Self {
+        Self {
+            tokens: 2.0 * rate,
+            at: now,
+        }
+    }
+
+    /// Refills at `rate` per second, then takes `n` tokens if it holds them.
+    fn take(&mut self, now: Instant, rate: f64, n: f64) -> bool {
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate)
+            .min(2.0 * rate);
+        self.at = now;
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
 }
 
 /// Payload bytes a range response carries at most (beyond its first delta).
@@ -247,15 +269,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 // Refuse the first waiting request's state; the rest go on.
                 if let Some((target, _)) = self.offer_waiting.first() {
                     let target = target.clone();
-                    let waiting = std::mem::take(&mut self.offer_waiting);
-                    for (t, channel) in waiting {
-                        if t == target {
-                            let response = wire::Response::Refused(why.clone());
-                            self.emit(Output::Respond { channel, response });
-                        } else {
-                            self.offer_waiting.push((t, channel));
-                        }
-                    }
+                    self.refuse_offers(&target, &why);
                 }
                 self.serve_snapshots(now);
             }
@@ -293,7 +307,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             (d > from && *o != own).then_some((*o, from, d))
         });
         if let Some((origin, from, to)) = back {
-            let mut seg = self.log.segment(&origin, from, to);
+            let seg = self.log.retraction(&origin, from, to);
             if seg.end() != to {
                 // Installed with a snapshot, never held one by one: there is
                 // nothing to subtract them with (see the README's limits).
@@ -301,8 +315,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.delivered.insert(origin, from);
                 return self.next_apply(max);
             }
-            seg.attests.clear();
-            seg.op = Op::Retract;
             if from == 0 {
                 self.delivered.remove(&origin);
             } else {
@@ -690,7 +702,15 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// Excludes `origin` from `from` on (a checked proof); publishes the
     /// proof when it is news. Returns whether it was.
-    fn exclude(&mut self, now: Instant, origin: Origin, from: u64, proof: Vec<u8>) -> bool {
+    /// (`publish` false: the proof came by gossip and is forwarded as it is.)
+    fn exclude(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        from: u64,
+        proof: Vec<u8>,
+        publish: bool,
+    ) -> bool {
         if origin == self.settings.signer.origin() {
             tracing::error!(
                 from,
@@ -711,7 +731,11 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             from,
             proof: proof.clone(),
         });
-        self.publish_proof(now, origin, proof);
+        if publish {
+            self.publish_proof(now, origin, proof);
+        } else {
+            self.proof_sent.insert(origin, now);
+        }
         true
     }
 
@@ -750,7 +774,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         };
         match proof.check(&self.log.run()) {
             Ok(from) => {
-                self.exclude(now, origin, from, proof.encode());
+                self.exclude(now, origin, from, proof.encode(), true);
             }
             Err(e) => tracing::debug!(error = %e, "no proof from a conflict"),
         }
@@ -835,18 +859,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.prune_buckets(now);
         }
         let rate = REQUESTS_PER_SECOND;
-        let b = self.request_buckets.entry(peer.clone()).or_insert(Bucket {
-            tokens: 2.0 * rate,
-            at: now,
-        });
-        b.tokens =
-            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
-        b.at = now;
-        if b.tokens < n {
-            return false;
-        }
-        b.tokens -= n;
-        true
+        self.request_buckets
+            .entry(peer.clone())
+            .or_insert_with(|| Bucket::full(rate, now))
+            .take(now, rate, n)
     }
 
     /// Forgets buckets that refilled (idle at least their burst time):
@@ -877,18 +893,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// Takes `n` tokens from `origin`'s bucket (burst of two seconds).
     fn take_tokens(&mut self, now: Instant, origin: Origin, n: f64) -> bool {
         let rate = self.settings.max_rate;
-        let b = self.buckets.entry(origin).or_insert(Bucket {
-            tokens: 2.0 * rate,
-            at: now,
-        });
-        b.tokens =
-            (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(2.0 * rate);
-        b.at = now;
-        if b.tokens < n {
-            return false;
-        }
-        b.tokens -= n;
-        true
+        self.buckets
+            .entry(origin)
+            .or_insert_with(|| Bucket::full(rate, now))
+            .take(now, rate, n)
     }
 
     /// Stores a batch (with the payloads of its delta updates); returns how

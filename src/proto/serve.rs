@@ -131,23 +131,24 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         } else {
             match self.retraction_to(&target) {
                 Ok(r) => r,
-                Err(why) => {
-                    // Refuse every request for this state.
-                    let waiting = std::mem::take(&mut self.offer_waiting);
-                    for (t, channel) in waiting {
-                        if t == target {
-                            let response = wire::Response::Refused(why.clone());
-                            self.emit(Output::Respond { channel, response });
-                        } else {
-                            self.offer_waiting.push((t, channel));
-                        }
-                    }
-                    return;
-                }
+                Err(why) => return self.refuse_offers(&target, &why),
             }
         };
         self.snapshot_inflight = true;
         self.emit(Output::MakeSnapshot { target, retract });
+    }
+
+    /// Refuses every offer request waiting for `target`.
+    pub(super) fn refuse_offers(&mut self, target: &VersionVector, why: &str) {
+        let waiting = std::mem::take(&mut self.offer_waiting);
+        for (t, channel) in waiting {
+            if &t == target {
+                let response = wire::Response::Refused(why.to_string());
+                self.emit(Output::Respond { channel, response });
+            } else {
+                self.offer_waiting.push((t, channel));
+            }
+        }
     }
 
     /// The applied tails to subtract to get from the replica's state to
@@ -162,12 +163,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         for (o, &have) in &self.delivered {
             let want = target.get(o).copied().unwrap_or(0);
             if have > want {
-                let mut seg = self.log.segment(o, want, have);
+                let seg = self.log.retraction(o, want, have);
                 if seg.end() != have {
                     return Err("log does not hold what is applied".into());
                 }
-                seg.attests.clear();
-                seg.op = Op::Retract;
                 out.push(seg);
             }
         }

@@ -570,6 +570,15 @@ impl Log {
         }
     }
 
+    /// The held updates of `origin` in `[from, to)` as a segment to take
+    /// back out of the replica ([`Op::Retract`], no signatures).
+    pub fn retraction(&self, origin: &Origin, from: u64, to: u64) -> Segment {
+        let mut seg = self.segment(origin, from, to);
+        seg.attests.clear();
+        seg.op = Op::Retract;
+        seg
+    }
+
     /// One past the end of the signed batch covering `seq - 1` (so that a
     /// segment ending there carries its signature), or `seq` when none does.
     pub fn batch_end(&self, origin: &Origin, seq: u64) -> u64 {
