@@ -106,6 +106,13 @@ pub struct Manifest {
         skip_serializing_if = "is_default_max_updates_per_origin"
     )]
     pub max_updates_per_origin: u64,
+    /// The run's owner: an ed25519 public key (64 hex digits). When set, the
+    /// run is permissioned: only origins holding the owner's signed
+    /// admission contribute, and the owner may revoke them
+    /// ([`crate::crdt::admit`]). Absent: an open run (left out of the
+    /// canonical manifest, so open runs keep their ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Default of `run.max_updates_per_origin`: 2^24 (16 MiB of codes).
@@ -248,6 +255,10 @@ pub struct NodeSettings {
     pub mode: Mode,
     /// First-order settings (used in that mode).
     pub first_order: FirstOrder,
+    /// Files of the owner's membership records (admissions, revocations)
+    /// this node takes and gossips at start: in a permissioned run, at least
+    /// its own admission (once taken it is kept in the data dir's log).
+    pub records: Vec<String>,
 }
 
 impl Default for NodeSettings {
@@ -272,6 +283,7 @@ impl Default for NodeSettings {
             http: None,
             mode: Mode::ZerothOrder,
             first_order: FirstOrder::default(),
+            records: Vec::new(),
         }
     }
 }
@@ -334,6 +346,9 @@ impl Config {
         }
         if r.trainable.is_empty() || r.trainable.iter().any(|p| p.trim().is_empty()) {
             return Err("run.trainable must list at least one non-empty pattern".into());
+        }
+        if let Some(o) = &r.owner {
+            crate::crdt::admit::Owner::from_hex(o).map_err(|e| format!("run.owner: {e}"))?;
         }
         r.schedule.validate("run.schedule")?;
         r.codec.validate("run.codec")?;
@@ -475,6 +490,14 @@ impl Config {
 }
 
 impl Manifest {
+    /// The run's owner, when it is permissioned (validated by
+    /// [`Config::validate`]; an unparsable key reads as none).
+    pub fn owner(&self) -> Option<crate::crdt::admit::Owner> {
+        self.owner
+            .as_deref()
+            .and_then(|o| crate::crdt::admit::Owner::from_hex(o).ok())
+    }
+
     /// The run id: hash of the canonical manifest and the base model hash.
     pub fn run_id(&self, base_hash: &[u8; 32]) -> RunId {
         let mut h = blake3::Hasher::new();

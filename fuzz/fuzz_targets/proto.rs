@@ -203,6 +203,7 @@ fuzz_target!(|data: &[u8]| {
         settle_timeout: Duration::from_secs(60),
         max_delta_bytes: MAX_DELTA_BYTES,
         max_updates_per_origin: if h2 & 0x08 != 0 { 200 } else { 1 << 24 },
+        owner: None,
         epoch_ms: 1,
         shapes: shapes(),
         drop_incoming: if h0 & 0x20 != 0 { 0.25 } else { 0.0 },

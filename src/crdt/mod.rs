@@ -2,6 +2,7 @@
 //! (same set of updates, same bits), the update log that holds every update
 //! and its file, and snapshots of the replica for joining.
 
+pub mod admit;
 pub mod attest;
 pub mod log;
 pub mod replica;

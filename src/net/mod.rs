@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Protocol name of the sync request-response protocol.
-pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/2";
+pub const SYNC_PROTOCOL: &str = "/seedswarm/sync/3";
 /// Protocol name of the private Kademlia DHT.
 pub const KAD_PROTOCOL: &str = "/seedswarm/kad/1.0.0";
 /// Largest gossip message accepted (bytes).

@@ -9,7 +9,7 @@ use crate::model::Eval;
 use crate::obs::metrics::Series;
 use crate::proto::ComputeState;
 use crate::train::{Made, Session};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as smpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,8 @@ pub(super) enum ToCompute {
     ),
     /// Persist an exclusion (origin, first excluded seq, proof).
     Exclude(crate::zo::seed::Origin, u64, Vec<u8>),
+    /// Persist an owner-signed admission.
+    Admit(crate::crdt::admit::Record),
 }
 
 /// Own updates are made durable (fsync) in groups at most this far apart;
@@ -57,6 +59,9 @@ pub(super) struct Limits {
     pub(super) duration: Option<Duration>,
     /// Opened by the shell when training may start.
     pub(super) gate: Arc<AtomicBool>,
+    /// First own seq that counts nowhere (the admission's end, or a
+    /// revocation of this node): no own update is made from there.
+    pub(super) own_cap: Arc<AtomicU64>,
 }
 
 /// Runs until the shell drops its sender; returns the final evaluation.
@@ -136,6 +141,12 @@ pub(super) fn run(
                         return session.last_eval();
                     }
                 }
+                Ok(ToCompute::Admit(record)) => {
+                    if let Err(e) = session.admit(&record) {
+                        fail(&tx, e.to_string());
+                        return session.last_eval();
+                    }
+                }
                 Ok(ToCompute::Install(chunks, hashes, vv, digest)) => {
                     let r = session.install(&chunks, &hashes, (&vv, &digest));
                     dirty = true;
@@ -149,7 +160,8 @@ pub(super) fn run(
         }
         if training && open {
             let own = session.trainer().next_seq();
-            let over_count = limits.max_updates.is_some_and(|m| own >= m);
+            let over_count = limits.max_updates.is_some_and(|m| own >= m)
+                || own >= limits.own_cap.load(Ordering::Acquire);
             let over_time = deadline.is_some_and(|d| Instant::now() >= d);
             if over_count || over_time {
                 training = false;

@@ -24,7 +24,7 @@ use libp2p::{Multiaddr, PeerId};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::mpsc as smpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -52,6 +52,16 @@ pub enum Error {
     /// A listen address was refused.
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// A membership record given to the node is unusable.
+    #[error("membership record {path}: {reason}")]
+    Record { path: String, reason: String },
+    /// The run is permissioned and this node holds no admission.
+    #[error(
+        "this node ({peer}) is not admitted to this permissioned run (run.owner is set): \
+         ask the run's owner for an admission (seedswarm admit --owner-key KEY --config CONFIG --peer {peer} --out FILE) \
+         and start with --record FILE (or node.records); with --max-updates 0 it only follows the run"
+    )]
+    NotAdmitted { peer: String },
     /// The compute thread stopped unexpectedly.
     #[error("compute thread failed: {0}")]
     Compute(String),
@@ -99,6 +109,9 @@ pub struct Options {
     pub join: join::Mode,
     /// Distinct peers that must vouch for a snapshot (`node.snapshot_quorum`).
     pub snapshot_quorum: usize,
+    /// Membership records (the owner's admissions and revocations, as
+    /// files) this node takes and gossips at start (`node.records`).
+    pub records: Vec<PathBuf>,
 }
 
 impl Options {
@@ -162,6 +175,7 @@ impl Options {
             http,
             join: join::Mode::Auto,
             snapshot_quorum: n.snapshot_quorum,
+            records: n.records.iter().map(PathBuf::from).collect(),
         })
     }
 }
@@ -303,6 +317,17 @@ impl Node {
         let _ = self.control.send(Control::Block(peers)).await;
     }
 
+    /// Hands the node an owner-signed record (admission or revocation, its
+    /// file's bytes): checked, kept and gossiped. Ok(true) when it was news.
+    pub async fn add_record(&self, bytes: Vec<u8>) -> Result<bool, String> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Record(bytes, tx))
+            .await
+            .map_err(|_| "the node has stopped".to_string())?;
+        rx.await.map_err(|_| "the node has stopped".to_string())?
+    }
+
     /// Lifts a [`Node::block`] and dials the peers again.
     pub async fn unblock(&self, peers: Vec<PeerId>) {
         let _ = self.control.send(Control::Unblock(peers)).await;
@@ -318,6 +343,8 @@ enum Control {
     Unblock(Vec<PeerId>),
     /// Stop at once without announcing anything, as a crash would.
     Crash,
+    /// Take (and gossip) a membership record; answers whether it was news.
+    Record(Vec<u8>, oneshot::Sender<Result<bool, String>>),
 }
 
 /// Builds the swarm, listens, and spawns the shell and the compute thread.
@@ -406,8 +433,28 @@ async fn start(
         shapes: session.trainer().shapes(),
         drop_incoming: opts.drop_incoming,
         mode: cfg.node.mode,
+        owner: cfg.run.owner(),
     };
-    let core = Core::new(settings, log, Instant::now());
+    let mut core = Core::new(settings, log, Instant::now());
+    for path in &opts.records {
+        let bytes = std::fs::read(path).map_err(|e| Error::Record {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let record = crate::crdt::admit::Record::from_file_bytes(&bytes)
+            .and_then(|r| core.add_record(Instant::now(), &r.encode()))
+            .map_err(|reason| Error::Record {
+                path: path.display().to_string(),
+                reason,
+            });
+        record?;
+    }
+    if cfg.run.owner.is_some() && core.own_cap() == 0 && opts.max_updates != Some(0) {
+        return Err(Error::NotAdmitted {
+            peer: peer_id.to_string(),
+        });
+    }
+    let own_cap = Arc::new(AtomicU64::new(core.own_cap()));
     let gate = Arc::new(AtomicBool::new(false));
     let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(64);
     let (compute_tx, from_compute) = mpsc::channel::<FromCompute>(1024);
@@ -416,6 +463,7 @@ async fn start(
         max_updates: opts.max_updates,
         duration: opts.duration,
         gate: gate.clone(),
+        own_cap: own_cap.clone(),
     };
     let compute = std::thread::Builder::new()
         .name("seedswarm-compute".into())
@@ -434,6 +482,7 @@ async fn start(
         to_compute: Some(to_compute),
         queue: VecDeque::new(),
         gate,
+        own_cap,
         done_tx,
         bandwidth,
         metrics,

@@ -22,7 +22,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, request_response, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc as smpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ pub(super) struct Shell {
     /// Work for the compute thread that did not fit its channel yet.
     pub(super) queue: VecDeque<ToCompute>,
     pub(super) gate: Arc<AtomicBool>,
+    /// First own seq that counts nowhere (shared with the compute thread).
+    pub(super) own_cap: Arc<AtomicU64>,
     pub(super) done_tx: mpsc::Sender<Done>,
     pub(super) bandwidth: net::Bandwidth,
     pub(super) metrics: Metrics,
@@ -90,6 +92,14 @@ impl Shell {
                 _ = &mut stop => break,
                 Some(cmd) = control.recv() => match cmd {
                     Control::Crash => { crashed = true; break; }
+                    Control::Record(bytes, answer) => {
+                        let r = self.core.add_record(Instant::now(), &bytes);
+                        while let Some(out) = self.core.poll() {
+                            self.execute(out);
+                        }
+                        self.feed_compute();
+                        let _ = answer.send(r);
+                    }
                     Control::Block(peers) => for p in peers {
                         self.swarm.behaviour_mut().blocked.block_peer(p);
                         self.input(Input::Forget(p));
@@ -227,6 +237,16 @@ impl Shell {
             } => self
                 .queue
                 .push_back(ToCompute::Exclude(origin, from, proof)),
+            Output::Admitted(record) => self.queue.push_back(ToCompute::Admit(record)),
+            Output::OwnCap { end } => {
+                if end < u64::MAX {
+                    tracing::warn!(
+                        end,
+                        "this node's own updates count only below this seq (its admission ends or the owner revoked it): it trains no further"
+                    );
+                }
+                self.own_cap.store(end, Ordering::Release);
+            }
             Output::StartTraining => {
                 tracing::info!(peers = self.core.peers().len(), "training starts");
                 self.gate.store(true, Ordering::Release);

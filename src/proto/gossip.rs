@@ -95,6 +95,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.count("excluded");
             return Some(Verdict::Ignore);
         }
+        // Before any signature check or per-origin state: an origin the
+        // owner did not admit costs nothing.
+        if first >= self.log.admitted_until(&origin) {
+            self.count("not_admitted");
+            return Some(Verdict::Ignore);
+        }
         if !self.take_tokens(now, origin, codes.len() as f64) {
             self.count("over_rate");
             return Some(Verdict::Reject);
@@ -138,8 +144,15 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     }
 
     /// A proof of equivocation: checked, then the origin is excluded
-    /// (forwarded only when it was news).
-    fn on_proof(&mut self, now: Instant, data: &[u8]) -> Option<Verdict> {
+    /// (forwarded only when it was news). The topic also carries the
+    /// owner's membership records ([`crate::crdt::admit`]).
+    pub(super) fn on_proof(&mut self, now: Instant, data: &[u8]) -> Option<Verdict> {
+        if matches!(
+            data.first(),
+            Some(&crate::crdt::admit::ADMISSION | &crate::crdt::admit::REVOCATION)
+        ) {
+            return Some(self.on_record_gossip(now, data));
+        }
         let proof = match Proof::decode(data) {
             Ok(p) => p,
             Err(attest::ProofError::Version(_)) => {
@@ -196,6 +209,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             self.count("banned");
             return Some(Verdict::Ignore);
         }
+        if !self.heartbeat_admitted(now, &source) {
+            return Some(Verdict::Ignore);
+        }
         // An old heartbeat replayed (by anyone: it stays validly signed).
         let stamp = (hb.epoch, hb.counter);
         if self.heard.get(&source).is_some_and(|&last| stamp <= last) {
@@ -233,6 +249,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if hb.leaving {
             self.event(Event::PeerLeft(source.clone()));
         }
+        self.records_for_heartbeat(now, &source, &hb.vv);
         // A peer still counting updates of an excluded origin lacks the proof.
         let stale: Vec<(Origin, Vec<u8>)> = hb
             .vv
@@ -289,6 +306,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
         if self.log.exclusion(&origin).is_some_and(|e| a.seq >= e.from) {
             self.count("excluded");
+            return Some(Verdict::Ignore);
+        }
+        if a.seq >= self.log.admitted_until(&origin) {
+            self.count("not_admitted");
             return Some(Verdict::Ignore);
         }
         if !self.take_tokens(now, origin, 1.0) {

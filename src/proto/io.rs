@@ -31,7 +31,8 @@ pub enum Topic {
     Status,
     /// Delta announcements.
     Deltas,
-    /// Proofs of equivocation.
+    /// Proofs of equivocation and the owner's membership records
+    /// (admissions, revocations).
     Proofs,
 }
 
@@ -104,6 +105,8 @@ pub struct Settings {
     pub max_delta_bytes: usize,
     /// Most updates one origin may contribute (`run.max_updates_per_origin`).
     pub max_updates_per_origin: u64,
+    /// The run's owner (`run.owner`): when set, only admitted origins count.
+    pub owner: Option<crate::crdt::admit::Owner>,
     /// When this node started, in milliseconds of wall-clock time: heartbeats
     /// carry it with a counter, so an old heartbeat replayed by anyone is
     /// told apart from a fresh one (and one after a restart is newer).
@@ -290,6 +293,14 @@ pub enum Output<P, M, C> {
         /// The encoded proof.
         proof: Vec<u8>,
     },
+    /// An owner-signed admission is news: persist it next to the log.
+    Admitted(crate::crdt::admit::Record),
+    /// This node's own updates count only below `end` (its admission ends
+    /// there, or the owner revoked it from there): make none from there on.
+    OwnCap {
+        /// First own seq that counts nowhere.
+        end: u64,
+    },
     /// The node is finished: training over and the swarm agreed, or it waited
     /// `settle_timeout` for that.
     Finished {
@@ -358,6 +369,8 @@ pub struct Stats {
     pub peers_seen: usize,
     /// Origins excluded for equivocation, with the first excluded seq.
     pub excluded: BTreeMap<String, u64>,
+    /// Origins admitted by the run's owner (0 in an open run).
+    pub admitted: usize,
     /// Updates taken out of the replica again by exclusions.
     pub retracted: u64,
     /// Updates dropped from behind gaps (over bounds, or unrepairable).

@@ -26,6 +26,7 @@
 pub mod join;
 pub mod repair;
 
+mod admit;
 mod gossip;
 mod io;
 mod publish;
@@ -155,6 +156,10 @@ pub struct Core<P, M, C> {
     proof_sent: HashMap<Origin, Instant>,
     /// When fingerprints were last asked of each peer.
     fingerprints_asked: HashMap<P, Instant>,
+    /// When records were last asked of each peer (bounded).
+    records_asked: HashMap<P, Instant>,
+    /// Peers asked for records on first meeting them.
+    records_met: usize,
     /// The time of the input being handled.
     now: Instant,
     /// Heartbeats sent since start.
@@ -184,6 +189,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// holds a replica with exactly `log` applied.
     pub fn new(settings: Settings, mut log: Log, now: Instant) -> Self {
         let origin = settings.signer.origin();
+        log.set_owner(settings.owner);
         attest_own(&mut log, &settings.signer);
         let delivered = log.version_vector();
         let join = Join::with_quorum(settings.join, log.is_empty(), now, settings.snapshot_quorum);
@@ -206,6 +212,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             banned: VecDeque::new(),
             proof_sent: HashMap::new(),
             fingerprints_asked: HashMap::new(),
+            records_asked: HashMap::new(),
+            records_met: 0,
             now,
             heartbeats_sent: 0,
             heard: HashMap::new(),
@@ -302,10 +310,11 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return None;
         }
         // An exclusion first takes back what was applied past it.
-        let own = self.settings.signer.origin();
         let back = self.delivered.iter().find_map(|(o, &d)| {
             let from = self.log.exclusion(o)?.from;
-            (d > from && *o != own).then_some((*o, from, d))
+            // Own updates too: only a revocation excludes this node's own
+            // origin, and its compute side applied them when it made them.
+            (d > from).then_some((*o, from, d))
         });
         if let Some((origin, from, to)) = back {
             let seg = self.log.retraction(&origin, from, to);
@@ -369,6 +378,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
         s.peers_seen = self.peers_seen.len();
+        s.admitted = self.log.admissions().len();
         s.excluded = self
             .log
             .exclusions()
@@ -467,12 +477,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
         self.give_up_gaps(now);
         if !self.join.active() {
-            let caps: VersionVector = self
-                .log
-                .exclusions()
-                .iter()
-                .map(|(o, e)| (*o, e.from))
-                .collect();
+            let caps = self.repair_caps();
             let held: VersionVector = self
                 .log
                 .heads()

@@ -7,7 +7,9 @@ use crate::crdt::log::DELTA;
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub(super) fn on_request(&mut self, from: P, request: wire::Request, channel: C) {
         let cost = match &request {
-            wire::Request::Offer { .. } | wire::Request::Fingerprints => COSTLY_REQUEST,
+            wire::Request::Offer { .. } | wire::Request::Fingerprints | wire::Request::Records => {
+                COSTLY_REQUEST
+            }
             _ => 1.0,
         };
         let now = self.now;
@@ -43,6 +45,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                         .collect();
                     wire::Response::Fingerprints { heads }
                 }
+                wire::Request::Records => self.records_response(),
                 wire::Request::Offer { at } => {
                     if self.offer_waiting.len() >= MAX_OFFER_WAITING {
                         wire::Response::Refused("busy".into())
@@ -98,7 +101,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     /// [`RANGE_PAYLOAD_BUDGET`] (the first always fits); nothing that is not
     /// signed by its origin is ever served.
     fn serve_range(&self, origin: Origin, from: u64, to: u64) -> wire::Response {
-        let stop = self.log.exclusion(&origin).map_or(u64::MAX, |e| e.from);
+        // Nothing that counts nowhere (excluded, or not admitted).
+        let stop = self.log.cap(&origin);
         let batches = self
             .log
             .signed_batches(&origin, from, to - from, RANGE_PAYLOAD_BUDGET)
@@ -209,7 +213,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             wire::Request::Offer { .. } => self.join.on_offer_failed(peer),
             wire::Request::Chunk { index, .. } => self.join.on_chunk_failed(peer, *index),
             wire::Request::Delta { origin, seq } => self.on_delta_payload(*origin, *seq, None),
-            wire::Request::Fingerprints => {}
+            wire::Request::Fingerprints | wire::Request::Records => {}
         }
     }
 
@@ -278,6 +282,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                     }
                 }
             }
+            wire::Response::Records { records } => self.on_records(records),
             wire::Response::Refused(reason) => {
                 tracing::debug!(?from, %reason, "sync request refused");
                 self.request_failed(&peer, &req);
@@ -327,11 +332,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.ban(server, "forged_range");
                 return;
             }
-            if self
-                .log
-                .exclusion(&origin)
-                .is_some_and(|e| b.first_seq >= e.from)
-            {
+            if b.first_seq >= self.log.cap(&origin) {
                 break;
             }
             if !self.within_quota(&origin, attest.end()) {

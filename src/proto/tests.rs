@@ -36,6 +36,7 @@ fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
         settle_timeout: Duration::from_secs(60),
         max_delta_bytes: 1 << 20,
         max_updates_per_origin: 1 << 24,
+        owner: None,
         epoch_ms: 1,
         shapes: vec![("w".into(), 8)],
         drop_incoming: 0.0,

@@ -53,8 +53,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
         at
     }
-    /// Excludes `origin` from `from` on (a checked proof); publishes the
-    /// proof when it is news. Returns whether it was.
+    /// Excludes `origin` from `from` on (a checked proof, or the owner's
+    /// revocation); publishes the evidence when it is news. Returns whether
+    /// it was.
     /// (`publish` false: the proof came by gossip and is forwarded as it is.)
     pub(super) fn exclude(
         &mut self,
@@ -64,7 +65,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         proof: Vec<u8>,
         publish: bool,
     ) -> bool {
-        if origin == self.settings.signer.origin() {
+        let revoked = proof.first() == Some(&crate::crdt::admit::REVOCATION);
+        if origin == self.settings.signer.origin() && !revoked {
             tracing::error!(
                 from,
                 "this node's own origin is proven to have signed two different updates for one seq \
@@ -75,7 +77,11 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if !self.log.exclude(origin, from, proof.clone()) {
             return false;
         }
-        tracing::warn!(origin = %origin.short(), from, "origin signed conflicting updates: excluded from this seq on");
+        if revoked {
+            tracing::warn!(origin = %origin.short(), from, "the owner revoked this origin: excluded from this seq on");
+        } else {
+            tracing::warn!(origin = %origin.short(), from, "origin signed conflicting updates: excluded from this seq on");
+        }
         self.log.drop_pending(&origin);
         self.drop_delta_waits(&origin, from);
         self.event(Event::Excluded(origin, from));

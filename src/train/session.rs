@@ -243,6 +243,14 @@ impl Session {
         Ok(())
     }
 
+    /// Persists an owner-signed admission.
+    pub fn admit(&mut self, record: &crate::crdt::admit::Record) -> Result<(), Error> {
+        if let Some(store) = &mut self.store {
+            store.append_admission(record)?;
+        }
+        Ok(())
+    }
+
     /// Makes the log's file durable (own updates before they are published).
     pub fn sync(&mut self) -> Result<(), Error> {
         if let Some(store) = &mut self.store {

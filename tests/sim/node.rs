@@ -102,6 +102,10 @@ pub struct Spec {
     pub min_peers: usize,
     /// Peers that must vouch for a snapshot.
     pub quorum: usize,
+    /// Stops making own updates where its own updates stop counting (its
+    /// admission's end, a revocation), as the node does; false: a peer
+    /// that publishes regardless.
+    pub obey_cap: bool,
 }
 
 impl Default for Spec {
@@ -113,6 +117,7 @@ impl Default for Spec {
             join: join::Mode::Replay,
             min_peers: 0,
             quorum: 2,
+            obey_cap: true,
         }
     }
 }
@@ -123,6 +128,8 @@ pub(crate) struct Disk {
     pub(crate) persisted: Vec<Segment>,
     /// Exclusions persisted next to the log (origin, from, proof).
     pub(crate) exclusions: Vec<(Origin, u64, Vec<u8>)>,
+    /// Admissions persisted next to the log.
+    pub(crate) admissions: Vec<seedswarm::crdt::admit::Record>,
     pub(crate) chunks: HashMap<([u8; 32], u32), Vec<u8>>,
 }
 
@@ -139,6 +146,8 @@ pub struct Node {
     pub(crate) life: u32,
     /// Updates taken back out of the replica (exclusions).
     pub retracted: u64,
+    /// First own seq that counts nowhere ([`proto::Output::OwnCap`]).
+    pub(crate) own_cap: u64,
 }
 
 impl World {
@@ -156,11 +165,15 @@ impl World {
         for (o, from, proof) in &disk.exclusions {
             log.exclude(*o, *from, proof.clone());
         }
+        for a in &disk.admissions {
+            log.admit(*a);
+        }
         let all: Vec<_> = log.updates().collect();
         replica
             .apply_with(&all, &|o, s| log.payload(o, s).cloned())
             .expect("replay");
         let core = Core::new(self.settings(id, &spec), log, self.now());
+        let own_cap = core.own_cap();
         let node = Node {
             core,
             replica,
@@ -172,6 +185,7 @@ impl World {
             rng: Rng::new(u64::from(id.0) * 7919 + u64::from(life)),
             life: life + 1,
             retracted: 0,
+            own_cap,
         };
         self.nodes.insert(id, node);
         self.report(id);
@@ -191,7 +205,7 @@ impl World {
             .get(&origin)
             .copied()
             .unwrap_or(0);
-        if seq >= n.spec.updates {
+        if seq >= n.spec.updates || (n.spec.obey_cap && seq >= n.own_cap) {
             n.done = true;
             let st = state(n);
             n.core.handle(now, Input::State(Box::new(st)));

@@ -110,6 +110,8 @@ pub struct World {
     pub(crate) rules: Rules,
     pub(crate) tensors: Vec<(String, Vec<f32>)>,
     pub(crate) max_delta_bytes: usize,
+    /// The run's owner key, when the run is permissioned.
+    pub(crate) owner: Option<libp2p::identity::ed25519::Keypair>,
 }
 
 pub(crate) const TICK_MS: u64 = 50;
@@ -162,7 +164,41 @@ impl World {
             rules,
             tensors,
             max_delta_bytes: cfg.run.delta.max_bytes,
+            owner: None,
         }
+    }
+
+    /// Makes the run permissioned (before any node is added): only origins
+    /// the owner admits count.
+    pub fn permissioned(mut self) -> Self {
+        let mut seed = [0x0e; 32];
+        let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(&mut seed)
+            .expect("32 bytes are a secret key");
+        self.owner = Some(secret.into());
+        self
+    }
+
+    /// The owner's record about `who`, encoded (admission until `seq`, or
+    /// revocation from `seq`).
+    pub fn record(&self, kind: seedswarm::crdt::admit::Kind, who: Id, seq: u64) -> Vec<u8> {
+        let key = self.owner.as_ref().expect("a permissioned world");
+        seedswarm::crdt::admit::Record::sign(
+            key,
+            &self.rules.run,
+            kind,
+            crate::node::origin_of(who),
+            seq,
+        )
+        .encode()
+    }
+
+    /// Hands node `to` the owner's record (as its operator would, from a
+    /// file): it takes and gossips it.
+    pub fn give(&mut self, to: Id, record: Vec<u8>) {
+        let now = self.now();
+        let n = self.nodes.get_mut(&to).expect("a live node");
+        n.core.add_record(now, &record).expect("a valid record");
+        self.drain(to);
     }
 
     pub(crate) fn now(&self) -> Instant {
@@ -211,6 +247,10 @@ impl World {
             settle_timeout: Duration::from_secs(600),
             max_delta_bytes: self.max_delta_bytes,
             max_updates_per_origin: 1 << 24,
+            owner: self
+                .owner
+                .as_ref()
+                .map(|k| seedswarm::crdt::admit::Owner(k.public().to_bytes())),
             // Virtual time since the world began: a restart is newer.
             epoch_ms: self.now_ms + 1,
             shapes: self
@@ -670,6 +710,16 @@ impl World {
                     n.disk.exclusions.push((origin, from, proof));
                 }
             }
+            Output::Admitted(record) => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.disk.admissions.push(record);
+                }
+            }
+            Output::OwnCap { end } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.own_cap = end;
+                }
+            }
             Output::Event(proto::Event::DigestMismatch(_)) => self.digest_mismatches += 1,
             Output::Event(_) => {}
         }
@@ -678,6 +728,16 @@ impl World {
     /// Every live node has settled (training over, agreement seen).
     pub fn settled(&self) -> bool {
         !self.nodes.is_empty() && self.nodes.values().all(|n| n.core.settled())
+    }
+
+    /// These live nodes hold one version vector and one digest.
+    pub fn agree_on(&self, ids: &[Id]) -> bool {
+        let mut it = ids.iter().filter_map(|i| self.nodes.get(i));
+        let Some(first) = it.next() else { return true };
+        it.all(|n| {
+            n.replica.version_vector() == first.replica.version_vector()
+                && n.replica.digest_bytes() == first.replica.digest_bytes()
+        })
     }
 
     /// Live nodes hold one version vector and one digest.

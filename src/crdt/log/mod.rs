@@ -27,6 +27,7 @@
 //! and an own update before it is published; [`Store::open`] recovers the file
 //! into a [`Log`] to resume from.
 
+use crate::crdt::admit::{self, Kind, Owner, Record};
 use crate::crdt::attest::{Attest, SignedBatch};
 use crate::crdt::replica::{Update, VersionVector};
 use crate::zo::seed::{Origin, RunId};
@@ -45,6 +46,8 @@ pub const MAX_DELTA_BYTES: usize = 64 << 20;
 pub type Payload = std::sync::Arc<Vec<u8>>;
 /// Largest batch accepted in one record.
 pub const MAX_RECORD_CODES: usize = 1 << 20;
+/// Origins a permissioned run's log keeps admissions of, at most.
+pub const MAX_ADMISSIONS: usize = 4096;
 
 /// Errors of the log.
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +230,11 @@ pub struct Log {
     attests: BTreeMap<Origin, BTreeMap<u64, Attest>>,
     /// Proven equivocators, from which seq on they are excluded.
     excluded: BTreeMap<Origin, Exclusion>,
+    /// The run's owner, when it is permissioned: then an origin's updates
+    /// count only below its admitted limit.
+    owner: Option<Owner>,
+    /// Per origin, the widest admission the owner signed.
+    admitted: BTreeMap<Origin, Record>,
 }
 
 impl Log {
@@ -239,7 +247,62 @@ impl Log {
             payloads: BTreeMap::new(),
             attests: BTreeMap::new(),
             excluded: BTreeMap::new(),
+            owner: None,
+            admitted: BTreeMap::new(),
         }
+    }
+
+    /// Makes the run permissioned by `owner` (None: open to every origin).
+    pub fn set_owner(&mut self, owner: Option<Owner>) {
+        self.owner = owner;
+    }
+
+    /// The run's owner, when it is permissioned.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+    }
+
+    /// Takes an owner-signed admission (checked by the caller); true when it
+    /// is news (no admission of that origin reached as far). At most
+    /// [`MAX_ADMISSIONS`] origins are admitted; beyond, new ones are refused.
+    pub fn admit(&mut self, a: Record) -> bool {
+        if a.kind != Kind::Admission {
+            return false;
+        }
+        match self.admitted.get(&a.origin) {
+            Some(cur) if admit::covers(cur, &a) => false,
+            None if self.admitted.len() >= MAX_ADMISSIONS => false,
+            _ => {
+                self.admitted.insert(a.origin, a);
+                true
+            }
+        }
+    }
+
+    /// The widest admission of `origin`.
+    pub fn admission(&self, origin: &Origin) -> Option<&Record> {
+        self.admitted.get(origin)
+    }
+
+    /// Every admission, by origin.
+    pub fn admissions(&self) -> &BTreeMap<Origin, Record> {
+        &self.admitted
+    }
+
+    /// First seq of `origin` its admission does not cover (`u64::MAX` in an
+    /// open run; 0 for an origin the owner never admitted).
+    pub fn admitted_until(&self, origin: &Origin) -> u64 {
+        match self.owner {
+            None => u64::MAX,
+            Some(_) => self.admitted.get(origin).map_or(0, |a| a.seq),
+        }
+    }
+
+    /// First seq of `origin` that counts nowhere: its exclusion (a proof or
+    /// a revocation) or the end of its admission, whichever comes first.
+    pub fn cap(&self, origin: &Origin) -> u64 {
+        let excluded = self.excluded.get(origin).map_or(u64::MAX, |e| e.from);
+        excluded.min(self.admitted_until(origin))
     }
 
     /// The run this log belongs to.
@@ -681,7 +744,7 @@ impl Log {
     /// The contiguous updates of `origin` that count: held ones, up to its
     /// exclusion.
     fn counted(&self, origin: &Origin, held: u64) -> u64 {
-        self.excluded.get(origin).map_or(held, |e| held.min(e.from))
+        held.min(self.cap(origin))
     }
 
     /// The version vector of the contiguous data (exclusions applied).

@@ -18,6 +18,7 @@ const META_FLAG: u32 = 1 << 30;
 /// Meta record kinds (first byte of the body).
 const META_ATTEST: u8 = 1;
 const META_EXCLUDE: u8 = 2;
+const META_ADMIT: u8 = 3;
 pub(super) const HEADER: usize = 48;
 
 /// What opening a log found.
@@ -92,6 +93,15 @@ impl Store {
                     Record::Exclude(proof) => {
                         log.exclude(origin, first, proof.to_vec());
                     }
+                    Record::Admit(bytes) => match admit::Record::decode(bytes) {
+                        // Checked against the owner when it was stored.
+                        Ok(a) => {
+                            log.admit(a);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "unreadable admission in the log; skipped")
+                        }
+                    },
                 }
                 rec.records += 1;
                 rec.updates = log.len();
@@ -201,6 +211,19 @@ impl Store {
             })
     }
 
+    /// Appends an owner-signed admission (its encoded record).
+    pub fn append_admission(&mut self, record: &admit::Record) -> Result<(), Error> {
+        let mut body = vec![META_ADMIT];
+        body.extend_from_slice(&record.encode());
+        let file = &mut self.file;
+        write_meta_record(file, &record.origin, record.seq, &body)
+            .and_then(|_| file.flush())
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// Makes everything appended so far durable (fsync of the data).
     pub fn sync(&mut self) -> Result<(), Error> {
         let path = self.path.clone();
@@ -280,8 +303,11 @@ enum Record<'a> {
     Delta(&'a [u8]),
     /// The origin's signature over its batch from `first_seq`.
     Attest(Attest),
-    /// The origin is excluded from `first_seq` on; the encoded proof.
+    /// The origin is excluded from `first_seq` on; the encoded proof (or
+    /// owner-signed revocation).
     Exclude(&'a [u8]),
+    /// An owner-signed admission of the origin, encoded.
+    Admit(&'a [u8]),
 }
 
 /// Parses the record at `pos`: `(origin, first_seq, record, next_pos)`.
@@ -320,6 +346,7 @@ fn parse_record(bytes: &[u8], pos: usize) -> Option<(Origin, u64, Record<'_>, us
                 })
             }
             META_EXCLUDE => Record::Exclude(rest),
+            META_ADMIT => Record::Admit(rest),
             _ => return None,
         };
         return Some((origin, first, record, pos + 12 + len));

@@ -185,3 +185,48 @@ fn segments_past_what_is_held_and_overflowing_signatures_never_panic() {
     );
     assert_eq!(log.signed_through(&o), 3);
 }
+
+#[test]
+fn admissions_cap_what_counts_and_survive_a_restart() {
+    use crate::crdt::admit::{Kind, Owner, Record};
+    use libp2p::identity::ed25519;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("updates.log");
+    let run = RunId([5; 32]);
+    let key: ed25519::Keypair = ed25519::SecretKey::try_from_bytes(&mut [3u8; 32])
+        .unwrap()
+        .into();
+    let owner = Owner(key.public().to_bytes());
+    let (a, b) = (Origin([1; 32]), Origin([2; 32]));
+    let admit = |o, n| Record::sign(&key, &run, Kind::Admission, o, n);
+    {
+        let (mut log, mut st, _) = Store::open(&path, run).unwrap();
+        log.set_owner(Some(owner));
+        put(&mut log, &mut st, a, 0, &[1, 2, 3, 4, 5], &[]);
+        put(&mut log, &mut st, b, 0, &[9, 9], &[]);
+        // Nothing counts before an admission; then up to its end.
+        assert_eq!(log.version_vector(), VersionVector::new());
+        assert!(log.admit(admit(a, 3)));
+        st.append_admission(&admit(a, 3)).unwrap();
+        assert_eq!(log.cap(&a), 3);
+        assert_eq!(log.version_vector().get(&a), Some(&3));
+        assert!(!log.version_vector().contains_key(&b));
+        // A narrower admission is no news; a wider one is.
+        assert!(!log.admit(admit(a, 2)));
+        assert!(log.admit(admit(a, 4)));
+        st.append_admission(&admit(a, 4)).unwrap();
+        // A revocation (an exclusion) cuts below the admission.
+        log.exclude(a, 1, vec![0x11]);
+        assert_eq!(log.cap(&a), 1);
+        log.exclude(a, 2, vec![0x11]);
+        assert_eq!(log.cap(&a), 1, "an exclusion only moves back");
+    }
+    let (mut log, _, _) = Store::open(&path, run).unwrap();
+    log.set_owner(Some(owner));
+    assert_eq!(log.admission(&a), Some(&admit(a, 4)));
+    assert_eq!(log.version_vector().get(&a), Some(&4));
+    // An open run counts every origin.
+    log.set_owner(None);
+    assert_eq!(log.version_vector().get(&b), Some(&2));
+    assert_eq!(log.version_vector().get(&a), Some(&5));
+}

@@ -11,7 +11,7 @@
 //! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 2 | `0x02 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload) ‖ signature (64)` (109 bytes) |
 //! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 3 | `0x03 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
 //! | proof of equivocation | gossipsub `seedswarm/<run>/x` | byte [`PROOF_VERSION`](crate::crdt::attest::PROOF_VERSION) = 1 | see [`crate::crdt::attest::Proof`] |
-//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/2` | CBOR of [`Request`] / [`Response`] |
+//! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/3` | CBOR of [`Request`] / [`Response`] |
 //! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::crdt::snapshot::VERSION) = 2 | see [`crate::crdt::snapshot`] |
 //! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x02` (16 bytes; version 1 is read and upgraded) | see [`crate::crdt::log`] |
 //! | FedZip delta | delta payloads (sync, log, snapshot) | magic `FZDL` + byte [`fedzip::VERSION`](crate::delta::fedzip::VERSION) = 1 | see [`crate::delta::fedzip`] |
@@ -336,7 +336,17 @@ pub enum Request {
     /// node's version vector with another digest: someone holds another
     /// signed version of some seq).
     Fingerprints,
+    /// The records that decide what counts: owner-signed admissions and
+    /// revocations, and proofs of equivocation (asked on meeting a peer, and
+    /// of a peer whose updates are not admitted here yet).
+    Records,
 }
+
+/// Most bytes of records one [`Response::Records`] carries.
+pub const MAX_RECORDS_BYTES: usize = 4 << 20;
+/// Most records one [`Response::Records`] carries (admissions and
+/// exclusions of every origin a log keeps).
+pub const MAX_RECORDS: usize = 2 * MAX_ORIGINS;
 
 /// A sync response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -368,6 +378,9 @@ pub enum Response {
     /// Per origin: the updates held and BLAKE3 of their codes (and delta
     /// payload hashes) from seq 0, sorted by origin.
     Fingerprints { heads: Vec<(Origin, u64, Blob)> },
+    /// Encoded records ([`crate::crdt::admit::Record`]s and
+    /// [`crate::crdt::attest::Proof`]s), each checked on its own.
+    Records { records: Vec<Blob> },
     /// The request was refused.
     Refused(String),
 }
@@ -406,7 +419,8 @@ impl Request {
             | Request::Offer { .. }
             | Request::Chunk { .. }
             | Request::Delta { .. }
-            | Request::Fingerprints => Ok(()),
+            | Request::Fingerprints
+            | Request::Records => Ok(()),
         }
     }
 }
@@ -526,6 +540,16 @@ impl Response {
                 }
                 if heads.iter().any(|(_, _, h)| h.0.len() != 32) {
                     return Err(Error::Malformed("fingerprint length".into()));
+                }
+                Ok(())
+            }
+            (Response::Records { records }, Request::Records) => {
+                if records.len() > MAX_RECORDS {
+                    return Err(Error::Oversized(format!("{} records", records.len())));
+                }
+                let bytes: usize = records.iter().map(|r| r.0.len()).sum();
+                if bytes > MAX_RECORDS_BYTES {
+                    return Err(Error::Oversized(format!("{bytes} bytes of records")));
                 }
                 Ok(())
             }
