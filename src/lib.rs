@@ -27,6 +27,7 @@ pub mod model;
 pub mod net;
 pub mod node;
 pub mod obs;
+pub mod owner;
 pub mod proto;
 pub mod task;
 pub mod train;

@@ -71,6 +71,50 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Create the owner key of a permissioned run (keep it offline); prints
+    /// the public key to put in the manifest as `run.owner`.
+    OwnerKey {
+        /// Where to write the key (never overwritten; mode 0600).
+        out: PathBuf,
+    },
+    /// Sign an admission: the peer may contribute to this permissioned run
+    /// (its seqs below --until-seq, or all).
+    Admit {
+        /// The owner key (`seedswarm owner-key`).
+        #[arg(long)]
+        owner_key: PathBuf,
+        /// The run's config (its run id is computed; loads the model).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// The peer id the node prints at start (`peer id 12D3Koo…`).
+        #[arg(long)]
+        peer: String,
+        /// Admit only the peer's updates with seq below this.
+        #[arg(long)]
+        until_seq: Option<u64>,
+        /// Where to write the admission (hand it to the node: --record FILE).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a revocation: the peer's updates from --from-seq on count nowhere
+    /// (nodes that applied them subtract them). Publish it to any node.
+    Revoke {
+        /// The owner key (`seedswarm owner-key`).
+        #[arg(long)]
+        owner_key: PathBuf,
+        /// The run's config (its run id is computed; loads the model).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// The peer id to revoke.
+        #[arg(long)]
+        peer: String,
+        /// First seq of the peer's that no longer counts (0: all of them).
+        #[arg(long, default_value_t = 0)]
+        from_seq: u64,
+        /// Where to write the revocation.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Show one table for one or many nodes (their --http URLs).
     Status {
         /// Node URLs, e.g. http://127.0.0.1:9100
@@ -126,6 +170,11 @@ enum Command {
         /// Write a JSON summary here.
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// A membership record from the run's owner (admission or
+        /// revocation file) to take and gossip (repeatable; adds to
+        /// node.records).
+        #[arg(long)]
+        record: Vec<PathBuf>,
     },
     /// FedZip-compress the difference of two safetensors files (input − base),
     /// or with --apply add a compressed delta to a base.
@@ -179,6 +228,46 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Signs an owner's record for the run of `config` and writes it to `out`.
+fn sign_record(
+    owner_key: &Path,
+    config: &Path,
+    kind: seedswarm::crdt::admit::Kind,
+    peer: &str,
+    seq: u64,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    let key = seedswarm::owner::load_key(owner_key)?;
+    let owner = seedswarm::crdt::admit::Owner(key.public().to_bytes());
+    match cfg.run.owner() {
+        Some(o) if o == owner => {}
+        Some(o) => anyhow::bail!(
+            "{}: the run's owner is {} but {} holds the key of {}",
+            config.display(),
+            o.to_hex(),
+            owner_key.display(),
+            owner.to_hex()
+        ),
+        None => anyhow::bail!(
+            "{}: the run has no owner; add `owner = \"{}\"` to its [run] section",
+            config.display(),
+            owner.to_hex()
+        ),
+    }
+    let progress = Progress::spinner("loading the model (the run id covers it)");
+    let run = train::run_id(&cfg)?;
+    drop(progress);
+    let record = seedswarm::owner::sign(owner_key, &run, kind, peer, seq)?;
+    seedswarm::owner::write_record(out, &record)?;
+    println!(
+        "wrote {record:?} for run {} to {}",
+        run.short(),
+        out.display()
+    );
+    Ok(())
 }
 
 fn load(path: &Path) -> anyhow::Result<Config> {
@@ -302,6 +391,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wrote {n} tensors to {}", out.display());
             Ok(())
         }
+        Command::OwnerKey { out } => {
+            let owner = seedswarm::owner::create_key(&out)?;
+            println!("wrote the owner key to {} (keep it offline)", out.display());
+            println!("put this in the manifest's [run] section:");
+            println!("owner = \"{}\"", owner.to_hex());
+            Ok(())
+        }
+        Command::Admit {
+            owner_key,
+            config,
+            peer,
+            until_seq,
+            out,
+        } => sign_record(
+            &owner_key,
+            &config,
+            seedswarm::crdt::admit::Kind::Admission,
+            &peer,
+            until_seq.unwrap_or(seedswarm::crdt::admit::UNLIMITED),
+            &out,
+        ),
+        Command::Revoke {
+            owner_key,
+            config,
+            peer,
+            from_seq,
+            out,
+        } => sign_record(
+            &owner_key,
+            &config,
+            seedswarm::crdt::admit::Kind::Revocation,
+            &peer,
+            from_seq,
+            &out,
+        ),
         Command::Status {
             urls,
             watch,
@@ -337,8 +461,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             serve,
             http,
             summary,
+            record,
         } => run_node(
-            with_mode(load(&config)?, mode, &config)?,
+            {
+                let mut cfg = with_mode(load(&config)?, mode, &config)?;
+                cfg.node
+                    .records
+                    .extend(record.iter().map(|p| p.display().to_string()));
+                cfg
+            },
             http,
             listen,
             bootstrap,

@@ -220,7 +220,8 @@ impl Record {
             let text = text.trim();
             if let Some((head, hex)) = text.split_once(' ') {
                 if head == "seedswarm-admission" || head == "seedswarm-revocation" {
-                    let raw = unhex(hex.trim()).ok_or("the record is not valid hex")?;
+                    let raw =
+                        crate::zo::seed::unhex(hex.trim()).ok_or("the record is not valid hex")?;
                     let r = Self::decode(&raw).map_err(|e| e.to_string())?;
                     let said = if head == "seedswarm-admission" {
                         Kind::Admission
@@ -236,15 +237,6 @@ impl Record {
         }
         Self::decode(bytes).map_err(|e| e.to_string())
     }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Does `current` already say everything `new` says (same kind, same origin)?

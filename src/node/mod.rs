@@ -320,9 +320,10 @@ impl Node {
     /// Hands the node an owner-signed record (admission or revocation, its
     /// file's bytes): checked, kept and gossiped. Ok(true) when it was news.
     pub async fn add_record(&self, bytes: Vec<u8>) -> Result<bool, String> {
+        let record = crate::crdt::admit::Record::from_file_bytes(&bytes)?;
         let (tx, rx) = oneshot::channel();
         self.control
-            .send(Control::Record(bytes, tx))
+            .send(Control::Record(record.encode(), tx))
             .await
             .map_err(|_| "the node has stopped".to_string())?;
         rx.await.map_err(|_| "the node has stopped".to_string())?

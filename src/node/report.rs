@@ -45,8 +45,11 @@ pub struct Status {
     pub bytes_out_per_s: f64,
     pub mesh_peers: usize,
     pub digest_mismatches: u64,
-    /// Origins proven to equivocate (hex), with the first excluded seq.
+    /// Origins excluded (hex: proven to equivocate, or revoked by the
+    /// run's owner), with the first excluded seq.
     pub excluded: BTreeMap<String, u64>,
+    /// Origins the run's owner admitted (0 in an open run).
+    pub admitted: usize,
     /// Updates taken back out of the replica by exclusions.
     pub retracted_updates: u64,
     /// Updates dropped from behind gaps nobody filled (or over bounds).
@@ -160,8 +163,11 @@ pub struct Summary {
     pub join_seconds: Option<f64>,
     pub snapshot_bytes_fetched: u64,
     pub snapshot_raw_bytes: u64,
-    /// Origins proven to equivocate (hex), with the first excluded seq.
+    /// Origins excluded (hex: proven to equivocate, or revoked by the
+    /// run's owner), with the first excluded seq.
     pub excluded: BTreeMap<String, u64>,
+    /// Origins the run's owner admitted (0 in an open run).
+    pub admitted: usize,
     /// Updates taken back out by exclusions.
     pub retracted_updates: u64,
     /// Updates dropped from behind gaps nobody filled.
@@ -290,6 +296,7 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
         mesh_peers: sw.mesh_peers,
         digest_mismatches: stats.digest_mismatches,
         excluded: stats.excluded.clone(),
+        admitted: stats.admitted,
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
         waiting_for: core
@@ -346,6 +353,7 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         snapshot_bytes_fetched: join.fetched_bytes,
         snapshot_raw_bytes: join.raw_bytes,
         excluded: stats.excluded,
+        admitted: stats.admitted,
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
         waiting_for: status.waiting_for,

@@ -221,6 +221,13 @@ pub fn open_log(data_dir: &Path, run: RunId) -> Result<(Log, Store), Error> {
     Ok((log, store))
 }
 
+/// The run id of `cfg`: its canonical manifest and its base model's hash
+/// (loads the model).
+pub fn run_id(cfg: &Config) -> Result<RunId, Error> {
+    let model = build_model(&cfg.run)?;
+    Ok(cfg.run.run_id(&model::base_hash(model.as_ref())?))
+}
+
 impl Trainer {
     /// Builds the base model of `cfg` and an empty replica of its trainable tensors.
     pub fn new(cfg: &Config, origin: Origin) -> Result<Self, Error> {

@@ -79,6 +79,16 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Bytes of a hex string (None: odd length or not hex).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
 /// The seed of update `(origin, seq)` in run `run`.
 pub fn derive(run: &RunId, origin: &Origin, seq: u64) -> Seed {
     let mut h = blake3::Hasher::new();

@@ -1,0 +1,189 @@
+//! A permissioned run on real sockets, driven as its owner would drive it:
+//! `seedswarm owner-key`, `seedswarm admit` and `seedswarm revoke` (the
+//! binary), record files handed to nodes at start and to a running node.
+
+mod common;
+
+use common::{assert_identical, config, finish, options, until};
+use libp2p::identity::Keypair;
+use seedswarm::node::{Node, Options};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn seedswarm(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_seedswarm"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "seedswarm {args:?}: {text}");
+    text
+}
+
+fn addr(n: &Node) -> libp2p::Multiaddr {
+    n.listen[0].clone().with_p2p(n.peer_id).unwrap()
+}
+
+/// The owner's key, and the demo config made permissioned by it.
+fn owner_and_config(dir: &Path) -> (PathBuf, PathBuf, seedswarm::config::Config) {
+    let key = dir.join("owner.key");
+    let out = seedswarm(&["owner-key", key.to_str().unwrap()]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("owner = "))
+        .expect("the manifest line");
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/demo.toml")).unwrap();
+    let text = demo.replacen("[run]\n", &format!("[run]\n{line}\n"), 1);
+    assert_ne!(text, demo, "the demo config has a [run] section");
+    let path = dir.join("run.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut cfg = config();
+    cfg.run.owner = Some(
+        line.trim_start_matches("owner = ")
+            .trim_matches('"')
+            .to_string(),
+    );
+    (key, path, cfg)
+}
+
+fn sign(verb: &str, key: &Path, cfg: &Path, peer: &Keypair, extra: &[&str], out: &Path) {
+    let peer = peer.public().to_peer_id().to_string();
+    let mut args = vec![
+        verb,
+        "--owner-key",
+        key.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    seedswarm(&args);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (owner_key, cfg_path, cfg) = owner_and_config(dir.path());
+    let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("{i}.admission")))
+        .collect();
+    sign("admit", &owner_key, &cfg_path, &keys[0], &[], &files[0]);
+    // Node 1 only until its seq 150.
+    sign(
+        "admit",
+        &owner_key,
+        &cfg_path,
+        &keys[1],
+        &["--until-seq", "150"],
+        &files[1],
+    );
+
+    // A node with no admission refuses to train, and says what to do.
+    let outsider = Options {
+        key: Some(keys[2].clone()),
+        ..options(100, 0)
+    };
+    let err = Node::start(cfg.clone(), outsider)
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not admitted") && msg.contains("seedswarm admit"),
+        "{msg}"
+    );
+    // Nor does someone else's admission make it one.
+    let borrowed = Options {
+        key: Some(keys[2].clone()),
+        records: vec![files[0].clone()],
+        ..options(100, 0)
+    };
+    assert!(Node::start(cfg.clone(), borrowed).await.is_err());
+
+    let made = 600;
+    let a = Node::start(
+        cfg.clone(),
+        Options {
+            key: Some(keys[0].clone()),
+            records: vec![files[0].clone()],
+            ..options(made, 1)
+        },
+    )
+    .await
+    .unwrap();
+    let b = Node::start(
+        cfg.clone(),
+        Options {
+            key: Some(keys[1].clone()),
+            records: vec![files[1].clone()],
+            bootstrap: vec![addr(&a)],
+            ..options(made, 1)
+        },
+    )
+    .await
+    .unwrap();
+    // A follower with no admission (max_updates 0) joins and only follows.
+    let c = Node::start(
+        cfg.clone(),
+        Options {
+            key: Some(keys[2].clone()),
+            bootstrap: vec![addr(&a)],
+            ..options(0, 1)
+        },
+    )
+    .await
+    .unwrap();
+    let a_hex = a.origin.to_hex();
+    // The owner revokes node 0 from seq 200 once both have applied past it;
+    // the file reaches node 1 alone.
+    until(&b, |s| {
+        s.version_vector.get(&a_hex).copied().unwrap_or(0) > 250
+    })
+    .await;
+    let revocation = dir.path().join("0.revocation");
+    sign(
+        "revoke",
+        &owner_key,
+        &cfg_path,
+        &keys[0],
+        &["--from-seq", "200"],
+        &revocation,
+    );
+    let bytes = std::fs::read(&revocation).unwrap();
+    assert_eq!(b.add_record(bytes.clone()).await, Ok(true));
+    assert_eq!(
+        b.add_record(bytes).await,
+        Ok(false),
+        "no news the second time"
+    );
+    let s = finish(vec![a, b, c]).await;
+    assert_identical(&s);
+    for x in &s {
+        assert_eq!(x.version_vector.get(&a_hex), Some(&200), "{}", x.peer_id);
+        assert_eq!(
+            x.version_vector.get(&s[1].origin),
+            Some(&150),
+            "{}: node 1 counts until its admission ends",
+            x.peer_id
+        );
+        assert_eq!(
+            x.version_vector.len(),
+            2,
+            "the follower contributes nothing"
+        );
+        assert_eq!(x.excluded.get(&a_hex), Some(&200));
+        assert_eq!(x.admitted, 2);
+    }
+    // The revoked node took back its own updates past seq 200, node 1 the
+    // ones it had applied.
+    assert!(s[0].retracted_updates > 0 && s[1].retracted_updates > 0);
+}
