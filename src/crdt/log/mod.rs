@@ -5,10 +5,16 @@
 //! filled. Only contiguous data is persisted. File layout:
 //!
 //! ```text
-//! header:  "SEEDSWARMLOG\0\0\0\x01" (16 bytes) ‖ run_id (32 bytes)
+//! header:  "SEEDSWARMLOG\0\0\0\x02" (16 bytes) ‖ run_id (32 bytes)
 //! record:  len: u32 LE ‖ origin (32) ‖ first_seq: u64 LE ‖ codes (len − 40) ‖ check (8)
 //! delta:   (len | 2^31): u32 LE ‖ origin (32) ‖ seq: u64 LE ‖ payload (len − 40) ‖ check (8)
+//! meta:    (len | 2^30): u32 LE ‖ origin (32) ‖ seq: u64 LE ‖ kind (1) ‖ body ‖ check (8)
+//!          kind 1: the origin's signature over its batch from seq
+//!          kind 2: an exclusion from seq (body: the proof or the owner's revocation)
+//!          kind 3: the owner's admission of the origin (body: the record)
 //! ```
+//!
+//! Format 1 (header `\x01`, before signatures) is read and upgraded.
 //!
 //! A compressed sparse delta (the second update kind, [`crate::delta::fedzip`])
 //! occupies one seq of its origin like a one-byte update: its code is the
