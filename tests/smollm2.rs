@@ -1,11 +1,14 @@
 //! SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized to f32) against the
-//! Hugging Face transformers reference in /work/shared/reference: same token
-//! ids, last-position logits within 1e-2; our forward against
-//! candle-transformers' on the same weights; one padded forward against
-//! single forwards; the causal-LM loss; the shipped configs.
+//! Hugging Face transformers reference in tests/data/smollm2_logits.json
+//! (tests/data/README.md): same token ids, last-position logits within
+//! 1e-2; our forward against candle-transformers' on the same weights; one
+//! padded forward against single forwards; the causal-LM loss; the shipped
+//! configs and the SST-2 data they name (data/sst2/).
 //!
 //! Needs `assets/SmolLM2-135M-Instruct.Q4_1.gguf` (scripts/fetch-assets.sh);
 //! skipped with a message when it is missing, so a fresh checkout stays green.
+//! The reference logits and the SST-2 data are in the repository: a test
+//! that needs them fails when they are missing.
 
 use seedswarm::model::llama::{self, Head, Llama, Source};
 use seedswarm::model::{Batch, Model};
@@ -15,7 +18,7 @@ use std::time::Instant;
 const TOL: f32 = 1e-2;
 
 fn gguf() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = repo().join("assets/SmolLM2-135M-Instruct.Q4_1.gguf");
     if p.exists() {
         Some(p)
     } else {
@@ -27,16 +30,21 @@ fn gguf() -> Option<PathBuf> {
     }
 }
 
-fn reference() -> Option<serde_json::Value> {
-    let p = std::env::var("SEEDSWARM_REFERENCE")
-        .unwrap_or_else(|_| "/work/shared/reference/smollm2_logits.json".into());
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Some(serde_json::from_str(&t).expect("reference JSON parses")),
-        Err(e) => {
-            eprintln!("SKIPPED: reference logits {p} unreadable ({e}); set SEEDSWARM_REFERENCE");
-            None
-        }
-    }
+/// The repository root: data/ and tests/data/ are read from here, not from
+/// the working directory.
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The transformers reference logits: tests/data/smollm2_logits.json, or the
+/// file named by `SEEDSWARM_REFERENCE`.
+fn reference() -> serde_json::Value {
+    let p = std::env::var_os("SEEDSWARM_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("tests/data/smollm2_logits.json"));
+    let t = std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("reference logits {} unreadable: {e}", p.display()));
+    serde_json::from_str(&t).expect("reference JSON parses")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -49,9 +57,10 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn smollm2_matches_the_reference_logits() {
-    let (Some(path), Some(reference)) = (gguf(), reference()) else {
+    let Some(path) = gguf() else {
         return;
     };
+    let reference = reference();
     let tok = llama::tokenizer(Source::Gguf(&path)).unwrap();
     assert_eq!(tok.get_vocab_size(false), 49_152);
     let great = llama::encode(&tok, " great").unwrap()[0];
@@ -171,17 +180,16 @@ fn smollm2_padded_batch_matches_single_forwards() {
     );
 }
 
-fn sst2_prompts(tok: &tokenizers::Tokenizer, file: &str) -> Option<Vec<Vec<u32>>> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| eprintln!("SKIPPED: {file} unreadable ({e})"))
-        .ok()?;
-    Some(
-        text.lines()
-            .skip(1)
-            .filter_map(|l| l.split('\t').next())
-            .map(|s| llama::encode(tok, &format!("{} It was", s.trim())).unwrap())
-            .collect(),
-    )
+/// The prompts of an SST-2 file of the repository (`data/sst2/…`).
+fn sst2_prompts(tok: &tokenizers::Tokenizer, file: &str) -> Vec<Vec<u32>> {
+    let p = repo().join(file);
+    let text =
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{} unreadable: {e}", p.display()));
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split('\t').next())
+        .map(|s| llama::encode(tok, &format!("{} It was", s.trim())).unwrap())
+        .collect()
 }
 
 fn median(f: &mut dyn FnMut(), n: usize) -> f64 {
@@ -223,12 +231,8 @@ fn smollm2_timings() {
     )
     .unwrap();
     eprintln!("load + dequantize: {:.2}s", t.elapsed().as_secs_f64());
-    let Some(train) = sst2_prompts(&tok, "/work/shared/data/sst2/train_full.tsv") else {
-        return;
-    };
-    let Some(dev) = sst2_prompts(&tok, "/work/shared/data/sst2/dev.tsv") else {
-        return;
-    };
+    let train = sst2_prompts(&tok, "data/sst2/train.tsv");
+    let dev = sst2_prompts(&tok, "data/sst2/dev.tsv");
     // 16 × 48: the first 16 training prompts of at least 48 tokens, cut to 48.
     let fixed: Vec<Vec<u32>> = train
         .iter()
@@ -292,9 +296,10 @@ fn smollm2_timings() {
     );
     drop(model);
 
-    let cfg_path = std::env::var("SEEDSWARM_CONFIG")
-        .unwrap_or_else(|_| format!("{}/configs/smollm2-sst2.toml", env!("CARGO_MANIFEST_DIR")));
-    let mut cfg = Config::load(std::path::Path::new(&cfg_path)).unwrap();
+    let mut cfg = match std::env::var_os("SEEDSWARM_CONFIG") {
+        Some(p) => Config::load(Path::new(&p)).unwrap(),
+        None => config("smollm2-sst2.toml"),
+    };
     cfg.run.model = seedswarm::config::ModelSpec::Gguf(seedswarm::config::ModelFile {
         path: path.display().to_string(),
     });
@@ -379,25 +384,67 @@ fn smollm2_next_token_loss() {
     assert!((sum - e.loss_sum).abs() < 1e-2, "{sum} vs {}", e.loss_sum);
 }
 
-/// The shipped SmolLM2 configs parse, and their data loads when present.
+/// A shipped config, its task's data files (named relative to the
+/// repository root, where the README runs `seedswarm`) made absolute.
+fn config(name: &str) -> seedswarm::config::Config {
+    use seedswarm::config::{Config, TaskSpec};
+    let mut cfg = Config::load(&repo().join("configs").join(name)).unwrap();
+    let files = match &mut cfg.run.task {
+        TaskSpec::Prompt(t) => [&mut t.train, &mut t.dev],
+        TaskSpec::Text(t) => [&mut t.train, &mut t.dev],
+        TaskSpec::Synthetic(_) => return cfg,
+    };
+    for f in files {
+        assert!(!Path::new(f).is_absolute(), "{name}: {f} is absolute");
+        *f = repo().join(&*f).display().to_string();
+    }
+    cfg
+}
+
+/// The shipped SmolLM2 configs parse; the SST-2 files they name are in the
+/// repository and read whole; the Rotten Tomatoes corpus loads when present.
 #[test]
 fn smollm2_configs_are_valid() {
-    use seedswarm::config::{Config, TaskSpec};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    use seedswarm::config::TaskSpec;
     for (name, text) in [
         ("smollm2-sst2.toml", false),
         ("smollm2-rt.toml", false),
         ("smollm2-text.toml", true),
     ] {
-        let cfg = Config::load(&dir.join("configs").join(name)).unwrap();
+        let cfg = config(name);
         assert_eq!(matches!(cfg.run.task, TaskSpec::Text(_)), text, "{name}");
     }
-    let corpus = dir.join("assets/rotten_tomatoes_corpus_full.csv.bz2");
+    // GLUE SST-2 (data/sst2/README.md): rows and positive rows.
+    let sst2 = [(67_349, 37_569), (872, 444)];
+    match &config("smollm2-sst2.toml").run.task {
+        TaskSpec::Prompt(t) => {
+            for (file, want) in [&t.train, &t.dev].into_iter().zip(sst2) {
+                let rows = t
+                    .read(Path::new(file))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                let positive = rows.iter().filter(|(_, y)| *y == 1).count();
+                assert_eq!((rows.len(), positive), want, "{file}");
+            }
+        }
+        other => panic!("smollm2-sst2.toml: {other:?}"),
+    }
+    match &config("smollm2-text.toml").run.task {
+        TaskSpec::Text(t) => {
+            for (file, (want, _)) in [&t.train, &t.dev].into_iter().zip(sst2) {
+                let docs = t
+                    .read(Path::new(file))
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+                assert_eq!(docs.len(), want, "{file}");
+            }
+        }
+        other => panic!("smollm2-text.toml: {other:?}"),
+    }
+    let corpus = repo().join("assets/rotten_tomatoes_corpus_full.csv.bz2");
     if !corpus.exists() {
         eprintln!("SKIPPED: {} is missing", corpus.display());
         return;
     }
-    let cfg = Config::load(&dir.join("configs/smollm2-rt.toml")).unwrap();
+    let cfg = config("smollm2-rt.toml");
     let TaskSpec::Prompt(t) = &cfg.run.task else {
         unreachable!()
     };
@@ -466,20 +513,15 @@ fn smollm2_hf_directory_matches_gguf() {
 /// evaluation reporting per-token loss and next-token accuracy.
 #[test]
 fn smollm2_text_task_trains_end_to_end() {
-    use seedswarm::config::{Config, ModelFile, ModelSpec, TaskSpec};
+    use seedswarm::config::{ModelFile, ModelSpec, TaskSpec};
     use seedswarm::train::{self, Trainer};
     let Some(path) = gguf() else {
         return;
     };
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut cfg = Config::load(&dir.join("configs/smollm2-text.toml")).unwrap();
+    let mut cfg = config("smollm2-text.toml");
     let TaskSpec::Text(t) = &mut cfg.run.task else {
         unreachable!()
     };
-    if !Path::new(&t.dev).exists() {
-        eprintln!("SKIPPED: {} is missing", t.dev);
-        return;
-    }
     // Both sides of the split from the (small) dev file.
     t.train = t.dev.clone();
     t.dev_fraction = 0.5;
