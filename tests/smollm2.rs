@@ -6,7 +6,8 @@
 //! configs and the SST-2 data they name (data/sst2/).
 //!
 //! Needs `assets/SmolLM2-135M-Instruct.Q4_1.gguf` (scripts/fetch-assets.sh);
-//! skipped with a message when it is missing, so a fresh checkout stays green.
+//! skipped with a message when it is missing, so a fresh checkout stays green — except
+//! where `SEEDSWARM_REQUIRE_ASSETS=1` (CI, after fetching them): then they fail.
 //! The reference logits and the SST-2 data are in the repository: a test
 //! that needs them fails when they are missing.
 
@@ -22,12 +23,25 @@ fn gguf() -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIPPED: {} is missing; run scripts/fetch-assets.sh to enable the SmolLM2 tests",
-            p.display()
-        );
+        missing(&p);
         None
     }
+}
+
+/// A fetched asset is missing: a skip on a developer's checkout, a failure
+/// where the assets must be there (CI sets `SEEDSWARM_REQUIRE_ASSETS=1`
+/// after running scripts/fetch-assets.sh).
+fn missing(p: &Path) {
+    if std::env::var_os("SEEDSWARM_REQUIRE_ASSETS").is_some_and(|v| v == "1") {
+        panic!(
+            "{} is missing and SEEDSWARM_REQUIRE_ASSETS=1: run scripts/fetch-assets.sh",
+            p.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: {} is missing; run scripts/fetch-assets.sh to enable the SmolLM2 tests",
+        p.display()
+    );
 }
 
 /// The repository root: data/ and tests/data/ are read from here, not from
@@ -441,7 +455,7 @@ fn smollm2_configs_are_valid() {
     }
     let corpus = repo().join("assets/rotten_tomatoes_corpus_full.csv.bz2");
     if !corpus.exists() {
-        eprintln!("SKIPPED: {} is missing", corpus.display());
+        missing(&corpus);
         return;
     }
     let cfg = config("smollm2-rt.toml");
