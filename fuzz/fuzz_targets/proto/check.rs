@@ -288,6 +288,9 @@ impl H {
                     self.core.handle(now, Input::Published { end });
                 }
             }
+            Output::Admitted(_) | Output::OwnCap { .. } => {
+                panic!("a membership output in an open run: {out:?}")
+            }
             Output::Verdict { id, from, verdict } => {
                 let Some(&given_from) = self.given.get(&id) else {
                     panic!("verdict {verdict:?} for message {id}, never given");

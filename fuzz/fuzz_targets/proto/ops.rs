@@ -60,6 +60,17 @@ impl H {
                 }
                 Response::Range { origin, batches }
             }
+            Request::Records => {
+                // Whatever bytes: records of an open run, proofs, garbage.
+                let n = r.u8() % 3;
+                let records = (0..n)
+                    .map(|_| {
+                        let len = usize::from(r.u8() % 128);
+                        Blob(r.bytes(len))
+                    })
+                    .collect();
+                Response::Records { records }
+            }
             &Request::Delta { origin, seq } => {
                 let b = r.u8();
                 let data = match (b % 4, self.announced.get(&(origin, seq))) {
