@@ -7,12 +7,14 @@
 #   N=6 UPDATES=1000 scripts/swarm.sh
 #   SEEDSWARM_BIN=target/release/seedswarm scripts/swarm.sh
 #   FIRST_ORDER=1 scripts/swarm.sh   # the last node trains first-order
+#   PSK=1 scripts/swarm.sh           # a private swarm: one pre-shared key, TCP only
 #
 # Environment: N (nodes), UPDATES (own updates per node), CONFIG, TARGET_ACC
 # (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN,
 # FIRST_ORDER (how many of the nodes, counted from the last, run
 # --mode first-order; default 0) and FO_ROUNDS (their own updates, i.e.
-# compressed deltas, default 100).
+# compressed deltas, default 100) and PSK (1: every node gets one new
+# pre-shared key, RUN_DIR/swarm.key; QUIC is then off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,11 @@ if [[ -z "${SEEDSWARM_BIN:-}" ]]; then
   fi
 fi
 mkdir -p "$RUN_DIR"
+private=()
+if [[ "${PSK:-0}" == 1 ]]; then
+  "$SEEDSWARM_BIN" keygen --psk "$RUN_DIR/swarm.key"
+  private=(--psk "$RUN_DIR/swarm.key")
+fi
 echo "swarm of $N nodes ($FIRST_ORDER first-order), $UPDATES updates each (first-order: $FO_ROUNDS deltas), config $CONFIG, logs in $RUN_DIR"
 
 pids=()
@@ -54,7 +61,7 @@ start_node() {
   "$SEEDSWARM_BIN" node --config "$CONFIG" --data-dir "$dir" \
     --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
     --no-mdns --min-peers $((N - 1)) "${own[@]}" --http 127.0.0.1:0 \
-    --summary "$dir/summary.json" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    --summary "$dir/summary.json" "${private[@]}" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }
 

@@ -259,6 +259,25 @@ pub struct NodeSettings {
     /// this node takes and gossips at start: in a permissioned run, at least
     /// its own admission (once taken it is kept in the data dir's log).
     pub records: Vec<String>,
+    /// A private swarm's pre-shared key: a libp2p swarm.key file
+    /// (`seedswarm keygen --psk FILE`), relative to the working directory.
+    /// Only nodes holding the same key complete a handshake; QUIC is off.
+    pub psk_file: Option<String>,
+    /// Most established connections in all.
+    pub max_connections: u32,
+    /// Most established connections with one peer.
+    pub max_connections_per_peer: u32,
+    /// Most connections still in their handshake, incoming and outgoing each.
+    pub max_pending: u32,
+    /// Most inbound connections from one IP address (loopback included).
+    pub max_connections_per_ip: u32,
+    /// When not empty, the only peer ids this node dials or accepts.
+    pub allow: Vec<String>,
+    /// Peer ids this node never dials or accepts.
+    pub deny: Vec<String>,
+    /// A file holding the bearer token every HTTP request must carry
+    /// (`Authorization: Bearer <token>`), relative to the working directory.
+    pub http_token_file: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -284,6 +303,14 @@ impl Default for NodeSettings {
             mode: Mode::ZerothOrder,
             first_order: FirstOrder::default(),
             records: Vec::new(),
+            psk_file: None,
+            max_connections: crate::net::limits::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: crate::net::limits::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            max_pending: crate::net::limits::DEFAULT_MAX_PENDING,
+            max_connections_per_ip: crate::net::limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            http_token_file: None,
         }
     }
 }
@@ -439,6 +466,7 @@ impl Config {
                 ));
             }
         }
+        self.node.validate_access()?;
         let d = &r.delta;
         if !(d.max_norm.is_finite() && d.max_norm > 0.0) {
             return Err(format!(
@@ -510,6 +538,57 @@ impl Manifest {
     }
 }
 
+impl NodeSettings {
+    /// Checks the admission settings: connection caps at least 1, peer ids
+    /// that parse (the message names the field and index), file paths not
+    /// empty. The files themselves are read when the node starts.
+    pub fn validate_access(&self) -> Result<(), String> {
+        for (field, v) in [
+            ("max_connections", self.max_connections),
+            ("max_connections_per_peer", self.max_connections_per_peer),
+            ("max_pending", self.max_pending),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+        ] {
+            if v == 0 {
+                return Err(format!("node.{field} must be at least 1, got 0"));
+            }
+        }
+        self.peer_ids("allow", &self.allow)?;
+        self.peer_ids("deny", &self.deny)?;
+        for (field, f) in [
+            ("psk_file", &self.psk_file),
+            ("http_token_file", &self.http_token_file),
+        ] {
+            if f.as_deref().is_some_and(|f| f.trim().is_empty()) {
+                return Err(format!("node.{field} must name a file"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer ids of `node.<field>`; one that does not parse is an error
+    /// naming the field and its index. Only ids that inline an ed25519 key
+    /// (every seedswarm node's, as its `peer id …` line prints it) count:
+    /// libp2p's parser alone takes many mistyped strings.
+    pub fn peer_ids(&self, field: &str, list: &[String]) -> Result<Vec<libp2p::PeerId>, String> {
+        list.iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s = p.trim();
+                let bad = |why: String| format!("node.{field}[{i}] is not a peer id ({p:?}): {why}");
+                let id: libp2p::PeerId = s.parse().map_err(|e| bad(format!("{e}")))?;
+                if id.to_base58() != s || crate::net::origin_of_peer(&id).is_none() {
+                    return Err(bad(
+                        "not the ed25519 peer id of a seedswarm node (its \"peer id …\" start-up line)"
+                            .into(),
+                    ));
+                }
+                Ok(id)
+            })
+            .collect()
+    }
+}
+
 /// Whether `name` matches the glob `pattern` (`*` = any run of characters).
 pub fn glob(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -559,6 +638,21 @@ mod tests {
                 "eval_batch = 256\nlisten = [\"nonsense\"]",
                 "node.listen[0]",
             ),
+            (
+                "eval_batch = 256",
+                "eval_batch = 256\ndeny = [\"x\"]",
+                "node.deny[0]",
+            ),
+            (
+                "eval_batch = 256",
+                "eval_batch = 256\nmax_connections_per_ip = 0",
+                "node.max_connections_per_ip",
+            ),
+            (
+                "eval_batch = 256",
+                "eval_batch = 256\npsk_file = \"\"",
+                "node.psk_file",
+            ),
         ];
         for (from, to, field) in cases {
             assert!(DEMO.contains(from), "{from}");
@@ -566,6 +660,26 @@ mod tests {
             let err = Config::parse(&text, "x.toml").unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn peer_id_lists_name_the_bad_index_and_stay_out_of_the_run_id() {
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let good = format!("eval_batch = 256\nallow = [\"{peer}\"]\npsk_file = \"swarm.key\"");
+        let c = Config::parse(&DEMO.replacen("eval_batch = 256", &good, 1), "x.toml").unwrap();
+        assert_eq!(c.node.peer_ids("allow", &c.node.allow).unwrap(), vec![peer]);
+        let plain = Config::parse(DEMO, "demo.toml").unwrap();
+        assert_eq!(c.run.run_id(&[0; 32]), plain.run.run_id(&[0; 32]));
+        let bad = format!("eval_batch = 256\nallow = [\"{peer}\", \"nonsense\"]");
+        let err = Config::parse(&DEMO.replacen("eval_batch = 256", &bad, 1), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node.allow[1]") && err.contains("nonsense"),
+            "{err}"
+        );
     }
 
     #[test]

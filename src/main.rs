@@ -126,6 +126,9 @@ enum Command {
         /// Refresh period in seconds.
         #[arg(long, default_value_t = 2.0)]
         interval: f64,
+        /// Send the bearer token in this file (nodes with node.http_token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
     },
     /// Run a swarm node: train, gossip one-byte updates, apply everyone's.
     Node {
@@ -175,6 +178,13 @@ enum Command {
         /// node.records).
         #[arg(long)]
         record: Vec<PathBuf>,
+        /// Private swarm: the pre-shared key file (replaces node.psk_file).
+        #[arg(long)]
+        psk: Option<PathBuf>,
+        /// HTTP requests must carry the bearer token in this file (replaces
+        /// node.http_token_file).
+        #[arg(long)]
+        http_token_file: Option<PathBuf>,
     },
     /// FedZip-compress the difference of two safetensors files (input − base),
     /// or with --apply add a compressed delta to a base.
@@ -206,6 +216,17 @@ enum Command {
         /// Write a JSON summary here (sizes, ratio, errors).
         #[arg(long, conflicts_with = "apply")]
         summary: Option<PathBuf>,
+    },
+    /// Write new secrets, readable by the owner only (mode 0600), never over
+    /// an existing file: a private swarm's pre-shared key, an HTTP token.
+    Keygen {
+        /// A new pre-shared swarm key (libp2p swarm.key format) for
+        /// node.psk_file; copy it to every machine of the swarm.
+        #[arg(long, required_unless_present = "http_token")]
+        psk: Option<PathBuf>,
+        /// A new HTTP bearer token (64 hex digits) for node.http_token_file.
+        #[arg(long)]
+        http_token: Option<PathBuf>,
     },
 }
 
@@ -430,23 +451,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             urls,
             watch,
             interval,
-        } => loop {
-            let rep = seedswarm::obs::status::poll(&urls, Duration::from_secs(3));
-            if watch {
-                print!("\x1b[2J\x1b[H");
-            }
-            print!("{}", rep.table);
-            if !watch {
-                if !rep.unreachable.is_empty() {
-                    std::process::exit(1);
-                }
-                if rep.mismatches > 0 {
-                    std::process::exit(3);
-                }
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_secs_f64(interval.max(0.2)));
-        },
+            token_file,
+        } => {
+            let token = token_file
+                .map(|f| seedswarm::net::psk::load_token("--token-file", &f))
+                .transpose()
+                .map_err(|message| seedswarm::config::Error::Invalid {
+                    path: "command line".into(),
+                    message,
+                })?;
+            status_loop(&urls, watch, interval, token.as_deref())
+        }
         Command::Node {
             config,
             listen,
@@ -462,9 +477,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             http,
             summary,
             record,
+            psk,
+            http_token_file,
         } => run_node(
             {
-                let mut cfg = with_mode(load(&config)?, mode, &config)?;
+                let mut cfg = with_access(
+                    with_mode(load(&config)?, mode, &config)?,
+                    psk,
+                    http_token_file,
+                );
                 cfg.node
                     .records
                     .extend(record.iter().map(|p| p.display().to_string()));
@@ -506,7 +527,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             (None, None) => anyhow::bail!("delta needs --input or --apply"),
         },
+        Command::Keygen { psk, http_token } => keygen(psk.as_deref(), http_token.as_deref()),
     }
+}
+
+/// `seedswarm status`: one table (or, with `--watch`, one every `interval`
+/// seconds); exits 1 when a node is unreachable, 3 on a digest mismatch.
+fn status_loop(
+    urls: &[String],
+    watch: bool,
+    interval: f64,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    loop {
+        let rep = seedswarm::obs::status::poll_with(urls, Duration::from_secs(3), token);
+        if watch {
+            print!("\x1b[2J\x1b[H");
+        }
+        print!("{}", rep.table);
+        if !watch {
+            if !rep.unreachable.is_empty() {
+                std::process::exit(1);
+            }
+            if rep.mismatches > 0 {
+                std::process::exit(3);
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs_f64(interval.max(0.2)));
+    }
+}
+
+/// Applies `--psk` and `--http-token-file` overrides (checked when the
+/// node's options are made).
+fn with_access(mut cfg: Config, psk: Option<PathBuf>, token: Option<PathBuf>) -> Config {
+    if let Some(p) = psk {
+        cfg.node.psk_file = Some(p.display().to_string());
+    }
+    if let Some(t) = token {
+        cfg.node.http_token_file = Some(t.display().to_string());
+    }
+    cfg
+}
+
+/// `seedswarm keygen`: writes the secrets asked for and says what to do
+/// with them (a key's fingerprint, never the key).
+fn keygen(psk: Option<&Path>, http_token: Option<&Path>) -> anyhow::Result<()> {
+    if let Some(path) = psk {
+        let key = seedswarm::net::psk::generate(path)
+            .with_context(|| format!("writing the swarm key {}", path.display()))?;
+        println!(
+            "wrote a new pre-shared swarm key to {} (mode 0600), fingerprint {}",
+            path.display(),
+            key.fingerprint()
+        );
+        println!(
+            "copy it to every machine of the swarm and set psk_file = \"{}\" under [node] (or --psk); QUIC is off in a private swarm",
+            path.display()
+        );
+    }
+    if let Some(path) = http_token {
+        seedswarm::net::psk::generate_token(path)
+            .with_context(|| format!("writing the HTTP token {}", path.display()))?;
+        println!(
+            "wrote a new HTTP bearer token to {} (mode 0600); set http_token_file = \"{}\" under [node] (or --http-token-file), and pass --token-file to seedswarm status",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -579,6 +668,9 @@ fn run_node(
             println!("peer id {}", n.peer_id);
             for a in &n.listen {
                 println!("listening on {a}/p2p/{}", n.peer_id);
+            }
+            for line in &n.notices {
+                println!("{line}");
             }
             if let Some(h) = n.http {
                 println!("dashboard http://{h}/  metrics http://{h}/metrics  status http://{h}/status");

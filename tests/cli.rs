@@ -205,3 +205,141 @@ fn eval_replays_a_log_and_reports_progress_in_log_lines() {
     }
     assert!(!err.contains('\r') && !err.contains("batches"), "{err}");
 }
+
+#[test]
+fn keygen_writes_a_private_swarm_key_once_and_a_node_runs_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("swarm.key");
+    let o = bin().args(["keygen", "--psk"]).arg(&key).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let text = std::fs::read_to_string(&key).unwrap();
+    let psk: seedswarm::net::PreSharedKey = text.parse().expect("a swarm.key file");
+    let fp = psk.fingerprint().to_string();
+    assert!(stdout.contains(&format!("fingerprint {fp}")), "{stdout}");
+    assert!(
+        !stdout.contains(text.lines().nth(2).unwrap()),
+        "the key is not printed"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never over an existing file.
+    let o = bin().args(["keygen", "--psk"]).arg(&key).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), text);
+    // An HTTP token too.
+    let token = dir.path().join("http.token");
+    let o = bin()
+        .args(["keygen", "--http-token"])
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let t = std::fs::read_to_string(&token).unwrap();
+    assert_eq!(t.trim().len(), 64);
+    assert!(t.trim().bytes().all(|b| b.is_ascii_hexdigit()));
+    // A node with the key, named in the config's [node] section: QUIC is
+    // dropped and both are said at start.
+    let cfg = dir.path().join("private.toml");
+    let demo_text = std::fs::read_to_string(demo()).unwrap();
+    let line = format!("[node]\npsk_file = {:?}\n", key.display().to_string());
+    std::fs::write(&cfg, demo_text.replacen("[node]\n", &line, 1)).unwrap();
+    let o = bin()
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--no-mdns",
+            "--max-updates",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("private swarm: psk fingerprint {fp} (QUIC off)")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("QUIC off because of the pre-shared key")
+            && stdout.contains("not using /ip4/127.0.0.1/udp/0/quic-v1"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("listening on /ip4/127.0.0.1/udp"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("mDNS on"), "{stdout}");
+}
+
+#[test]
+fn a_bad_key_file_names_node_psk_file_and_its_path_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, "/key/swarm/psk/1.0.0/\n/base16/\n1234\n").unwrap();
+    let missing = dir.path().join("missing.key");
+    for (args, path) in [
+        (vec!["--psk".to_string(), bad.display().to_string()], &bad),
+        (
+            vec!["--psk".to_string(), missing.display().to_string()],
+            &missing,
+        ),
+    ] {
+        let o = bin()
+            .args(["node", "--config"])
+            .arg(demo())
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--no-mdns",
+                "--max-updates",
+                "1",
+            ])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("node.psk_file") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
+    // The same through the config file, and a bad peer id in node.deny.
+    let demo_text = std::fs::read_to_string(demo()).unwrap();
+    let cfg = dir.path().join("c.toml");
+    let line = format!("[node]\npsk_file = {:?}\n", bad.display().to_string());
+    std::fs::write(&cfg, demo_text.replacen("[node]\n", &line, 1)).unwrap();
+    let o = bin()
+        .args(["node", "--config"])
+        .arg(&cfg)
+        .args(["--no-mdns", "--max-updates", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node.psk_file"));
+    std::fs::write(
+        &cfg,
+        demo_text.replacen("[node]\n", "[node]\ndeny = [\"not-a-peer\"]\n", 1),
+    )
+    .unwrap();
+    let o = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("node.deny[0]"));
+}

@@ -297,3 +297,213 @@ async fn dashboard_opened_mid_run_draws_the_whole_run_and_the_swarm() {
         n.wait().await.unwrap();
     }
 }
+
+/// A request with extra header lines, by hand: `(status code, head)`.
+async fn raw_get(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut bytes = Vec::new();
+        let _ = s.read_to_end(&mut bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, head)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_token_every_path_needs_it_and_the_status_command_sends_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("http.token");
+    let token = seedswarm::net::psk::generate_token(&token_file).unwrap();
+    let mut o = options(100);
+    o.http_token = Some(seedswarm::obs::http::Token::new(token.clone()));
+    let mut node = Node::start(config(), o).await.unwrap();
+    let addr = node.http.expect("http bound");
+    assert!(
+        node.notices.contains(&format!(
+            "HTTP on {addr} requires a bearer token (node.http_token_file)"
+        )),
+        "{:?}",
+        node.notices
+    );
+    until(&node, |s| s.own_updates == 100).await;
+    let good = format!("Authorization: Bearer {token}\r\n");
+    let wrong = format!("Authorization: Bearer {}0\r\n", &token[..63]);
+    for path in [
+        "/",
+        "/index.html",
+        "/status",
+        "/metrics",
+        "/history",
+        "/nope",
+    ] {
+        for headers in ["", wrong.as_str(), "Authorization: Basic xyz\r\n"] {
+            let (code, head) = raw_get(addr, path, headers).await;
+            assert_eq!(code, 401, "{path} with {headers:?}: {head}");
+            assert!(head.contains("\r\nWWW-Authenticate: Bearer"), "{head}");
+        }
+    }
+    for (path, want) in [
+        ("/", 200),
+        ("/status", 200),
+        ("/metrics", 200),
+        ("/history", 200),
+        ("/nope", 404),
+    ] {
+        assert_eq!(raw_get(addr, path, &good).await.0, want, "{path}");
+    }
+    // The library client sends the header; the body is the real status.
+    let url = format!("http://{addr}/status");
+    let t = token.clone();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        seedswarm::obs::http::get_with(&url, Duration::from_secs(5), Some(&t))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["own_updates"], 100);
+    // A browser opens the dashboard with ?token=; the data paths take the header only.
+    let (code, _) = raw_get(addr, &format!("/?token={token}"), "").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        raw_get(addr, &format!("/?token={}0", &token[..63]), "")
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        raw_get(addr, &format!("/status?token={token}"), "").await.0,
+        401
+    );
+    // `seedswarm status --token-file` reads it; without, the node is unreachable (401).
+    let bin = env!("CARGO_BIN_EXE_seedswarm");
+    let base = format!("http://{addr}");
+    let (with, without) = tokio::task::spawn_blocking(move || {
+        let with = Command::new(bin)
+            .args(["status", &base, "--token-file"])
+            .arg(&token_file)
+            .output()
+            .unwrap();
+        let without = Command::new(bin).args(["status", &base]).output().unwrap();
+        (with, without)
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&with.stdout);
+    assert!(with.status.success(), "{text}");
+    assert!(text.contains("1/1 reachable"), "{text}");
+    assert_eq!(without.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&without.stdout);
+    assert!(
+        text.contains("HTTP 401") && text.contains("--token-file"),
+        "{text}"
+    );
+    node.stop();
+    node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_are_turned_away_until_slots_free() {
+    use seedswarm::obs::http::MAX_CONNECTIONS;
+    let mut node = Node::start(config(), options(10)).await.unwrap();
+    let addr = node.http.expect("http bound");
+    // Idle clients hold every slot (each until it sends or the 5 s deadline).
+    let idle: Vec<std::net::TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let (code, head) = raw_get(addr, "/status", "").await;
+    assert_eq!(code, 503, "{head}");
+    drop(idle);
+    // Slots come back as the server sees the idle clients go.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, _) = raw_get(addr, "/status", "").await;
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 503);
+        assert!(tokio::time::Instant::now() < deadline, "slots never freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop();
+    node.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_opened_with_its_token_draws_the_run() {
+    let Some(browser) = chromium() else {
+        assert!(
+            std::env::var_os("SEEDSWARM_REQUIRE_BROWSER").is_none(),
+            "chromium is required (SEEDSWARM_REQUIRE_BROWSER is set) but was not found"
+        );
+        eprintln!("SKIPPED: no chromium on PATH");
+        return;
+    };
+    let token = "dashboard-token-0123456789abcdef".to_string();
+    let mut o = options(1_000_000);
+    o.http_token = Some(seedswarm::obs::http::Token::new(token.clone()));
+    let mut a = Node::start(config(), o).await.unwrap();
+    until(&a, |s| s.uptime_s > 2.0 && s.own_updates > 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dump = |url: String, profile: &str| {
+        let mut c = Command::new(&browser);
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=4000",
+            "--dump-dom",
+        ]);
+        c.arg(format!(
+            "--user-data-dir={}",
+            dir.path().join(profile).display()
+        ));
+        c.arg(url);
+        c
+    };
+    let base = format!("http://{}/", a.http.unwrap());
+    let mut with = dump(format!("{base}?token={token}"), "p1");
+    let mut without = dump(base, "p2");
+    let (with, without) = tokio::task::spawn_blocking(move || {
+        let w = with.output().unwrap();
+        let wo = without.output().unwrap();
+        (
+            String::from_utf8_lossy(&w.stdout).into_owned(),
+            String::from_utf8_lossy(&wo.stdout).into_owned(),
+        )
+    })
+    .await
+    .unwrap();
+    // With the token in the URL the page's own requests carried it: the
+    // history was drawn and the status (with the peer id) shown.
+    assert!(with.contains(&a.peer_id.to_string()), "peer id shown");
+    let points = with
+        .split("data-history-points=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .expect("history points drawn");
+    assert!(points >= 1, "{points}");
+    // Without it, the page itself is refused.
+    assert!(!without.contains("<canvas"), "{without}");
+    a.stop();
+    a.wait().await.unwrap();
+}

@@ -3,13 +3,21 @@
 //! One `#[derive(NetworkBehaviour)]` struct: gossipsub (update batches and
 //! heartbeats, signed, validated before forwarding, with peer scoring),
 //! request-response (log ranges, CBOR), identify, ping, optional mDNS, and
-//! Kademlia fed by identify and bootstrap addresses. Transports: TCP (noise,
-//! yamux) and QUIC, with bandwidth metrics.
+//! Kademlia fed by identify and bootstrap addresses, plus connection
+//! hygiene ([`limits`]: caps in all, per peer, per IP, pending; allow and
+//! deny lists). Transports: TCP (noise, yamux) and QUIC, with bandwidth
+//! metrics; in a private swarm (a pre-shared key, libp2p `pnet`) TCP alone,
+//! every connection encrypted with the key before noise, so a node without
+//! the key cannot complete a handshake.
 
 pub mod bandwidth;
+pub mod limits;
+pub mod psk;
 pub mod wire;
 
 pub use bandwidth::Bandwidth;
+pub use libp2p::pnet::PreSharedKey;
+pub use limits::Limits;
 
 use crate::zo::seed::{Origin, RunId};
 use libp2p::core::muxing::StreamMuxerBox;
@@ -20,8 +28,8 @@ use libp2p::metrics::Registry;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, gossipsub, identify, kad, mdns, noise, ping, quic, request_response, tcp,
-    yamux,
+    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, pnet, quic,
+    request_response, tcp, yamux,
 };
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use std::path::Path;
@@ -57,9 +65,21 @@ pub enum Error {
     Build(String),
 }
 
-/// The node's behaviour.
+/// The node's behaviour. The behaviours that refuse connections come
+/// first: the derived behaviour asks its fields in order and stops at the
+/// first refusal, so a refused connection never reaches the others. (One
+/// that did would be remembered by request-response as established, and
+/// its bookkeeping would trip when another connection to that peer closes.)
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Peers this node refuses to talk to (operators; partition tests).
+    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// The only peers this node talks to (`node.allow`; off when empty).
+    pub allowed: Toggle<allow_block_list::Behaviour<allow_block_list::AllowedPeers>>,
+    /// Inbound connections per remote IP address.
+    pub per_ip: limits::PerIp,
+    /// Established connections in all and per peer, pending ones.
+    pub limits: connection_limits::Behaviour,
     /// Update batches and heartbeats.
     pub gossipsub: gossipsub::Behaviour,
     /// Log-range transfer.
@@ -72,9 +92,36 @@ pub struct Behaviour {
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Wider discovery from bootstrap addresses.
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    /// Peers this node refuses to talk to (operators; partition tests).
-    pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
 }
+
+/// Who may connect, and how much: the network half of `node.*` admission
+/// settings. The default is an open swarm with the default [`Limits`].
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// The private swarm's pre-shared key (TCP only, QUIC off).
+    pub psk: Option<PreSharedKey>,
+    /// Connection caps.
+    pub limits: Limits,
+    /// When not empty, the only peers to dial or accept.
+    pub allow: Vec<PeerId>,
+    /// Peers never dialed or accepted.
+    pub deny: Vec<PeerId>,
+}
+
+/// Whether `addr` is a QUIC address (there is no pre-shared key for QUIC).
+pub fn is_quic(addr: &libp2p::Multiaddr) -> bool {
+    addr.iter().any(|p| {
+        matches!(
+            p,
+            libp2p::multiaddr::Protocol::Quic | libp2p::multiaddr::Protocol::QuicV1
+        )
+    })
+}
+
+/// How long a connection may take from accept or dial to a multiplexed
+/// session (pnet, noise, yamux) before it is dropped, so a peer that never
+/// finishes its handshake does not hold a pending slot.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl crate::proto::Peer for PeerId {
     fn origin(&self) -> Option<Origin> {
@@ -188,15 +235,30 @@ pub fn peer_of_origin(origin: &Origin) -> Option<PeerId> {
 }
 
 /// The transports: TCP (noise, yamux) or QUIC, every connection's bytes
-/// counted by `bw`.
+/// counted by `bw`. With a pre-shared key: TCP alone, each connection
+/// first wrapped by pnet (a nonce each way, then XSalsa20 with the key), so
+/// noise fails against a peer holding another key or none.
 fn transport(
     key: &Keypair,
     bw: Bandwidth,
+    psk: Option<PreSharedKey>,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
-    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let tcp_base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    if let Some(psk) = psk {
+        return Ok(tcp_base
+            .and_then(move |socket, _| pnet::PnetConfig::new(psk).handshake(socket))
+            .upgrade(upgrade::Version::V1Lazy)
+            .authenticate(noise::Config::new(key)?)
+            .multiplex(yamux::Config::default())
+            .timeout(HANDSHAKE_TIMEOUT)
+            .map(move |(p, m), _| (p, bw.wrap(StreamMuxerBox::new(m))))
+            .boxed());
+    }
+    let tcp = tcp_base
         .upgrade(upgrade::Version::V1Lazy)
         .authenticate(noise::Config::new(key)?)
         .multiplex(yamux::Config::default())
+        .timeout(HANDSHAKE_TIMEOUT)
         .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
     let quic = quic::tokio::Transport::new(quic::Config::new(key))
         .map(|(p, m), _| (p, StreamMuxerBox::new(m)));
@@ -252,12 +314,36 @@ pub fn build_for(
     bw: Bandwidth,
     max_delta_bytes: usize,
 ) -> Result<Swarm<Behaviour>, Error> {
+    build_with(
+        key,
+        topics,
+        mdns_on,
+        registry,
+        bw,
+        max_delta_bytes,
+        &Access::default(),
+    )
+}
+
+/// Like [`build_for`], with `access`: a private swarm's key (TCP only),
+/// connection limits, allow and deny lists.
+pub fn build_with(
+    key: Keypair,
+    topics: &Topics,
+    mdns_on: bool,
+    registry: &mut Registry,
+    bw: Bandwidth,
+    max_delta_bytes: usize,
+    access: &Access,
+) -> Result<Swarm<Behaviour>, Error> {
     let b = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let topics = topics.clone();
+    let psk = access.psk;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| {
-            transport(key, bw).map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
+            transport(key, bw, psk)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
         })
         .map_err(|e| b(&e))?
         .with_behaviour(
@@ -346,6 +432,17 @@ pub fn build_for(
                     kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
                 );
                 kad.set_mode(Some(kad::Mode::Server));
+                let mut blocked = allow_block_list::Behaviour::default();
+                for p in &access.deny {
+                    blocked.block_peer(*p);
+                }
+                let allowed = (!access.allow.is_empty()).then(|| {
+                    let mut a = allow_block_list::Behaviour::default();
+                    for p in &access.allow {
+                        a.allow_peer(*p);
+                    }
+                    a
+                });
                 Ok(Behaviour {
                     gossipsub,
                     sync,
@@ -353,7 +450,10 @@ pub fn build_for(
                     ping,
                     mdns: Toggle::from(mdns),
                     kad,
-                    blocked: Default::default(),
+                    blocked,
+                    limits: access.limits.behaviour(),
+                    per_ip: limits::PerIp::new(access.limits.max_connections_per_ip),
+                    allowed: Toggle::from(allowed),
                 })
             },
         )

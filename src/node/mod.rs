@@ -112,6 +112,12 @@ pub struct Options {
     /// Membership records (the owner's admissions and revocations, as
     /// files) this node takes and gossips at start (`node.records`).
     pub records: Vec<PathBuf>,
+    /// Who may connect: the private swarm's key, connection limits, allow
+    /// and deny lists (`node.psk_file`, `node.max_*`, `node.allow`,
+    /// `node.deny`).
+    pub access: net::Access,
+    /// The bearer token HTTP requests must carry (`node.http_token_file`).
+    pub http_token: Option<http::Token>,
 }
 
 impl Options {
@@ -176,8 +182,94 @@ impl Options {
             join: join::Mode::Auto,
             snapshot_quorum: n.snapshot_quorum,
             records: n.records.iter().map(PathBuf::from).collect(),
+            access: access(n)?,
+            http_token: n
+                .http_token_file
+                .as_deref()
+                .map(|f| net::psk::load_token("node.http_token_file", std::path::Path::new(f)))
+                .transpose()?
+                .map(http::Token::new),
         })
     }
+}
+
+/// The network access settings of `n`: the key read from `node.psk_file`,
+/// the caps, the peer ids of `node.allow` and `node.deny` (errors name the
+/// field, and the path or index).
+fn access(n: &NodeSettings) -> Result<net::Access, String> {
+    n.validate_access()?;
+    Ok(net::Access {
+        psk: n
+            .psk_file
+            .as_deref()
+            .map(|f| net::psk::load("node.psk_file", std::path::Path::new(f)))
+            .transpose()?,
+        limits: net::Limits {
+            max_connections: n.max_connections,
+            max_connections_per_peer: n.max_connections_per_peer,
+            max_pending: n.max_pending,
+            max_connections_per_ip: n.max_connections_per_ip,
+        },
+        allow: n.peer_ids("allow", &n.allow)?,
+        deny: n.peer_ids("deny", &n.deny)?,
+    })
+}
+
+/// The start-up lines a node's operator should read: a private swarm's
+/// key fingerprint and QUIC off (with what was dropped for it), mDNS
+/// announcing the node, allow and deny lists, and an HTTP server reachable
+/// beyond loopback without a token.
+fn notices(
+    opts: &Options,
+    dropped: &[Multiaddr],
+    http: Option<std::net::SocketAddr>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let a = &opts.access;
+    if let Some(psk) = &a.psk {
+        out.push(format!(
+            "private swarm: psk fingerprint {} (QUIC off)",
+            psk.fingerprint()
+        ));
+        if !dropped.is_empty() {
+            let list: Vec<String> = dropped.iter().map(|d| d.to_string()).collect();
+            out.push(format!(
+                "QUIC off because of the pre-shared key (pnet covers TCP only): not using {}",
+                list.join(", ")
+            ));
+        }
+    }
+    if opts.mdns {
+        let mut line = "mDNS on: this node announces itself on the local network (node.mdns = false or --no-mdns to stop)".to_string();
+        if a.psk.is_some() {
+            line.push_str("; peers without the pre-shared key cannot connect");
+        }
+        out.push(line);
+    }
+    if !a.allow.is_empty() {
+        out.push(format!(
+            "allow list: only {} listed peer(s) may connect (node.allow)",
+            a.allow.len()
+        ));
+    }
+    if !a.deny.is_empty() {
+        out.push(format!(
+            "deny list: {} peer(s) refused (node.deny)",
+            a.deny.len()
+        ));
+    }
+    if let Some(h) = http {
+        if opts.http_token.is_some() {
+            out.push(format!(
+                "HTTP on {h} requires a bearer token (node.http_token_file)"
+            ));
+        } else if !h.ip().is_loopback() {
+            out.push(format!(
+                "HTTP on {h} without a token: anyone who can reach it reads status and metrics; set node.http_token_file"
+            ));
+        }
+    }
+    out
 }
 
 impl Default for Options {
@@ -197,6 +289,9 @@ pub struct Node {
     pub listen: Vec<Multiaddr>,
     /// Where its HTTP server listens, when enabled.
     pub http: Option<std::net::SocketAddr>,
+    /// Start-up lines for the operator (private swarm, QUIC off, mDNS on,
+    /// an HTTP server without a token...).
+    pub notices: Vec<String>,
     status: watch::Receiver<Status>,
     control: mpsc::Sender<Control>,
     stop: Option<oneshot::Sender<()>>,
@@ -365,14 +460,24 @@ async fn start(
         .clone()
         .try_into_ed25519()
         .map_err(|_| net::Error::Build("node key is not ed25519".into()))?;
-    let mut swarm = net::build_for(
+    let mut swarm = net::build_with(
         key,
         &topics,
         opts.mdns,
         &mut registry,
         bandwidth.clone(),
         cfg.run.delta.max_bytes,
+        &opts.access,
     )?;
+    // A private swarm runs on TCP alone: pnet has no QUIC.
+    let mut opts = opts;
+    let mut dropped = Vec::new();
+    if opts.access.psk.is_some() {
+        for list in [&mut opts.listen, &mut opts.bootstrap] {
+            dropped.extend(list.iter().filter(|a| net::is_quic(a)).cloned());
+            list.retain(|a| !net::is_quic(a));
+        }
+    }
     let metrics = Metrics::new(&mut registry);
     let series = Series::register(&mut registry);
     let registry = Arc::new(Mutex::new(registry));
@@ -408,6 +513,7 @@ async fn start(
                 registry: registry.clone(),
                 status: status_rx.clone(),
                 history: history.clone(),
+                token: opts.http_token.clone(),
             };
             tokio::spawn(http::serve(listener, shared));
             local
@@ -497,6 +603,7 @@ async fn start(
         max_connected: 0,
         finished: false,
         failure: None,
+        refused: Default::default(),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let (control_tx, control_rx) = mpsc::channel(16);
@@ -506,6 +613,7 @@ async fn start(
         origin,
         listen,
         http: http_addr,
+        notices: notices(&opts, &dropped, http_addr),
         status: status_rx,
         control: control_tx,
         stop: Some(stop_tx),
@@ -537,5 +645,130 @@ mod tests {
         assert!(Options::from_settings(&bad)
             .unwrap_err()
             .contains("node.http"));
+    }
+
+    #[test]
+    fn access_settings_are_read_and_bad_ones_name_their_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("swarm.key");
+        let psk = net::psk::generate(&key).unwrap();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        let n = NodeSettings {
+            psk_file: Some(key.display().to_string()),
+            max_connections_per_ip: 3,
+            allow: vec![peer.to_string()],
+            ..NodeSettings::default()
+        };
+        let o = Options::from_settings(&n).unwrap();
+        assert_eq!(o.access.psk, Some(psk));
+        assert_eq!(o.access.limits.max_connections_per_ip, 3);
+        assert_eq!(o.access.allow, vec![peer]);
+        assert!(
+            format!("{o:?}").contains("fingerprint"),
+            "Debug shows no key"
+        );
+        let bad = key.with_file_name("bad.key");
+        std::fs::write(&bad, "garbage").unwrap();
+        for (n, field, what) in [
+            (
+                NodeSettings {
+                    psk_file: Some(bad.display().to_string()),
+                    ..NodeSettings::default()
+                },
+                "node.psk_file",
+                bad.display().to_string(),
+            ),
+            (
+                NodeSettings {
+                    http_token_file: Some("/nonexistent/token".into()),
+                    ..NodeSettings::default()
+                },
+                "node.http_token_file",
+                "/nonexistent/token".into(),
+            ),
+            (
+                NodeSettings {
+                    deny: vec![peer.to_string(), "12D3KooWnope".into()],
+                    ..NodeSettings::default()
+                },
+                "node.deny[1]",
+                "12D3KooWnope".into(),
+            ),
+            (
+                NodeSettings {
+                    max_pending: 0,
+                    ..NodeSettings::default()
+                },
+                "node.max_pending",
+                "at least 1".into(),
+            ),
+        ] {
+            let e = Options::from_settings(&n).unwrap_err();
+            assert!(e.contains(field) && e.contains(&what), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn start_up_notices_say_what_is_exposed() {
+        let psk = net::PreSharedKey::new([3; 32]);
+        let quic: Multiaddr = "/ip4/0.0.0.0/udp/0/quic-v1".parse().unwrap();
+        let open: std::net::SocketAddr = "0.0.0.0:9100".parse().unwrap();
+        let local: std::net::SocketAddr = "127.0.0.1:9100".parse().unwrap();
+        let o = Options {
+            mdns: true,
+            ..Options::default()
+        };
+        let n = notices(&o, &[], Some(open));
+        assert_eq!(
+            n,
+            [
+                "mDNS on: this node announces itself on the local network (node.mdns = false or --no-mdns to stop)",
+                "HTTP on 0.0.0.0:9100 without a token: anyone who can reach it reads status and metrics; set node.http_token_file",
+            ]
+        );
+        assert!(notices(
+            &Options {
+                mdns: false,
+                ..o.clone()
+            },
+            &[],
+            Some(local)
+        )
+        .is_empty());
+        let private = Options {
+            access: net::Access {
+                psk: Some(psk),
+                deny: vec![Keypair::generate_ed25519().public().to_peer_id()],
+                ..net::Access::default()
+            },
+            http_token: Some(http::Token::new("0123456789abcdef")),
+            ..o
+        };
+        let n = notices(&private, std::slice::from_ref(&quic), Some(open));
+        assert_eq!(
+            n[0],
+            format!(
+                "private swarm: psk fingerprint {} (QUIC off)",
+                psk.fingerprint()
+            )
+        );
+        assert!(
+            n[1].starts_with("QUIC off because of the pre-shared key")
+                && n[1].ends_with("/ip4/0.0.0.0/udp/0/quic-v1"),
+            "{}",
+            n[1]
+        );
+        assert!(
+            n[2].starts_with("mDNS on:")
+                && n[2].ends_with("peers without the pre-shared key cannot connect"),
+            "{}",
+            n[2]
+        );
+        assert_eq!(n[3], "deny list: 1 peer(s) refused (node.deny)");
+        assert_eq!(
+            n[4],
+            "HTTP on 0.0.0.0:9100 requires a bearer token (node.http_token_file)"
+        );
+        assert_eq!(n.len(), 5);
     }
 }

@@ -58,6 +58,11 @@ pub struct Status {
     pub waiting_for: Vec<String>,
     /// Every live peer known from its heartbeats, sorted by peer id.
     pub swarm: Vec<SwarmPeer>,
+    /// Connections this node refused, by reason: `handshake_failed`
+    /// (inbound, e.g. a peer without the private swarm's key),
+    /// `denied_peer` (`node.deny`, bans), `not_allowed` (not in
+    /// `node.allow`), `connection_limit`, `per_ip_limit`.
+    pub connections_refused: BTreeMap<String, u64>,
 }
 
 /// One peer as this node knows it from its last heartbeat.
@@ -252,6 +257,8 @@ pub(super) struct Swarm {
     pub uptime_s: f64,
     /// Per second: applied updates, bytes in, bytes out.
     pub rates: (f64, f64, f64),
+    /// Connections refused, by reason.
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// The status of a node now.
@@ -305,6 +312,7 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
             .map(|(p, why)| format!("{p}: {why}"))
             .collect(),
         swarm: swarm_peers(core, now),
+        connections_refused: sw.refused,
     }
 }
 

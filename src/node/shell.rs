@@ -60,6 +60,8 @@ pub(super) struct Shell {
     pub(super) max_connected: usize,
     pub(super) finished: bool,
     pub(super) failure: Option<String>,
+    /// Connections refused or failed in their handshake, by reason.
+    pub(super) refused: std::collections::BTreeMap<String, u64>,
 }
 
 impl Shell {
@@ -369,6 +371,30 @@ impl Shell {
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {
                 self.listen.push(address);
             }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                let reason = match &error {
+                    libp2p::swarm::ListenError::Denied { cause } => {
+                        net::limits::denial_reason(cause)
+                    }
+                    libp2p::swarm::ListenError::Transport(_) => "handshake_failed",
+                    _ => return,
+                };
+                tracing::debug!(from = %send_back_addr, reason, %error, "inbound connection refused");
+                *self.refused.entry(reason.to_string()).or_default() += 1;
+            }
+            SwarmEvent::OutgoingConnectionError {
+                error: libp2p::swarm::DialError::Denied { cause },
+                peer_id,
+                ..
+            } => {
+                let reason = net::limits::denial_reason(&cause);
+                tracing::debug!(peer = ?peer_id, reason, "dial refused");
+                *self.refused.entry(reason.to_string()).or_default() += 1;
+            }
             _ => {}
         }
     }
@@ -439,6 +465,7 @@ impl Shell {
             bytes,
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             rates: self.rates.sample(now, applied, bytes),
+            refused: self.refused.clone(),
         };
         let status = report::status(&self.core, swarm, now);
         report::gauges(&self.series, &self.core, &status);

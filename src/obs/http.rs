@@ -4,7 +4,15 @@
 //! connection runs in its own task with a deadline, reads at most 8 KiB of
 //! request head and shares nothing with the network loop but a status
 //! snapshot, the history (locked only to copy it) and the metrics registry,
-//! so slow clients never block it.
+//! so slow clients never block it. At most [`MAX_CONNECTIONS`] connections
+//! are served at once; more are answered 503 and closed at once.
+//!
+//! With a bearer token (`node.http_token_file`) every path requires
+//! `Authorization: Bearer <token>` (compared in constant time; otherwise
+//! 401 with `WWW-Authenticate: Bearer`). A browser cannot send that header
+//! when it opens a page, so the dashboard page (`/`) also accepts the token
+//! as `?token=<token>`; the page's script then sends the header on its own
+//! requests. `/metrics`, `/status` and `/history` take the header only.
 
 use crate::node::Status;
 use crate::obs::history::History;
@@ -18,6 +26,40 @@ use tokio::sync::watch;
 const DASHBOARD: &str = include_str!("dashboard.html");
 const MAX_HEAD: usize = 8 * 1024;
 const DEADLINE: Duration = Duration::from_secs(5);
+/// Most HTTP connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections past [`MAX_CONNECTIONS`] answered 503 at once (more are
+/// closed without an answer).
+const TURNED_AWAY: usize = 16;
+const BUSY_DEADLINE: Duration = Duration::from_secs(1);
+
+/// A bearer token (its `Debug` does not show it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A token of these characters.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is this token, in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.0.as_bytes().ct_eq(candidate))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
 
 /// What the server reads.
 #[derive(Clone)]
@@ -28,19 +70,35 @@ pub struct Shared {
     pub status: watch::Receiver<Status>,
     /// The node's history, one sample per status publish.
     pub history: Arc<Mutex<History>>,
+    /// The bearer token every request must carry (None: none needed).
+    pub token: Option<Token>,
 }
 
 /// Serves until the status sender (the node) goes away.
 pub async fn serve(listener: TcpListener, shared: Shared) {
     let mut closed = shared.status.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let turned_away = Arc::new(tokio::sync::Semaphore::new(TURNED_AWAY));
     loop {
         tokio::select! {
             r = closed.changed() => if r.is_err() { break },
             conn = listener.accept() => match conn {
                 Ok((stream, _)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Full: a short-lived 503 while few are being turned
+                        // away, else closed at once.
+                        if let Ok(t) = turned_away.clone().try_acquire_owned() {
+                            tokio::spawn(async move {
+                                let _ = tokio::time::timeout(BUSY_DEADLINE, busy(stream)).await;
+                                drop(t);
+                            });
+                        }
+                        continue;
+                    };
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         let _ = tokio::time::timeout(DEADLINE, handle(stream, shared)).await;
+                        drop(slot);
                     });
                 }
                 Err(e) => {
@@ -72,7 +130,22 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
     }
-    let path = target.split('?').next().unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    if let Some(token) = &shared.token {
+        let page = matches!(path, "/" | "/index.html");
+        let ok = bearer(&head).is_some_and(|t| token.matches(t))
+            || (page && query_token(query).is_some_and(|t| token.matches(t.as_bytes())));
+        if !ok {
+            return respond_with(
+                &mut stream,
+                401,
+                "text/plain",
+                "WWW-Authenticate: Bearer realm=\"seedswarm\"\r\n",
+                b"a bearer token is required (Authorization: Bearer <token>)\n",
+            )
+            .await;
+        }
+    }
     match path {
         "/" | "/index.html" => {
             respond(
@@ -115,20 +188,87 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     }
 }
 
+/// What an over-full server answers before it closes a connection.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 22\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\r\n";
+
+/// Answers 503 and closes after the client does (so the unread request
+/// does not turn the close into a reset that loses the answer).
+async fn busy(mut stream: TcpStream) -> std::io::Result<()> {
+    stream.write_all(BUSY).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    let mut left = MAX_HEAD;
+    while left > 0 {
+        match stream.read(&mut sink).await? {
+            0 => break,
+            n => left = left.saturating_sub(n),
+        }
+    }
+    Ok(())
+}
+
+/// The token of an `Authorization: Bearer <token>` header in a request head.
+fn bearer(head: &[u8]) -> Option<&[u8]> {
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    head[..end].split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !name.eq_ignore_ascii_case(b"authorization") {
+            return None;
+        }
+        let value = value.trim_ascii();
+        let (scheme, token) = value.split_at(value.iter().position(|&b| b == b' ')?);
+        scheme
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| token.trim_ascii())
+    })
+}
+
+/// The value of `token=` in a query string (percent-decoding `%XX`).
+fn query_token(query: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|kv| kv.strip_prefix("token="))?;
+    let mut out = Vec::with_capacity(raw.len());
+    let b = raw.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 async fn respond(
     stream: &mut TcpStream,
     code: u16,
     kind: &str,
     body: &[u8],
 ) -> std::io::Result<()> {
+    respond_with(stream, code, kind, "", body).await
+}
+
+async fn respond_with(
+    stream: &mut TcpStream,
+    code: u16,
+    kind: &str,
+    extra: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
     };
     let head = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\n{extra}Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -138,6 +278,15 @@ async fn respond(
 
 /// Fetches `url` (`http://host:port/path`) with a deadline: `(status code, body)`.
 pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    get_with(url, timeout, None)
+}
+
+/// Like [`get`], sending `Authorization: Bearer <token>` when given one.
+pub fn get_with(
+    url: &str,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("http://")
@@ -156,9 +305,10 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n"
     )
     .map_err(|e| format!("{url}: {e}"))?;
     let mut body = Vec::new();
@@ -175,4 +325,37 @@ pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("{url}: malformed status line"))?;
     Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_token_is_found_in_any_case_and_nowhere_else() {
+        let head = b"GET /status HTTP/1.1\r\nHost: x\r\nauthorization:  bearer  abc123 \r\n\r\n";
+        assert_eq!(bearer(head), Some(&b"abc123"[..]));
+        let head = b"GET / HTTP/1.1\r\nAuthorization: Basic abc123\r\n\r\n";
+        assert_eq!(bearer(head), None);
+        let head = b"GET / HTTP/1.1\r\nX-Authorization: Bearer abc123\r\n\r\n";
+        assert_eq!(bearer(head), None);
+        // Not in the body, not in the request line.
+        let head = b"GET /Authorization: Bearer abc HTTP/1.1\r\n\r\nAuthorization: Bearer abc\r\n";
+        assert_eq!(bearer(head), None);
+    }
+
+    #[test]
+    fn tokens_compare_whole_and_query_tokens_decode() {
+        let t = Token::new("s3cret-token-0123");
+        assert!(t.matches(b"s3cret-token-0123"));
+        assert!(!t.matches(b"s3cret-token-012"));
+        assert!(!t.matches(b"s3cret-token-01234"));
+        assert!(!t.matches(b""));
+        assert_eq!(format!("{t:?}"), "Token(<redacted>)");
+        assert_eq!(query_token("a=1&token=ab%2Bc"), Some("ab+c".into()));
+        assert_eq!(query_token("token=abc"), Some("abc".into()));
+        assert_eq!(query_token("mytoken=abc"), None);
+        assert_eq!(query_token("token=ab%zz"), None);
+        assert_eq!(query_token("token=ab%"), Some("ab%".into()));
+    }
 }

@@ -19,11 +19,22 @@ pub struct Report {
 
 /// Polls every URL (a node's base URL or its `/status`) and renders the table.
 pub fn poll(urls: &[String], timeout: Duration) -> Report {
+    poll_with(urls, timeout, None)
+}
+
+/// Like [`poll`], sending `token` as a bearer token (nodes with
+/// `node.http_token_file`).
+pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Report {
     let mut rows: Vec<(String, Result<Status, String>)> = Vec::new();
     for u in urls {
         let base = u.trim_end_matches('/').trim_end_matches("/status");
         let url = format!("{base}/status");
-        let r = crate::obs::http::get(&url, timeout).and_then(|(code, body)| {
+        let r = crate::obs::http::get_with(&url, timeout, token).and_then(|(code, body)| {
+            if code == 401 {
+                return Err(format!(
+                    "{url}: HTTP 401 (the node wants a bearer token: --token-file FILE)"
+                ));
+            }
             if code != 200 {
                 return Err(format!("{url}: HTTP {code}"));
             }
