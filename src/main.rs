@@ -115,6 +115,20 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Hand owner's records (admission or revocation files) to a running
+    /// node over its HTTP server (POST /records); it checks, keeps and
+    /// gossips them.
+    Publish {
+        /// The node's HTTP URL, e.g. http://127.0.0.1:9100
+        #[arg(long)]
+        node: String,
+        /// Send the bearer token in this file (nodes with node.http_token_file).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Record files.
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+    },
     /// Show one table for one or many nodes (their --http URLs).
     Status {
         /// Node URLs, e.g. http://127.0.0.1:9100
@@ -410,6 +424,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let n = train::export(&cfg, Some(&data_dir), &out)?;
             drop(progress);
             println!("wrote {n} tensors to {}", out.display());
+            Ok(())
+        }
+        Command::Publish {
+            node,
+            token_file,
+            records,
+        } => {
+            let token = token_file
+                .map(|f| seedswarm::net::psk::load_token("--token-file", &f))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let url = format!("{}/records", node.trim_end_matches('/'));
+            for path in &records {
+                let record = seedswarm::owner::read_record(path)?;
+                let (code, body) = seedswarm::obs::http::post_with(
+                    &url,
+                    record.to_text().as_bytes(),
+                    Duration::from_secs(10),
+                    token.as_deref(),
+                )
+                .map_err(|e| anyhow::anyhow!(e))?;
+                match code {
+                    200 => println!("{}: {}", path.display(), body.trim()),
+                    401 => anyhow::bail!(
+                        "{url}: HTTP 401 (the node wants a bearer token: --token-file FILE)"
+                    ),
+                    _ => anyhow::bail!(
+                        "{}: {url} refused it (HTTP {code}): {}",
+                        path.display(),
+                        body.trim()
+                    ),
+                }
+            }
             Ok(())
         }
         Command::OwnerKey { out } => {

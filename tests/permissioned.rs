@@ -1,6 +1,7 @@
 //! A permissioned run on real sockets, driven as its owner would drive it:
 //! `seedswarm owner-key`, `seedswarm admit` and `seedswarm revoke` (the
-//! binary), record files handed to nodes at start and to a running node.
+//! binary), record files handed to nodes at start and published to a
+//! running node over its HTTP server (`seedswarm publish`).
 
 mod common;
 
@@ -126,6 +127,7 @@ async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refu
             key: Some(keys[1].clone()),
             records: vec![files[1].clone()],
             bootstrap: vec![addr(&a)],
+            http: Some("127.0.0.1:0".parse().unwrap()),
             ..options(made, 1)
         },
     )
@@ -158,13 +160,41 @@ async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refu
         &["--from-seq", "200"],
         &revocation,
     );
+    // Published to node 1 over its HTTP server, as the owner would.
+    let url = format!("http://{}", b.http.unwrap());
+    let file = revocation.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        seedswarm(&["publish", "--node", &url, file.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("\"news\":true"), "{out}");
     let bytes = std::fs::read(&revocation).unwrap();
-    assert_eq!(b.add_record(bytes.clone()).await, Ok(true));
     assert_eq!(
         b.add_record(bytes).await,
         Ok(false),
         "no news the second time"
     );
+    // Garbage, or a record of another owner, is refused with a reason.
+    assert!(b
+        .add_record(b"seedswarm-revocation 00".to_vec())
+        .await
+        .is_err());
+    let stranger = dir.path().join("stranger.key");
+    seedswarm(&["owner-key", stranger.to_str().unwrap()]);
+    let forged = seedswarm::owner::sign(
+        &stranger,
+        &seedswarm::zo::seed::RunId([0; 32]),
+        seedswarm::crdt::admit::Kind::Revocation,
+        &b.peer_id.to_string(),
+        0,
+    )
+    .unwrap();
+    let err = b
+        .add_record(forged.to_text().into_bytes())
+        .await
+        .unwrap_err();
+    assert!(err.contains("owner"), "{err}");
     let s = finish(vec![a, b, c]).await;
     assert_identical(&s);
     for x in &s {

@@ -497,6 +497,7 @@ async fn start(
             Err(_) => break,
         }
     }
+    let (control_tx, control_rx) = mpsc::channel(16);
     let (status_tx, status_rx) = watch::channel(Status::default());
     let history = Arc::new(Mutex::new(History::new()));
     let http_addr = match opts.http {
@@ -509,11 +510,22 @@ async fn start(
                         reason: e.to_string(),
                     })?;
             let local = listener.local_addr().ok();
+            // Records posted to /records go to the shell like Node::add_record.
+            let (records, mut posted) = mpsc::channel(8);
+            let control = control_tx.clone();
+            tokio::spawn(async move {
+                while let Some((bytes, answer)) = posted.recv().await {
+                    if control.send(Control::Record(bytes, answer)).await.is_err() {
+                        break;
+                    }
+                }
+            });
             let shared = http::Shared {
                 registry: registry.clone(),
                 status: status_rx.clone(),
                 history: history.clone(),
                 token: opts.http_token.clone(),
+                records: Some(records),
             };
             tokio::spawn(http::serve(listener, shared));
             local
@@ -606,7 +618,6 @@ async fn start(
         refused: Default::default(),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
-    let (control_tx, control_rx) = mpsc::channel(16);
     let task = tokio::spawn(shell.run(stop_rx, control_rx, from_compute, done_rx, compute));
     Ok(Node {
         peer_id,

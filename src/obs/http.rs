@@ -72,7 +72,16 @@ pub struct Shared {
     pub history: Arc<Mutex<History>>,
     /// The bearer token every request must carry (None: none needed).
     pub token: Option<Token>,
+    /// Where `POST /records` hands an owner's record (None: not served).
+    pub records: Option<RecordSink>,
 }
+
+/// Takes an owner's record (encoded) and answers whether it was news.
+pub type RecordSink =
+    tokio::sync::mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Result<bool, String>>)>;
+
+/// Largest `POST /records` body (a record file is about 230 bytes).
+const MAX_RECORD_BODY: usize = 4096;
 
 /// Serves until the status sender (the node) goes away.
 pub async fn serve(listener: TcpListener, shared: Shared) {
@@ -127,10 +136,17 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    if method != "GET" && method != "HEAD" {
-        return respond(&mut stream, 405, "text/plain", b"only GET\n").await;
-    }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let post = method == "POST" && path == "/records";
+    if method != "GET" && method != "HEAD" && !post {
+        return respond(
+            &mut stream,
+            405,
+            "text/plain",
+            b"only GET (and POST /records)\n",
+        )
+        .await;
+    }
     if let Some(token) = &shared.token {
         let page = matches!(path, "/" | "/index.html");
         let ok = bearer(&head).is_some_and(|t| token.matches(t))
@@ -145,6 +161,9 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
             )
             .await;
         }
+    }
+    if post {
+        return post_record(&mut stream, &head, &shared).await;
     }
     match path {
         "/" | "/index.html" => {
@@ -185,6 +204,62 @@ async fn handle(mut stream: TcpStream, shared: Shared) -> std::io::Result<()> {
             respond(&mut stream, 200, "application/json", &body).await
         }
         _ => respond(&mut stream, 404, "text/plain", b"not found\n").await,
+    }
+}
+
+/// `POST /records`: an owner's admission or revocation (a record file's
+/// bytes) handed to the node, which checks it against the run's owner,
+/// keeps it and gossips it when it is news. Anyone may post one: only the
+/// owner's signature makes it count (the bearer token, when set, is asked
+/// all the same).
+async fn post_record(stream: &mut TcpStream, head: &[u8], shared: &Shared) -> std::io::Result<()> {
+    let Some(sink) = &shared.records else {
+        return respond(stream, 404, "text/plain", b"this node takes no records\n").await;
+    };
+    let end = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 4);
+    let len = String::from_utf8_lossy(&head[..end]).lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
+    });
+    let Some(len) = len.filter(|&n| n <= MAX_RECORD_BODY) else {
+        return respond(
+            stream,
+            411,
+            "text/plain",
+            b"a Content-Length of at most 4096 is required\n",
+        )
+        .await;
+    };
+    let mut body = head[end..].to_vec();
+    let mut buf = [0u8; 1024];
+    while body.len() < len {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        body.extend_from_slice(&buf[..n]);
+    }
+    body.truncate(len);
+    let record = match crate::crdt::admit::Record::from_file_bytes(&body) {
+        Ok(r) => r,
+        Err(e) => return respond(stream, 400, "text/plain", format!("{e}\n").as_bytes()).await,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if sink.send((record.encode(), tx)).await.is_err() {
+        return respond(stream, 503, "text/plain", b"the node is stopping\n").await;
+    }
+    match rx.await {
+        Ok(Ok(news)) => {
+            let body = serde_json::json!({ "record": format!("{record:?}"), "news": news });
+            respond(stream, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        Ok(Err(e)) => respond(stream, 400, "text/plain", format!("{e}\n").as_bytes()).await,
+        Err(_) => respond(stream, 503, "text/plain", b"the node is stopping\n").await,
     }
 }
 
@@ -287,6 +362,26 @@ pub fn get_with(
     timeout: Duration,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
+    request(url, None, timeout, token)
+}
+
+/// POSTs `body` to `url`: the status code and the body of the answer.
+pub fn post_with(
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    request(url, Some(body), timeout, token)
+}
+
+/// One HTTP/1.1 request (GET, or POST with a body).
+fn request(
+    url: &str,
+    post: Option<&[u8]>,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let rest = url
         .strip_prefix("http://")
@@ -306,10 +401,15 @@ pub fn get_with(
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let (method, extra) = match post {
+        Some(b) => ("POST", format!("Content-Length: {}\r\n", b.len())),
+        None => ("GET", String::new()),
+    };
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{auth}{extra}Connection: close\r\n\r\n"
     )
+    .and_then(|_| s.write_all(post.unwrap_or_default()))
     .map_err(|e| format!("{url}: {e}"))?;
     let mut body = Vec::new();
     s.take(64 << 20)
