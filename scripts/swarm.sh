@@ -8,13 +8,16 @@
 #   SEEDSWARM_BIN=target/release/seedswarm scripts/swarm.sh
 #   FIRST_ORDER=1 scripts/swarm.sh   # the last node trains first-order
 #   PSK=1 scripts/swarm.sh           # a private swarm: one pre-shared key, TCP only
+#   OWNER=1 scripts/swarm.sh         # a permissioned run: an owner key admits each node
 #
 # Environment: N (nodes), UPDATES (own updates per node), CONFIG, TARGET_ACC
 # (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN,
 # FIRST_ORDER (how many of the nodes, counted from the last, run
 # --mode first-order; default 0) and FO_ROUNDS (their own updates, i.e.
 # compressed deltas, default 100) and PSK (1: every node gets one new
-# pre-shared key, RUN_DIR/swarm.key; QUIC is then off).
+# pre-shared key, RUN_DIR/swarm.key; QUIC is then off) and OWNER (1: a new
+# owner key RUN_DIR/owner.key makes the run permissioned, RUN_DIR/run.toml,
+# and each node starts with its admission, RUN_DIR/node-i/admission).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,6 +45,11 @@ if [[ "${PSK:-0}" == 1 ]]; then
   "$SEEDSWARM_BIN" keygen --psk "$RUN_DIR/swarm.key"
   private=(--psk "$RUN_DIR/swarm.key")
 fi
+if [[ "${OWNER:-0}" == 1 ]]; then
+  owner=$("$SEEDSWARM_BIN" owner-key "$RUN_DIR/owner.key" | grep '^owner = ')
+  awk -v line="$owner" '{ print } /^\[run\]$/ && !done { print line; done = 1 }' "$CONFIG" >"$RUN_DIR/run.toml"
+  CONFIG="$RUN_DIR/run.toml"
+fi
 echo "swarm of $N nodes ($FIRST_ORDER first-order), $UPDATES updates each (first-order: $FO_ROUNDS deltas), config $CONFIG, logs in $RUN_DIR"
 
 pids=()
@@ -58,10 +66,18 @@ start_node() {
     own=(--mode first-order --max-updates "$FO_ROUNDS")
   fi
   mkdir -p "$dir"
+  local admitted=()
+  if [[ "${OWNER:-0}" == 1 ]]; then
+    local peer
+    peer=$("$SEEDSWARM_BIN" peer-id --data-dir "$dir")
+    "$SEEDSWARM_BIN" admit --owner-key "$RUN_DIR/owner.key" --config "$CONFIG" \
+      --peer "$peer" --out "$dir/admission" >"$dir/admit.log" 2>&1
+    admitted=(--record "$dir/admission")
+  fi
   "$SEEDSWARM_BIN" node --config "$CONFIG" --data-dir "$dir" \
     --listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1 \
     --no-mdns --min-peers $((N - 1)) "${own[@]}" --http 127.0.0.1:0 \
-    --summary "$dir/summary.json" "${private[@]}" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
+    --summary "$dir/summary.json" "${private[@]}" "${admitted[@]}" "$@" >"$dir/stdout.log" 2>"$dir/stderr.log" &
   pids+=($!)
 }
 

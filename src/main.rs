@@ -71,6 +71,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a node's peer id, creating its key in --data-dir on first use
+    /// (what the owner of a permissioned run admits).
+    PeerId {
+        /// The node's data directory (its node.key).
+        #[arg(long, env = "SEEDSWARM_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Create the owner key of a permissioned run (keep it offline); prints
     /// the public key to put in the manifest as `run.owner`.
     OwnerKey {
@@ -457,6 +464,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ),
                 }
             }
+            Ok(())
+        }
+        Command::PeerId { data_dir } => {
+            let key = seedswarm::net::load_or_create_key(&data_dir)?;
+            println!("{}", key.public().to_peer_id());
             Ok(())
         }
         Command::OwnerKey { out } => {

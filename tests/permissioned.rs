@@ -73,6 +73,15 @@ fn sign(verb: &str, key: &Path, cfg: &Path, peer: &Keypair, extra: &[&str], out:
 async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (owner_key, cfg_path, cfg) = owner_and_config(dir.path());
+    // `peer-id` makes a node's key once and prints the id the owner admits.
+    let node_dir = dir.path().join("node");
+    let id = seedswarm(&["peer-id", "--data-dir", node_dir.to_str().unwrap()]);
+    assert_eq!(
+        id,
+        seedswarm(&["peer-id", "--data-dir", node_dir.to_str().unwrap()])
+    );
+    let key = seedswarm::net::load_or_create_key(&node_dir).unwrap();
+    assert_eq!(id.trim(), key.public().to_peer_id().to_string());
     let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
     let files: Vec<PathBuf> = (0..3)
         .map(|i| dir.path().join(format!("{i}.admission")))
