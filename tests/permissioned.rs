@@ -119,7 +119,18 @@ async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refu
     };
     assert!(Node::start(cfg.clone(), borrowed).await.is_err());
 
-    let made = 600;
+    // Signed ahead (it is only a file), so that publishing it is quick
+    // while node 0 still trains.
+    let revocation = dir.path().join("0.revocation");
+    sign(
+        "revoke",
+        &owner_key,
+        &cfg_path,
+        &keys[0],
+        &["--from-seq", "200"],
+        &revocation,
+    );
+    let made = 2000;
     let a = Node::start(
         cfg.clone(),
         Options {
@@ -160,15 +171,6 @@ async fn admitted_nodes_train_a_revocation_applies_everywhere_outsiders_are_refu
         s.version_vector.get(&a_hex).copied().unwrap_or(0) > 250
     })
     .await;
-    let revocation = dir.path().join("0.revocation");
-    sign(
-        "revoke",
-        &owner_key,
-        &cfg_path,
-        &keys[0],
-        &["--from-seq", "200"],
-        &revocation,
-    );
     // Published to node 1 over its HTTP server, as the owner would.
     let url = format!("http://{}", b.http.unwrap());
     let file = revocation.clone();

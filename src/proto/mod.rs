@@ -310,11 +310,18 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return None;
         }
         // An exclusion first takes back what was applied past it.
+        let own = self.settings.signer.origin();
+        // Own updates too (only a revocation excludes this node's own
+        // origin), but only once the compute side has stopped training and
+        // every own update it made and applied is in the log: it applies
+        // them before the core hears of them.
+        let own_settled = self
+            .state
+            .as_ref()
+            .is_some_and(|st| st.training_done && st.own == self.log.next_seq(&own));
         let back = self.delivered.iter().find_map(|(o, &d)| {
             let from = self.log.exclusion(o)?.from;
-            // Own updates too: only a revocation excludes this node's own
-            // origin, and its compute side applied them when it made them.
-            (d > from).then_some((*o, from, d))
+            (d > from && (*o != own || own_settled)).then_some((*o, from, d))
         });
         if let Some((origin, from, to)) = back {
             let seg = self.log.retraction(&origin, from, to);
