@@ -22,6 +22,24 @@ struct Cli {
     command: Command,
 }
 
+/// Whom an owner's record is about, for which run, and where it goes.
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// The owner key (`seedswarm owner-key`).
+    #[arg(long)]
+    owner_key: PathBuf,
+    /// The run's config (its run id is computed; loads the model).
+    #[arg(long, env = "SEEDSWARM_CONFIG")]
+    config: PathBuf,
+    /// The peer id (`seedswarm peer-id --data-dir D` prints a node's).
+    #[arg(long)]
+    peer: String,
+    /// Where to write the record (hand it to a node: --record FILE, or
+    /// `seedswarm publish`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a single node without a network.
@@ -87,40 +105,20 @@ enum Command {
     /// Sign an admission: the peer may contribute to this permissioned run
     /// (its seqs below --until-seq, or all).
     Admit {
-        /// The owner key (`seedswarm owner-key`).
-        #[arg(long)]
-        owner_key: PathBuf,
-        /// The run's config (its run id is computed; loads the model).
-        #[arg(long, env = "SEEDSWARM_CONFIG")]
-        config: PathBuf,
-        /// The peer id the node prints at start (`peer id 12D3Koo…`).
-        #[arg(long)]
-        peer: String,
+        #[command(flatten)]
+        who: RecordArgs,
         /// Admit only the peer's updates with seq below this.
         #[arg(long)]
         until_seq: Option<u64>,
-        /// Where to write the admission (hand it to the node: --record FILE).
-        #[arg(long)]
-        out: PathBuf,
     },
     /// Sign a revocation: the peer's updates from --from-seq on count nowhere
     /// (nodes that applied them subtract them). Publish it to any node.
     Revoke {
-        /// The owner key (`seedswarm owner-key`).
-        #[arg(long)]
-        owner_key: PathBuf,
-        /// The run's config (its run id is computed; loads the model).
-        #[arg(long, env = "SEEDSWARM_CONFIG")]
-        config: PathBuf,
-        /// The peer id to revoke.
-        #[arg(long)]
-        peer: String,
+        #[command(flatten)]
+        who: RecordArgs,
         /// First seq of the peer's that no longer counts (0: all of them).
         #[arg(long, default_value_t = 0)]
         from_seq: u64,
-        /// Where to write the revocation.
-        #[arg(long)]
-        out: PathBuf,
     },
     /// Hand owner's records (admission or revocation files) to a running
     /// node over its HTTP server (POST /records); it checks, keeps and
@@ -272,42 +270,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Signs an owner's record for the run of `config` and writes it to `out`.
+/// Signs an owner's record for the run of `who.config` and writes it.
 fn sign_record(
-    owner_key: &Path,
-    config: &Path,
+    who: &RecordArgs,
     kind: seedswarm::crdt::admit::Kind,
-    peer: &str,
     seq: u64,
-    out: &Path,
 ) -> anyhow::Result<()> {
-    let cfg = load(config)?;
-    let key = seedswarm::owner::load_key(owner_key)?;
-    let owner = seedswarm::crdt::admit::Owner(key.public().to_bytes());
-    match cfg.run.owner() {
-        Some(o) if o == owner => {}
-        Some(o) => anyhow::bail!(
-            "{}: the run's owner is {} but {} holds the key of {}",
-            config.display(),
-            o.to_hex(),
-            owner_key.display(),
-            owner.to_hex()
-        ),
-        None => anyhow::bail!(
-            "{}: the run has no owner; add `owner = \"{}\"` to its [run] section",
-            config.display(),
-            owner.to_hex()
-        ),
-    }
+    let cfg = load(&who.config)?;
     let progress = Progress::spinner("loading the model (the run id covers it)");
-    let run = train::run_id(&cfg)?;
+    let (record, run) = seedswarm::owner::sign_for(&who.owner_key, &cfg, kind, &who.peer, seq)
+        .with_context(|| who.config.display().to_string())?;
     drop(progress);
-    let record = seedswarm::owner::sign(owner_key, &run, kind, peer, seq)?;
-    seedswarm::owner::write_record(out, &record)?;
+    seedswarm::owner::write_record(&who.out, &record)?;
     println!(
         "wrote {record:?} for run {} to {}",
         run.short(),
-        out.display()
+        who.out.display()
     );
     Ok(())
 }
@@ -442,27 +420,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|f| seedswarm::net::psk::load_token("--token-file", &f))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!(e))?;
-            let url = format!("{}/records", node.trim_end_matches('/'));
             for path in &records {
-                let record = seedswarm::owner::read_record(path)?;
-                let (code, body) = seedswarm::obs::http::post_with(
-                    &url,
-                    record.to_text().as_bytes(),
-                    Duration::from_secs(10),
-                    token.as_deref(),
-                )
-                .map_err(|e| anyhow::anyhow!(e))?;
-                match code {
-                    200 => println!("{}: {}", path.display(), body.trim()),
-                    401 => anyhow::bail!(
-                        "{url}: HTTP 401 (the node wants a bearer token: --token-file FILE)"
-                    ),
-                    _ => anyhow::bail!(
-                        "{}: {url} refused it (HTTP {code}): {}",
-                        path.display(),
-                        body.trim()
-                    ),
-                }
+                let answer = seedswarm::owner::publish(&node, token.as_deref(), path)?;
+                println!("{}: {answer}", path.display());
             }
             Ok(())
         }
@@ -478,34 +438,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("owner = \"{}\"", owner.to_hex());
             Ok(())
         }
-        Command::Admit {
-            owner_key,
-            config,
-            peer,
-            until_seq,
-            out,
-        } => sign_record(
-            &owner_key,
-            &config,
+        Command::Admit { who, until_seq } => sign_record(
+            &who,
             seedswarm::crdt::admit::Kind::Admission,
-            &peer,
             until_seq.unwrap_or(seedswarm::crdt::admit::UNLIMITED),
-            &out,
         ),
-        Command::Revoke {
-            owner_key,
-            config,
-            peer,
-            from_seq,
-            out,
-        } => sign_record(
-            &owner_key,
-            &config,
-            seedswarm::crdt::admit::Kind::Revocation,
-            &peer,
-            from_seq,
-            &out,
-        ),
+        Command::Revoke { who, from_seq } => {
+            sign_record(&who, seedswarm::crdt::admit::Kind::Revocation, from_seq)
+        }
         Command::Status {
             urls,
             watch,

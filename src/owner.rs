@@ -21,6 +21,15 @@ pub enum Error {
     /// A peer id that is not an ed25519 identity.
     #[error("--peer {0:?}: {1}")]
     Peer(String, String),
+    /// The key is not the run's owner key, or the run has no owner.
+    #[error("{0}")]
+    Owner(String),
+    /// The run id could not be computed (the model did not load).
+    #[error(transparent)]
+    Run(#[from] crate::train::Error),
+    /// A node did not take a published record.
+    #[error("{0}")]
+    Publish(String),
 }
 
 fn file_err(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -106,6 +115,65 @@ pub fn sign(
     let key = load_key(key_path)?;
     let origin = origin_of_peer_id(peer)?;
     Ok(Record::sign(&key, run, kind, origin, seq))
+}
+
+/// Signs a record about `peer` for the run of `cfg` (loads its model to
+/// compute the run id), after checking that `key_path` holds the run's
+/// owner key. Returns the record and the run id.
+pub fn sign_for(
+    key_path: &Path,
+    cfg: &crate::config::Config,
+    kind: Kind,
+    peer: &str,
+    seq: u64,
+) -> Result<(Record, RunId), Error> {
+    let key = load_key(key_path)?;
+    let owner = Owner(key.public().to_bytes());
+    match cfg.run.owner() {
+        Some(o) if o == owner => {}
+        Some(o) => {
+            return Err(Error::Owner(format!(
+                "the run's owner is {} but {} holds the key of {}",
+                o.to_hex(),
+                key_path.display(),
+                owner.to_hex()
+            )))
+        }
+        None => {
+            return Err(Error::Owner(format!(
+                "the run has no owner; add `owner = \"{}\"` to its [run] section",
+                owner.to_hex()
+            )))
+        }
+    }
+    let run = crate::train::run_id(cfg)?;
+    let origin = origin_of_peer_id(peer)?;
+    Ok((Record::sign(&key, &run, kind, origin, seq), run))
+}
+
+/// Hands the record file at `path` to the running node at `node` (its HTTP
+/// URL) with `POST /records`; returns the node's answer.
+pub fn publish(node: &str, token: Option<&str>, path: &Path) -> Result<String, Error> {
+    let url = format!("{}/records", node.trim_end_matches('/'));
+    let record = read_record(path)?;
+    let (code, body) = crate::obs::http::post_with(
+        &url,
+        record.to_text().as_bytes(),
+        std::time::Duration::from_secs(10),
+        token,
+    )
+    .map_err(Error::Publish)?;
+    match code {
+        200 => Ok(body.trim().to_string()),
+        401 => Err(Error::Publish(format!(
+            "{url}: HTTP 401 (the node wants a bearer token: --token-file FILE)"
+        ))),
+        _ => Err(Error::Publish(format!(
+            "{}: {url} refused it (HTTP {code}): {}",
+            path.display(),
+            body.trim()
+        ))),
+    }
 }
 
 /// Writes a record file (its one-line text form).

@@ -61,6 +61,17 @@ enum Dialed {
 /// has ended. A handshake with a peer holding another key (or none) may
 /// stall rather than fail, until [`net::HANDSHAKE_TIMEOUT`] ends it: pnet
 /// itself does not check the key, the garbled noise handshake does.
+/// A bare swarm with `access`, listening on loopback TCP, and its address.
+async fn listening(access: &Access) -> (Raw, Multiaddr) {
+    let mut x = raw(access);
+    x.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    match x.select_next_some().await {
+        SwarmEvent::NewListenAddr { address, .. } => (x, address),
+        e => panic!("{e:?}"),
+    }
+}
+
 async fn dial_all(swarm: &mut Raw, addrs: &[Multiaddr]) -> Vec<Dialed> {
     for a in addrs {
         swarm.dial(a.clone()).unwrap();
@@ -261,13 +272,7 @@ async fn the_per_ip_cap_refuses_the_next_inbound_connection_from_one_address() {
         },
         ..Access::default()
     };
-    let mut x = raw(&capped);
-    x.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = match x.select_next_some().await {
-        SwarmEvent::NewListenAddr { address, .. } => address,
-        e => panic!("{e:?}"),
-    };
+    let (mut x, addr) = listening(&capped).await;
     let (mut y, mut z) = (raw(&Access::default()), raw(&Access::default()));
     let xid = *x.local_peer_id();
     // y gets in from 127.0.0.1.
@@ -328,13 +333,7 @@ async fn a_connection_refused_past_the_per_peer_cap_leaves_no_trace() {
         },
         ..Access::default()
     };
-    let mut x = raw(&capped);
-    x.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = match x.select_next_some().await {
-        SwarmEvent::NewListenAddr { address, .. } => address,
-        e => panic!("{e:?}"),
-    };
+    let (mut x, addr) = listening(&capped).await;
     let mut y = raw(&Access::default());
     let (xid, yid) = (*x.local_peer_id(), *y.local_peer_id());
     for round in 0..2 {

@@ -280,13 +280,14 @@ pub fn build(
     registry: &mut Registry,
     bw: Bandwidth,
 ) -> Result<Swarm<Behaviour>, Error> {
-    build_for(
+    build_with(
         key,
         topics,
         mdns_on,
         registry,
         bw,
         crate::crdt::log::MAX_DELTA_BYTES,
+        &Access::default(),
     )
 }
 
@@ -305,28 +306,9 @@ pub fn max_response_bytes(max_delta_bytes: usize) -> u64 {
 }
 
 /// Like [`build`], accepting sync responses only up to what this run's
-/// `run.delta.max_bytes` allows ([`max_response_bytes`]).
-pub fn build_for(
-    key: Keypair,
-    topics: &Topics,
-    mdns_on: bool,
-    registry: &mut Registry,
-    bw: Bandwidth,
-    max_delta_bytes: usize,
-) -> Result<Swarm<Behaviour>, Error> {
-    build_with(
-        key,
-        topics,
-        mdns_on,
-        registry,
-        bw,
-        max_delta_bytes,
-        &Access::default(),
-    )
-}
-
-/// Like [`build_for`], with `access`: a private swarm's key (TCP only),
-/// connection limits, allow and deny lists.
+/// `run.delta.max_bytes` allows ([`max_response_bytes`]), and with
+/// `access`: a private swarm's key (TCP only), connection limits, allow and
+/// deny lists.
 pub fn build_with(
     key: Keypair,
     topics: &Topics,

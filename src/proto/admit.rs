@@ -71,7 +71,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             }
             Kind::Revocation => self.exclude(now, r.origin, r.seq, r.encode(), publish),
         };
-        self.stats.admitted = self.log.admissions().len();
         let after = self.log.cap(&own);
         if after != before {
             self.emit(Output::OwnCap { end: after });
