@@ -688,6 +688,11 @@ fn run_node(
             s.settled,
             s.wire_bytes_in_per_update
         );
+        if !s.settled {
+            for w in s.waiting_for.iter().chain(&s.missing) {
+                println!("not settled: {w}");
+            }
+        }
         if let Some(path) = summary {
             write_json(&path, &s)?;
         }

@@ -54,8 +54,12 @@ pub struct Status {
     pub retracted_updates: u64,
     /// Updates dropped from behind gaps nobody filled (or over bounds).
     pub dropped_pending: u64,
-    /// Live peers settling still waits for, each with why.
+    /// Live peers settling still waits for, each with why ("nobody" when
+    /// training is over and no peer has agreed with this state).
     pub waiting_for: Vec<String>,
+    /// Updates some heartbeat (of a live or a departed peer) announced that
+    /// this node has not applied: per origin, held of known, and who said so.
+    pub missing: Vec<String>,
     /// Every live peer known from its heartbeats, sorted by peer id.
     pub swarm: Vec<SwarmPeer>,
     /// Connections this node refused, by reason: `handshake_failed`
@@ -180,6 +184,9 @@ pub struct Summary {
     /// Peers settling still waited for when the node stopped (empty when
     /// it settled), each with why.
     pub waiting_for: Vec<String>,
+    /// Updates known (announced by a live or departed peer) but not held
+    /// when the node stopped, per origin.
+    pub missing: Vec<String>,
 }
 
 /// Per-second rates between two status samples.
@@ -306,10 +313,19 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
         admitted: stats.admitted,
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
-        waiting_for: core
-            .waiting_for()
+        waiting_for: waiting_for(core),
+        missing: core
+            .missing()
             .into_iter()
-            .map(|(p, why)| format!("{p}: {why}"))
+            .map(|m| {
+                format!(
+                    "origin {}: holds {} of {} (announced by {})",
+                    m.origin.short(),
+                    m.held,
+                    m.known,
+                    m.by
+                )
+            })
             .collect(),
         swarm: swarm_peers(core, now),
         connections_refused: sw.refused,
@@ -365,7 +381,22 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
         waiting_for: status.waiting_for,
+        missing: status.missing,
     }
+}
+
+/// Live peers settling waits for, and "nobody" when training is over and
+/// no peer agreed.
+fn waiting_for<P: Peer + Display, M: Clone + Debug, C: Debug>(core: &Core<P, M, C>) -> Vec<String> {
+    let mut out: Vec<String> = core
+        .waiting_for()
+        .into_iter()
+        .map(|(p, why)| format!("{p}: {why}"))
+        .collect();
+    if core.training_done() && !core.settled() && !core.agreement() {
+        out.push("nobody: no peer has agreed with this state".into());
+    }
+    out
 }
 
 /// Counts or logs an event of the core.

@@ -249,6 +249,14 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if hb.leaving {
             self.event(Event::PeerLeft(source.clone()));
         }
+        // Claims outlive the peer (settling waits for them); what is
+        // excluded or not admitted is clipped when they are read.
+        // Claims of a peer that stopped answering do not count.
+        let settled_at = (hb.done && hb.backlog == 0).then_some(hb.digest);
+        let ours = self.state.as_ref().map(|st| (&st.vv, &st.digest));
+        let credible = !self.repair.unresponsive(&source);
+        self.known
+            .on_heartbeat(&source, &hb.vv, credible, settled_at, ours);
         self.records_for_heartbeat(now, &source, &hb.vv);
         // A peer still counting updates of an excluded origin lacks the proof.
         let stale: Vec<(Origin, Vec<u8>)> = hb

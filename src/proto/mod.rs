@@ -31,6 +31,7 @@ mod gossip;
 mod io;
 mod publish;
 mod serve;
+pub mod settle;
 mod trust;
 
 use crate::crdt::attest::{self, Attest, Proof, SignedBatch};
@@ -179,6 +180,8 @@ pub struct Core<P, M, C> {
     done_since: Option<Instant>,
     done_heartbeats: u32,
     settled: bool,
+    /// Every update heartbeats announced, and who agreed with this node.
+    known: settle::Known<P>,
     finished: bool,
     stats: Stats,
     out: VecDeque<Output<P, M, C>>,
@@ -226,6 +229,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             done_since: None,
             done_heartbeats: 0,
             settled: false,
+            known: settle::Known::default(),
             finished: false,
             stats: Stats::default(),
             out: VecDeque::new(),
@@ -424,6 +428,24 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 
+    /// Updates some heartbeat (of a live or a departed peer) announced that
+    /// this node has not applied, per origin.
+    pub fn missing(&self) -> Vec<settle::Missing<P>> {
+        let empty = VersionVector::new();
+        let have = self.state.as_ref().map_or(&empty, |st| &st.vv);
+        self.known.missing(have, |o| self.log.cap(o))
+    }
+
+    /// Some peer agrees with this node's state: a live one (done, same
+    /// version vector and digest), or one that left after saying so; true
+    /// as well when this node never heard of any peer (a solo run).
+    pub fn agreement(&self) -> bool {
+        let Some(st) = &self.state else { return false };
+        self.peers_seen.is_empty()
+            || self.repair.agreeing(&st.vv, &st.digest) > 0
+            || self.known.concurred(&st.vv, &st.digest)
+    }
+
     /// Training is over (own updates all made).
     pub fn training_done(&self) -> bool {
         self.done_since.is_some()
@@ -536,7 +558,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 
-    /// Local state agrees with every live peer, and nothing is left to apply.
+    /// Local state agrees with every live peer and with at least one peer,
+    /// nothing is left to apply, and no update any heartbeat announced is
+    /// missing (agreement with nobody is not agreement).
     fn agreed(&self) -> bool {
         let Some(st) = &self.state else { return false };
         st.training_done
@@ -544,6 +568,8 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             && self.log.pending_updates() == 0
             && self.log.version_vector() == st.vv
             && self.repair.settled(&st.vv, &st.digest)
+            && self.agreement()
+            && self.missing().is_empty()
     }
 
     fn on_state(&mut self, now: Instant, st: ComputeState) {

@@ -370,6 +370,21 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
         })
     }
 
+    /// Live, responsive peers done at exactly `vv` with `digest` and
+    /// nothing left to apply.
+    pub fn agreeing(&self, vv: &VersionVector, digest: &[u8; 32]) -> usize {
+        self.peers
+            .iter()
+            .filter(|(p, v)| {
+                !self.unresponsive(p)
+                    && v.done
+                    && &v.vv == vv
+                    && &v.digest == digest
+                    && v.backlog == 0
+            })
+            .count()
+    }
+
     /// Live peers settling waits for, with why (not done, behind or ahead,
     /// another digest).
     pub fn waiting_for(&self, vv: &VersionVector, digest: &[u8; 32]) -> Vec<(P, &'static str)> {

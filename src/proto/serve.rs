@@ -206,8 +206,18 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 
-    pub(super) fn request_failed(&mut self, peer: &P, req: &wire::Request) {
+    /// A sync request to `peer` failed or gave nothing: once it is
+    /// unresponsive, settling neither waits for it nor for what it claimed.
+    pub(super) fn peer_failed(&mut self, peer: &P) {
         self.repair.on_result(peer, false);
+        if self.repair.unresponsive(peer) {
+            let log = &self.log;
+            self.known.discredit(peer, |o| log.next_seq(o));
+        }
+    }
+
+    pub(super) fn request_failed(&mut self, peer: &P, req: &wire::Request) {
+        self.peer_failed(peer);
         match req {
             wire::Request::Range { origin, .. } => self.repair.on_failure(origin),
             wire::Request::Offer { .. } => self.join.on_offer_failed(peer),
@@ -357,10 +367,13 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         });
         // A server that claimed more than it can show is not asked for it again soon.
         self.repair.on_served(&server, &origin, asked, reached, now);
+        if reached <= asked {
+            self.known.lower(&server, &origin, asked);
+        }
         if stored == 0 {
             self.repair.on_failure(&origin);
             if reached <= asked {
-                self.repair.on_result(&server, false);
+                self.peer_failed(&server);
             }
         } else {
             self.stats.repaired += stored;

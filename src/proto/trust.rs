@@ -159,6 +159,9 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     pub(super) fn ban(&mut self, peer: P, reason: &'static str) {
         self.count(reason);
         self.repair.forget(&peer);
+        // What it claimed is not waited for.
+        let log = &self.log;
+        self.known.discredit(&peer, |o| log.next_seq(o));
         if !self.banned.contains(&peer) {
             self.banned.push_back(peer.clone());
             if self.banned.len() > MAX_BANNED {

@@ -4,6 +4,7 @@
 
 mod membership;
 mod node;
+mod scale;
 mod world;
 
 use node::{origin_of, signed_updates, signer_of, Id, Kind, Spec};
