@@ -238,6 +238,19 @@ pub struct NodeSettings {
     pub publish_max: usize,
     /// Heartbeat period in milliseconds.
     pub heartbeat_ms: u64,
+    /// Bounded staleness: no own step is computed while more than this many
+    /// updates this node holds are not applied to its replica yet (it
+    /// applies first). Keeps every node's gradient on a recent state at any
+    /// swarm size; a lone node is never behind.
+    pub max_staleness: u64,
+    /// Staleness-aware step size: with `P` nodes training at once (this
+    /// one and the live peers it hears training), each own projected
+    /// gradient is scaled by `min(1, step_peers / P)` before it is encoded,
+    /// so the swarm's concurrent steps add up to what `step_peers` nodes
+    /// make (their updates are computed on states that lack each other's).
+    /// The byte alone is the contribution: replicas agree whatever it is.
+    /// 0 turns the scaling off.
+    pub step_peers: u64,
     /// After training, wait at most this many seconds for the swarm to agree.
     pub settle_timeout_s: u64,
     /// Start training once this many peers have been heard from.
@@ -295,6 +308,8 @@ impl Default for NodeSettings {
             publish_ms: 250,
             publish_max: 256,
             heartbeat_ms: 1000,
+            max_staleness: 64,
+            step_peers: 4,
             settle_timeout_s: 120,
             min_peers: 0,
             max_rate: 50_000.0,

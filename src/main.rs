@@ -172,6 +172,10 @@ enum Command {
         /// Start training once this many peers are heard from.
         #[arg(long)]
         min_peers: Option<usize>,
+        /// No own step while more than this many held updates are not
+        /// applied yet; overrides node.max_staleness.
+        #[arg(long)]
+        max_staleness: Option<u64>,
         /// "zeroth-order" (one-byte SPSA updates) or "first-order" (local
         /// backprop, compressed sparse deltas); overrides node.mode.
         #[arg(long)]
@@ -469,6 +473,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_updates,
             duration,
             min_peers,
+            max_staleness,
             mode,
             join,
             no_mdns,
@@ -488,6 +493,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.node
                     .records
                     .extend(record.iter().map(|p| p.display().to_string()));
+                if let Some(s) = max_staleness {
+                    cfg.node.max_staleness = s;
+                }
                 cfg
             },
             http,

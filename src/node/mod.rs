@@ -95,6 +95,10 @@ pub struct Options {
     pub publish_max: usize,
     /// Heartbeat period.
     pub heartbeat_interval: Duration,
+    /// No own step while more held updates than this are unapplied.
+    pub max_staleness: u64,
+    /// Own steps scaled by `min(1, step_peers / nodes training)` (0: off).
+    pub step_peers: u64,
     /// Repair timing.
     pub timing: Timing,
     /// Most updates per second accepted from one origin.
@@ -174,6 +178,8 @@ impl Options {
             publish_interval: Duration::from_millis(n.publish_ms),
             publish_max: n.publish_max,
             heartbeat_interval: Duration::from_millis(n.heartbeat_ms),
+            max_staleness: n.max_staleness,
+            step_peers: n.step_peers,
             timing: Timing::default(),
             max_rate: n.max_rate,
             drop_incoming: 0.0,
@@ -574,6 +580,8 @@ async fn start(
         });
     }
     let own_cap = Arc::new(AtomicU64::new(core.own_cap()));
+    let held = Arc::new(AtomicU64::new(0));
+    let training_peers = Arc::new(AtomicU64::new(0));
     let gate = Arc::new(AtomicBool::new(false));
     let (to_compute, compute_rx) = smpsc::sync_channel::<ToCompute>(64);
     let (compute_tx, from_compute) = mpsc::channel::<FromCompute>(1024);
@@ -583,6 +591,10 @@ async fn start(
         duration: opts.duration,
         gate: gate.clone(),
         own_cap: own_cap.clone(),
+        held: held.clone(),
+        max_staleness: opts.max_staleness,
+        training_peers: training_peers.clone(),
+        step_peers: opts.step_peers,
     };
     let compute = std::thread::Builder::new()
         .name("seedswarm-compute".into())
@@ -602,6 +614,8 @@ async fn start(
         queue: VecDeque::new(),
         gate,
         own_cap,
+        held,
+        training_peers,
         done_tx,
         bandwidth,
         metrics,
@@ -613,6 +627,7 @@ async fn start(
         rates: Default::default(),
         initial_eval: None,
         max_connected: 0,
+        kad_bootstrapped: None,
         finished: false,
         failure: None,
         refused: Default::default(),

@@ -28,6 +28,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Kademlia is bootstrapped from a new connection at most this often.
+const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(30);
+
 pub(super) type Channel = request_response::ResponseChannel<wire::Response>;
 type NodeCore = Core<PeerId, gossipsub::MessageId, Channel>;
 
@@ -46,6 +49,11 @@ pub(super) struct Shell {
     pub(super) gate: Arc<AtomicBool>,
     /// First own seq that counts nowhere (shared with the compute thread).
     pub(super) own_cap: Arc<AtomicU64>,
+    /// Contiguous updates the log holds that count, for the compute
+    /// thread's staleness bound.
+    pub(super) held: Arc<AtomicU64>,
+    /// Live peers whose last heartbeat says they still train.
+    pub(super) training_peers: Arc<AtomicU64>,
     pub(super) done_tx: mpsc::Sender<Done>,
     pub(super) bandwidth: net::Bandwidth,
     pub(super) metrics: Metrics,
@@ -58,6 +66,8 @@ pub(super) struct Shell {
     pub(super) rates: report::Rates,
     pub(super) initial_eval: Option<Eval>,
     pub(super) max_connected: usize,
+    /// When Kademlia was last bootstrapped from here.
+    pub(super) kad_bootstrapped: Option<Instant>,
     pub(super) finished: bool,
     pub(super) failure: Option<String>,
     /// Connections refused or failed in their handshake, by reason.
@@ -265,6 +275,15 @@ impl Shell {
 
     /// Hands queued work, then stored updates, to the compute thread while it has room.
     fn feed_compute(&mut self) {
+        // Contiguous updates that count (what the replica will hold once
+        // everything handed out is applied); data behind gaps is not
+        // counted, so a peer publishing far-ahead seqs cannot stall steps.
+        let log = self.core.log();
+        let held: u64 = log.heads().map(|(_, n)| n).sum();
+        self.held.store(held, Ordering::Release);
+        let training = self.core.peers().values().filter(|v| !v.done).count();
+        self.training_peers
+            .store(training as u64, Ordering::Release);
         let Some(tx) = &self.to_compute else { return };
         loop {
             let msg = match self.queue.pop_front() {
@@ -364,8 +383,17 @@ impl Shell {
             SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                 tracing::debug!(peer = %peer_id, "connected");
                 self.max_connected = self.max_connected.max(self.swarm.connected_peers().count());
-                if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
-                    tracing::trace!("kademlia has no peers yet");
+                // Not on every connection: each bootstrap is a walk of
+                // every k-bucket, and in a swarm of 16 that was ~70% of
+                // all wire bytes. Kademlia refreshes by itself after.
+                let due = self
+                    .kad_bootstrapped
+                    .is_none_or(|t| t.elapsed() >= KAD_BOOTSTRAP_EVERY);
+                if due {
+                    self.kad_bootstrapped = Some(Instant::now());
+                    if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                        tracing::trace!("kademlia has no peers yet");
+                    }
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen.contains(&address) => {

@@ -198,6 +198,9 @@ pub struct Trainer {
     /// Model parameter index of each replica slot.
     slots: Vec<usize>,
     eps: f32,
+    /// Own projected gradients are multiplied by this before encoding (the
+    /// byte alone is the contribution, so replicas agree whatever it is).
+    step_scale: f64,
     origin: Origin,
     /// Largest delta payload the run accepts (`run.delta.max_bytes`).
     max_delta_bytes: usize,
@@ -271,6 +274,7 @@ impl Trainer {
             replica,
             slots,
             eps: cfg.run.eps as f32,
+            step_scale: 1.0,
             origin,
             max_delta_bytes: cfg.run.delta.max_bytes,
         })
@@ -380,6 +384,16 @@ impl Trainer {
         Ok(())
     }
 
+    /// Scales own projected gradients from the next step on (clamped to
+    /// `(0, 1]`; not finite: 1).
+    pub fn set_step_scale(&mut self, scale: f64) {
+        self.step_scale = if scale.is_finite() && scale > 0.0 {
+            scale.min(1.0)
+        } else {
+            1.0
+        };
+    }
+
     /// One SPSA step on `batch` as update `next_seq()`; applies it (the
     /// caller stores it before publishing it).
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
@@ -404,7 +418,11 @@ impl Trainer {
             }
         };
         let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
-        let code = self.replica.rules().codec.encode(grad, &seed);
+        let code = self
+            .replica
+            .rules()
+            .codec
+            .encode(grad * self.step_scale, &seed);
         self.replica.apply(&[Update {
             origin: self.origin,
             seq,
@@ -616,6 +634,39 @@ pub fn first_order_batches(cfg: &Config, data: &Data, origin: &Origin, seq: u64)
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_scaled_step_publishes_the_scaled_gradient_and_nothing_else_changes() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml"),
+        )
+        .unwrap();
+        let cfg = crate::config::Config::parse(&text, "demo.toml").unwrap();
+        let origin = Origin([3; 32]);
+        let data = build_data(&cfg.run).unwrap();
+        let batch = data.train_batch(&origin, 0, cfg.run.batch_size);
+        let mut full = Trainer::new(&cfg, origin).unwrap();
+        let mut quarter = Trainer::new(&cfg, origin).unwrap();
+        quarter.set_step_scale(0.25);
+        let (a, b) = (full.step(&batch).unwrap(), quarter.step(&batch).unwrap());
+        // Same state, same sample, same perturbation: the same gradient.
+        assert_eq!(a.grad, b.grad);
+        assert_ne!(a.grad, 0.0);
+        let codec = &full.replica().rules().codec;
+        let (ga, gb) = (codec.decode(a.code), codec.decode(b.code));
+        // A quarter as large, within the codec's resolution (8 steps per
+        // octave, stochastic rounding: at most one step either way for each).
+        let ratio = gb / ga;
+        assert!((0.25 / 1.2..=0.25 * 1.2).contains(&ratio), "{ga} {gb}");
+        // The byte alone is the contribution: applying it anywhere gives
+        // the replica the scaled step.
+        assert_eq!(quarter.replica().version_vector().get(&origin), Some(&1));
+        // Out-of-range scales clamp to (0, 1].
+        quarter.set_step_scale(7.0);
+        assert_eq!(quarter.step_scale, 1.0);
+        quarter.set_step_scale(f64::NAN);
+        assert_eq!(quarter.step_scale, 1.0);
+    }
 
     #[test]
     fn replay_chunks_shrink_with_the_model() {

@@ -79,6 +79,17 @@ impl Session {
         Ok((session, log))
     }
 
+    /// Updates applied to the replica (own included).
+    pub fn applied(&self) -> u64 {
+        self.trainer.replica().applied()
+    }
+
+    /// Scales own projected gradients from the next step on (see
+    /// [`Trainer::set_step_scale`]).
+    pub fn set_step_scale(&mut self, scale: f64) {
+        self.trainer.set_step_scale(scale);
+    }
+
     /// The trainer.
     pub fn trainer(&self) -> &Trainer {
         &self.trainer
