@@ -125,6 +125,13 @@ const MAX_SEEN: usize = 1 << 16;
 const MAX_HEARD: usize = 1 << 14;
 /// Fingerprints are asked of one peer at most this often.
 const FINGERPRINT_EVERY: Duration = Duration::from_secs(10);
+/// Live peers up to which heartbeats keep the configured period.
+const HEARTBEAT_PEERS: f64 = 8.0;
+/// The longest the heartbeat period grows to with the swarm (a third of
+/// the repair's peer timeout, so a live peer is never forgotten).
+const HEARTBEAT_MAX: Duration = Duration::from_secs(5);
+/// The longest the publish period grows to with the swarm.
+const PUBLISH_MAX: Duration = Duration::from_secs(1);
 /// Peers banned at most (the oldest is forgotten first).
 const MAX_BANNED: usize = 4096;
 
@@ -522,15 +529,13 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.send(ask.peer, req);
             }
         }
-        if self.outbox.is_some()
-            && now.duration_since(self.last_publish) >= self.settings.publish_interval
-        {
+        if self.outbox.is_some() && now.duration_since(self.last_publish) >= self.publish_every() {
             self.flush_outbox();
             self.last_publish = now;
         }
         let due = self
             .last_heartbeat
-            .is_none_or(|t| now.duration_since(t) >= self.settings.heartbeat_interval);
+            .is_none_or(|t| now.duration_since(t) >= self.heartbeat_every());
         if due {
             self.last_heartbeat = Some(now);
             self.prune_buckets(now);
@@ -556,6 +561,27 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.emit(Output::Finished { settled });
             }
         }
+    }
+
+    /// The heartbeat period: the configured one up to [`HEARTBEAT_PEERS`]
+    /// live peers, growing with their number beyond (at most
+    /// [`HEARTBEAT_MAX`], never below the configured one), so heartbeats
+    /// cost each node about the same bytes per second at any swarm size.
+    pub fn heartbeat_every(&self) -> Duration {
+        let base = self.settings.heartbeat_interval;
+        let scale = (self.repair.peers().len() as f64 / HEARTBEAT_PEERS).max(1.0);
+        base.mul_f64(scale).min(HEARTBEAT_MAX.max(base))
+    }
+
+    /// The publish period: the configured one up to [`HEARTBEAT_PEERS`]
+    /// live peers, growing with their number beyond up to [`PUBLISH_MAX`]
+    /// (never below the configured one): fewer, fuller messages, so the
+    /// per-message cost (gossip envelope, signatures, copies) is shared by
+    /// more updates when every node receives everyone's.
+    pub fn publish_every(&self) -> Duration {
+        let base = self.settings.publish_interval;
+        let scale = (self.repair.peers().len() as f64 / HEARTBEAT_PEERS).max(1.0);
+        base.mul_f64(scale).min(PUBLISH_MAX.max(base))
     }
 
     /// Local state agrees with every live peer and with at least one peer,

@@ -309,3 +309,28 @@ fn own_updates_recovered_from_disk_are_signed_again_as_published() {
         .collect();
     assert_eq!(served, vec![(0, 2), (2, 1), (3, 1)]);
 }
+
+#[test]
+fn heartbeat_and_publish_periods_grow_with_the_swarm_and_are_capped() {
+    let (mut c, t0) = core(1, join::Mode::Replay);
+    // Up to 8 live peers: the configured periods.
+    for p in 2..10 {
+        heartbeat_from(&mut c, t0, p, 1, 0);
+    }
+    assert_eq!(c.peers().len(), 8);
+    assert_eq!(c.heartbeat_every(), Duration::from_millis(300));
+    assert_eq!(c.publish_every(), Duration::from_millis(100));
+    // 16 peers: twice as long.
+    for p in 10..18 {
+        heartbeat_from(&mut c, t0, p, 1, 0);
+    }
+    assert_eq!(c.heartbeat_every(), Duration::from_millis(600));
+    assert_eq!(c.publish_every(), Duration::from_millis(200));
+    // 200 peers: at the caps.
+    for p in 18..210 {
+        heartbeat_from(&mut c, t0, p, 1, 0);
+    }
+    assert_eq!(c.heartbeat_every(), HEARTBEAT_MAX);
+    assert_eq!(c.publish_every(), PUBLISH_MAX);
+    assert!(HEARTBEAT_MAX * 3 <= Timing::default().peer_timeout);
+}

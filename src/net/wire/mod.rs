@@ -7,10 +7,10 @@
 //!
 //! | format | where | version | layout |
 //! |---|---|---|---|
-//! | update batch | gossipsub `seedswarm/<run>/u` | byte [`UPDATES_VERSION`] = 2 | `0x02 ‖ varint first_seq ‖ origin's signature (64) ‖ codes` |
-//! | delta announcement | gossipsub `seedswarm/<run>/d` | byte [`DELTA_VERSION`] = 2 | `0x02 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload) ‖ signature (64)` (109 bytes) |
-//! | heartbeat | gossipsub `seedswarm/<run>/s` | byte [`HEARTBEAT_VERSION`] = 3 | `0x03 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
-//! | proof of equivocation | gossipsub `seedswarm/<run>/x` | byte [`PROOF_VERSION`](crate::crdt::attest::PROOF_VERSION) = 1 | see [`crate::crdt::attest::Proof`] |
+//! | update batch | gossipsub `ss/<run>/u` | byte [`UPDATES_VERSION`] = 2 | `0x02 ‖ varint first_seq ‖ origin's signature (64) ‖ codes` |
+//! | delta announcement | gossipsub `ss/<run>/d` | byte [`DELTA_VERSION`] = 2 | `0x02 ‖ seq: u64 LE ‖ len: u32 LE ‖ BLAKE3(payload) ‖ signature (64)` (109 bytes) |
+//! | heartbeat | gossipsub `ss/<run>/s` | byte [`HEARTBEAT_VERSION`] = 3 | `0x03 ‖ bincode(`[`Heartbeat`]`)` (standard config, size limited) |
+//! | proof of equivocation | gossipsub `ss/<run>/x` | byte [`PROOF_VERSION`](crate::crdt::attest::PROOF_VERSION) = 1 | see [`crate::crdt::attest::Proof`] |
 //! | sync request/response | request-response | protocol [`SYNC_PROTOCOL`](crate::net::SYNC_PROTOCOL) = `/seedswarm/sync/3` | CBOR of [`Request`] / [`Response`] |
 //! | snapshot body | served in chunks by sync | magic `SSNP` + byte [`snapshot::VERSION`](crate::crdt::snapshot::VERSION) = 2 | see [`crate::crdt::snapshot`] |
 //! | update log file | disk | magic `SEEDSWARMLOG\0\0\0\x02` (16 bytes; version 1 is read and upgraded) | see [`crate::crdt::log`] |
