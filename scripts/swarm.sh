@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Launch a local swarm of N seedswarm node processes on 127.0.0.1 on the
 # built-in task, show a live table, and end with a verdict: every node holds
-# the same version vector and digest, and accuracy reached the target.
+# the same version vector and digest, every node settled, and accuracy
+# reached the target (RUN_DIR/swarm.json holds the figures).
 #
 #   scripts/swarm.sh                 # 4 nodes, 2500 updates each
 #   N=6 UPDATES=1000 scripts/swarm.sh
@@ -10,7 +11,8 @@
 #   PSK=1 scripts/swarm.sh           # a private swarm: one pre-shared key, TCP only
 #   OWNER=1 scripts/swarm.sh         # a permissioned run: an owner key admits each node
 #
-# Environment: N (nodes), UPDATES (own updates per node), CONFIG, TARGET_ACC
+# Environment: N (nodes), UPDATES (own updates per node), PACE (seconds
+# between node starts; default 0.1 beyond 16 nodes), CONFIG, TARGET_ACC
 # (default 0.9), RUN_DIR (default runs/swarm-<time>), SEEDSWARM_BIN,
 # FIRST_ORDER (how many of the nodes, counted from the last, run
 # --mode first-order; default 0) and FO_ROUNDS (their own updates, i.e.
@@ -40,6 +42,8 @@ if [[ -z "${SEEDSWARM_BIN:-}" ]]; then
   fi
 fi
 mkdir -p "$RUN_DIR"
+# Each node holds a connection to most others: room for 64 nodes and more.
+ulimit -n 4096 2>/dev/null || true
 private=()
 if [[ "${PSK:-0}" == 1 ]]; then
   "$SEEDSWARM_BIN" keygen --psk "$RUN_DIR/swarm.key"
@@ -94,7 +98,13 @@ if [[ -z "$boot" ]]; then
   cleanup
   exit 1
 fi
-for i in $(seq 1 $((N - 1))); do start_node "$i" --bootstrap "$boot"; done
+# Paced start-up for big swarms: the bootstrap node takes the dials a few
+# at a time (PACE seconds between starts; default 0.1 s beyond 16 nodes).
+PACE=${PACE:-$( (( N > 16 )) && echo 0.1 || echo 0)}
+for i in $(seq 1 $((N - 1))); do
+  start_node "$i" --bootstrap "$boot"
+  [[ "$PACE" != 0 ]] && sleep "$PACE"
+done
 
 # Each node serves /status, /metrics and a dashboard; the table polls /status.
 for i in $(seq 0 $((N - 1))); do

@@ -73,7 +73,9 @@ def live(run_dir, n, pids):
         elif time.time() - last > 5:
             print("\n".join(rows), flush=True)
             last = time.time()
-        time.sleep(0.5)
+        # Polling every node's /status costs CPU the nodes need: slower
+        # for big swarms.
+        time.sleep(max(0.5, n / 16))
     print("\n".join(table(run_dir, n)))
 
 
@@ -89,18 +91,48 @@ def verdict(run_dir, n, target):
     wire = sum(s["wire_bytes_in_per_update"] for s in sums) / n
     ok_bits = len(digests) == 1 and len(vvs) == 1
     ok_acc = min(accs) >= target
+    settled = sum(1 for s in sums if s["settled"])
+    ok_settled = settled == n
+    rss = [s.get("peak_rss_mib", float("nan")) for s in sums]
+    wall = max(s["wall_seconds"] for s in sums)
     print(
         f"updates applied per node {sums[0]['updates_applied']}, accuracy "
         f"{min(accs):.3f}..{max(accs):.3f}, {wire:.1f} wire bytes in per update, "
-        f"mean backlog {sum(s['mean_backlog'] for s in sums) / n:.1f}"
+        f"mean backlog {sum(s['mean_backlog'] for s in sums) / n:.1f}, "
+        f"settled {settled} of {n}, slowest node {wall:.1f} s, "
+        f"peak RSS per node {sum(rss) / n:.1f} MiB (max {max(rss):.1f})"
     )
+    for i, s in enumerate(sums):
+        if not s["settled"]:
+            for w in s.get("waiting_for", []) + s.get("missing", []):
+                print(f"node-{i} not settled: {w}")
+    ok = ok_bits and ok_acc and ok_settled
+    with open(f"{run_dir}/swarm.json", "w") as f:
+        json.dump(
+            {
+                "nodes": n,
+                "updates_applied": sums[0]["updates_applied"],
+                "accuracy_min": min(accs),
+                "accuracy_max": max(accs),
+                "wire_bytes_in_per_update": wire,
+                "settled": settled,
+                "wall_seconds": wall,
+                "peak_rss_mib_mean": sum(rss) / n,
+                "peak_rss_mib_max": max(rss),
+                "digests_equal": ok_bits,
+                "pass": ok,
+            },
+            f,
+            indent=1,
+        )
     print(
         "VERDICT: "
-        + ("PASS" if ok_bits and ok_acc else "FAIL")
+        + ("PASS" if ok else "FAIL")
         + f" - digests {'all equal' if ok_bits else 'DIFFER'} ({next(iter(digests))[:16]}), "
-        + f"accuracy {'reached' if ok_acc else 'below'} {target}"
+        + f"accuracy {'reached' if ok_acc else 'below'} {target}, "
+        + ("every node settled" if ok_settled else f"only {settled} of {n} settled")
     )
-    return 0 if ok_bits and ok_acc else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -152,6 +152,8 @@ pub struct Summary {
     pub accuracy: f64,
     pub final_loss: f64,
     pub wall_seconds: f64,
+    /// The process's peak resident memory in MiB (Linux; NaN elsewhere).
+    pub peak_rss_mib: f64,
     pub settled: bool,
     pub peers_seen: usize,
     pub max_connected: usize,
@@ -357,6 +359,7 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         accuracy: last.map_or(f64::NAN, |e| e.accuracy()),
         final_loss: last.map_or(f64::NAN, |e| e.loss()),
         wall_seconds,
+        peak_rss_mib: peak_rss_mib(),
         settled: core.settled(),
         peers_seen: stats.peers_seen,
         max_connected,
@@ -383,6 +386,18 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         waiting_for: status.waiting_for,
         missing: status.missing,
     }
+}
+
+/// The process's peak resident set (VmHWM) in MiB, NaN where unknown.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024.0)
+        })
+        .unwrap_or(f64::NAN)
 }
 
 /// Live peers settling waits for, and "nobody" when training is over and
