@@ -123,7 +123,10 @@ impl Shell {
                         }
                     },
                 },
-                _ = tick.tick() => self.input(Input::Tick),
+                _ = tick.tick() => {
+                    self.input(Input::Tick);
+                    self.share_progress();
+                }
                 _ = status.tick() => {
                     self.publish_status();
                 }
@@ -273,17 +276,21 @@ impl Shell {
         }
     }
 
-    /// Hands queued work, then stored updates, to the compute thread while it has room.
-    fn feed_compute(&mut self) {
-        // Contiguous updates that count (what the replica will hold once
-        // everything handed out is applied); data behind gaps is not
-        // counted, so a peer publishing far-ahead seqs cannot stall steps.
-        let log = self.core.log();
-        let held: u64 = log.heads().map(|(_, n)| n).sum();
+    /// Tells the compute thread, once per tick (not per message), what its
+    /// staleness bound and step size read: the contiguous updates that
+    /// count (what the replica holds once everything handed out is
+    /// applied; data behind gaps is not counted, so a peer publishing
+    /// far-ahead seqs cannot stall steps) and the live peers still training.
+    fn share_progress(&self) {
+        let held: u64 = self.core.log().heads().map(|(_, n)| n).sum();
         self.held.store(held, Ordering::Release);
         let training = self.core.peers().values().filter(|v| !v.done).count();
         self.training_peers
             .store(training as u64, Ordering::Release);
+    }
+
+    /// Hands queued work, then stored updates, to the compute thread while it has room.
+    fn feed_compute(&mut self) {
         let Some(tx) = &self.to_compute else { return };
         loop {
             let msg = match self.queue.pop_front() {

@@ -125,13 +125,6 @@ const MAX_SEEN: usize = 1 << 16;
 const MAX_HEARD: usize = 1 << 14;
 /// Fingerprints are asked of one peer at most this often.
 const FINGERPRINT_EVERY: Duration = Duration::from_secs(10);
-/// Live peers up to which heartbeats keep the configured period.
-const HEARTBEAT_PEERS: f64 = 8.0;
-/// The longest the heartbeat period grows to with the swarm (a third of
-/// the repair's peer timeout, so a live peer is never forgotten).
-const HEARTBEAT_MAX: Duration = Duration::from_secs(5);
-/// The longest the publish period grows to with the swarm.
-const PUBLISH_MAX: Duration = Duration::from_secs(1);
 /// Peers banned at most (the oldest is forgotten first).
 const MAX_BANNED: usize = 4096;
 
@@ -435,24 +428,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
     }
 
-    /// Updates some heartbeat (of a live or a departed peer) announced that
-    /// this node has not applied, per origin.
-    pub fn missing(&self) -> Vec<settle::Missing<P>> {
-        let empty = VersionVector::new();
-        let have = self.state.as_ref().map_or(&empty, |st| &st.vv);
-        self.known.missing(have, |o| self.log.cap(o))
-    }
-
-    /// Some peer agrees with this node's state: a live one (done, same
-    /// version vector and digest), or one that left after saying so; true
-    /// as well when this node never heard of any peer (a solo run).
-    pub fn agreement(&self) -> bool {
-        let Some(st) = &self.state else { return false };
-        self.peers_seen.is_empty()
-            || self.repair.agreeing(&st.vv, &st.digest) > 0
-            || self.known.concurred(&st.vv, &st.digest)
-    }
-
     /// Training is over (own updates all made).
     pub fn training_done(&self) -> bool {
         self.done_since.is_some()
@@ -561,41 +536,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                 self.emit(Output::Finished { settled });
             }
         }
-    }
-
-    /// The heartbeat period: the configured one up to [`HEARTBEAT_PEERS`]
-    /// live peers, growing with their number beyond (at most
-    /// [`HEARTBEAT_MAX`], never below the configured one), so heartbeats
-    /// cost each node about the same bytes per second at any swarm size.
-    pub fn heartbeat_every(&self) -> Duration {
-        let base = self.settings.heartbeat_interval;
-        let scale = (self.repair.peers().len() as f64 / HEARTBEAT_PEERS).max(1.0);
-        base.mul_f64(scale).min(HEARTBEAT_MAX.max(base))
-    }
-
-    /// The publish period: the configured one up to [`HEARTBEAT_PEERS`]
-    /// live peers, growing with their number beyond up to [`PUBLISH_MAX`]
-    /// (never below the configured one): fewer, fuller messages, so the
-    /// per-message cost (gossip envelope, signatures, copies) is shared by
-    /// more updates when every node receives everyone's.
-    pub fn publish_every(&self) -> Duration {
-        let base = self.settings.publish_interval;
-        let scale = (self.repair.peers().len() as f64 / HEARTBEAT_PEERS).max(1.0);
-        base.mul_f64(scale).min(PUBLISH_MAX.max(base))
-    }
-
-    /// Local state agrees with every live peer and with at least one peer,
-    /// nothing is left to apply, and no update any heartbeat announced is
-    /// missing (agreement with nobody is not agreement).
-    fn agreed(&self) -> bool {
-        let Some(st) = &self.state else { return false };
-        st.training_done
-            && self.outbox.is_none()
-            && self.log.pending_updates() == 0
-            && self.log.version_vector() == st.vv
-            && self.repair.settled(&st.vv, &st.digest)
-            && self.agreement()
-            && self.missing().is_empty()
     }
 
     fn on_state(&mut self, now: Instant, st: ComputeState) {

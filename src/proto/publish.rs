@@ -4,7 +4,36 @@
 
 use super::*;
 
+/// Live peers up to which heartbeats and batches keep their configured
+/// periods.
+const PERIOD_PEERS: f64 = 8.0;
+/// The longest the heartbeat period grows to with the swarm (a third of
+/// the repair's peer timeout, so a live peer is never forgotten).
+pub(super) const HEARTBEAT_MAX: Duration = Duration::from_secs(5);
+/// The longest the publish period grows to with the swarm.
+pub(super) const PUBLISH_MAX: Duration = Duration::from_secs(1);
+
 impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
+    /// The heartbeat period: heartbeats cost each node about the same bytes
+    /// per second at any swarm size (see [`Core::scaled`]).
+    pub fn heartbeat_every(&self) -> Duration {
+        self.scaled(self.settings.heartbeat_interval, HEARTBEAT_MAX)
+    }
+
+    /// The publish period: fewer, fuller messages, so the per-message cost
+    /// (gossip envelope, signatures, copies) is shared by more updates when
+    /// every node receives everyone's (see [`Core::scaled`]).
+    pub fn publish_every(&self) -> Duration {
+        self.scaled(self.settings.publish_interval, PUBLISH_MAX)
+    }
+
+    /// `base` up to [`PERIOD_PEERS`] live peers, growing in proportion to
+    /// their number beyond, at most `cap` (never below `base`).
+    fn scaled(&self, base: Duration, cap: Duration) -> Duration {
+        let scale = (self.repair.peers().len() as f64 / PERIOD_PEERS).max(1.0);
+        base.mul_f64(scale).min(cap.max(base))
+    }
+
     /// Stores an own update (the compute side applied and persisted it) and
     /// queues it for publishing.
     pub(super) fn on_own(&mut self, now: Instant, seq: u64, update: Own) {

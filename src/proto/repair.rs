@@ -58,6 +58,13 @@ pub struct PeerView {
     pub seen: Instant,
 }
 
+impl PeerView {
+    /// Done at exactly `vv` with `digest`, nothing left to apply.
+    pub fn agrees(&self, vv: &VersionVector, digest: &[u8; 32]) -> bool {
+        self.done && &self.vv == vv && &self.digest == digest && self.backlog == 0
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Inflight<P> {
     peer: P,
@@ -365,9 +372,9 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
     /// with `digest` (a peer that keeps failing sync requests cannot be
     /// caught up with, and is not waited for).
     pub fn settled(&self, vv: &VersionVector, digest: &[u8; 32]) -> bool {
-        self.peers.iter().all(|(p, v)| {
-            self.unresponsive(p) || (v.done && &v.vv == vv && &v.digest == digest && v.backlog == 0)
-        })
+        self.peers
+            .iter()
+            .all(|(p, v)| self.unresponsive(p) || v.agrees(vv, digest))
     }
 
     /// Live, responsive peers done at exactly `vv` with `digest` and
@@ -375,13 +382,7 @@ impl<P: Clone + Eq + Hash + Ord> Repair<P> {
     pub fn agreeing(&self, vv: &VersionVector, digest: &[u8; 32]) -> usize {
         self.peers
             .iter()
-            .filter(|(p, v)| {
-                !self.unresponsive(p)
-                    && v.done
-                    && &v.vv == vv
-                    && &v.digest == digest
-                    && v.backlog == 0
-            })
+            .filter(|(p, v)| !self.unresponsive(p) && v.agrees(vv, digest))
             .count()
     }
 

@@ -10,9 +10,11 @@
 //! or departed after a last heartbeat at this very state — unless the node
 //! never heard of any peer at all (a solo run).
 
+use super::{Core, Peer};
 use crate::crdt::replica::VersionVector;
 use crate::zo::seed::Origin;
 use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
 use std::hash::Hash;
 
 /// Origins whose claims are remembered, at most (beyond, claims of new
@@ -151,6 +153,40 @@ impl<P: Clone + Eq + Hash + Ord> Known<P> {
             .collect();
         out.sort_by_key(|m| m.origin);
         out
+    }
+}
+
+impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
+    /// Updates some heartbeat (of a live or a departed peer) announced that
+    /// this node has not applied, per origin.
+    pub fn missing(&self) -> Vec<Missing<P>> {
+        let empty = VersionVector::new();
+        let have = self.state.as_ref().map_or(&empty, |st| &st.vv);
+        self.known.missing(have, |o| self.log.cap(o))
+    }
+
+    /// Some peer agrees with this node's state: a live one (done, same
+    /// version vector and digest), or one that left after saying so; true
+    /// as well when this node never heard of any peer (a solo run).
+    pub fn agreement(&self) -> bool {
+        let Some(st) = &self.state else { return false };
+        self.peers_seen.is_empty()
+            || self.repair.agreeing(&st.vv, &st.digest) > 0
+            || self.known.concurred(&st.vv, &st.digest)
+    }
+
+    /// Local state agrees with every live peer and with at least one peer,
+    /// nothing is left to apply, and no update any heartbeat announced is
+    /// missing (agreement with nobody is not agreement).
+    pub(super) fn agreed(&self) -> bool {
+        let Some(st) = &self.state else { return false };
+        st.training_done
+            && self.outbox.is_none()
+            && self.log.pending_updates() == 0
+            && self.log.version_vector() == st.vv
+            && self.repair.settled(&st.vv, &st.digest)
+            && self.agreement()
+            && self.missing().is_empty()
     }
 }
 
