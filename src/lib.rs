@@ -11,6 +11,7 @@
 //! |---|---|
 //! | randomness and the one-byte codec | [`zo`] (`seed`, `perturb`, `codec`), [`varint`] |
 //! | CRDT replica, update log, snapshots | [`crdt`] (`replica`, `log`, `snapshot`) |
+//! | a run as one small file | [`seedlog`] (export; `train::materialize` rebuilds) |
 //! | compressed sparse deltas | [`delta`] (`fedzip`, safetensors `files`) |
 //! | model | [`model`] (built-in classifier, llama) |
 //! | data | [`task`] |
@@ -29,6 +30,7 @@ pub mod node;
 pub mod obs;
 pub mod owner;
 pub mod proto;
+pub mod seedlog;
 pub mod task;
 pub mod train;
 pub mod varint;

@@ -77,7 +77,8 @@ enum Command {
         #[arg(long)]
         summary: Option<PathBuf>,
     },
-    /// Write the fine-tuned weights (base + update log) as safetensors.
+    /// Write the fine-tuned weights (base + update log) as safetensors, or
+    /// the run as a seed log (manifest, base hash, every update, digest).
     Export {
         /// Run manifest and node settings (TOML).
         #[arg(long, env = "SEEDSWARM_CONFIG")]
@@ -86,8 +87,66 @@ enum Command {
         #[arg(long)]
         data_dir: PathBuf,
         /// Output file (.safetensors), parameter names as in the model.
+        #[arg(long, required_unless_present = "seedlog")]
+        out: Option<PathBuf>,
+        /// Write the run as a seed log here (`seedswarm materialize` turns
+        /// it and the base model into the exact fine-tuned weights).
+        #[arg(long)]
+        seedlog: Option<PathBuf>,
+        /// Include the origins' signatures in the seed log (64 bytes per
+        /// signed batch), so that every update is attributable.
+        #[arg(long, requires = "seedlog")]
+        signed: bool,
+        /// Write a JSON summary of the seed log here.
+        #[arg(long, requires = "seedlog")]
+        summary: Option<PathBuf>,
+    },
+    /// Rebuild the exact fine-tuned replica from a seed log and its base
+    /// model (refused when the base's hash differs; the final digest is
+    /// checked), and write its weights.
+    Materialize {
+        /// The seed log (`seedswarm export --seedlog`).
+        file: PathBuf,
+        /// The base model (GGUF file or Hugging Face directory); default:
+        /// the path in the run's manifest. Not used by the built-in model.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// A .safetensors file, or a directory (model.safetensors, the
+        /// manifest, a model card; config.json and tokenizer.json for a
+        /// language model).
         #[arg(long)]
         out: PathBuf,
+        /// Write a JSON summary here.
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Recheck one-byte updates of a finished single-origin run: replays its
+    /// log and recomputes a fraction of the updates (two forwards each) on
+    /// the state each was made on; exits 4 when the origin is flagged.
+    Verify {
+        /// Run manifest and node settings (TOML).
+        #[arg(long, env = "SEEDSWARM_CONFIG")]
+        config: PathBuf,
+        /// Train data directory whose update log to recheck.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The origin to recheck (64 hex digits); default: the log's only one.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Fraction of its updates to recheck.
+        #[arg(long, default_value_t = 0.05)]
+        fraction: f64,
+        /// Loss noise tolerated between the origin's forward and ours
+        /// (absolute, loss units): a gradient within tolerance / 2ε of zero
+        /// has no checkable sign.
+        #[arg(long, default_value_t = seedswarm::train::DEFAULT_TOLERANCE)]
+        tolerance: f64,
+        /// Choose the sample from this seed (default: at random).
+        #[arg(long)]
+        sample_seed: Option<u64>,
+        /// Write a JSON summary here (tally and every check).
+        #[arg(long)]
+        summary: Option<PathBuf>,
     },
     /// Print a node's peer id, creating its key in --data-dir on first use
     /// (what the owner of a permissioned run admits).
@@ -407,12 +466,113 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             data_dir,
             out,
+            seedlog,
+            signed,
+            summary,
         } => {
             let cfg = load(&config)?;
             let progress = Progress::spinner("loading the model and the update log");
-            let n = train::export(&cfg, Some(&data_dir), &out)?;
+            if let Some(out) = out {
+                let n = train::export(&cfg, Some(&data_dir), &out)?;
+                progress.handle().suspend(|| {
+                    println!("wrote {n} tensors to {}", out.display());
+                });
+            }
+            if let Some(path) = seedlog {
+                let s = train::export_seedlog(&cfg, &data_dir, &path, signed)?;
+                drop(progress);
+                println!(
+                    "wrote the seed log {}: {} bytes for {} updates of {} origins ({} deltas, {} bytes){}, against {} bytes of f32 weights; digest {}",
+                    path.display(),
+                    s.bytes,
+                    s.updates,
+                    s.origins,
+                    s.deltas,
+                    s.delta_bytes,
+                    if s.signed { ", signed" } else { "" },
+                    s.model_bytes,
+                    &s.digest[..16]
+                );
+                if let Some(p) = summary {
+                    write_json(&p, &s)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Verify {
+            config,
+            data_dir,
+            origin,
+            fraction,
+            tolerance,
+            sample_seed,
+            summary,
+        } => {
+            let cfg = load(&config)?;
+            let origin = origin
+                .map(|o| {
+                    seedswarm::zo::seed::Origin::from_hex(&o)
+                        .ok_or_else(|| anyhow::anyhow!("--origin must be 64 hex digits, got {o:?}"))
+                })
+                .transpose()?;
+            let key = match sample_seed {
+                Some(s) => *blake3::hash(&s.to_le_bytes()).as_bytes(),
+                None => {
+                    let mut k = [0u8; 32];
+                    getrandom::fill(&mut k).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                    k
+                }
+            };
+            let progress = Progress::spinner("loading the model and rechecking the update log");
+            let s = train::verify(&cfg, &data_dir, origin, fraction, tolerance, &key)?;
             drop(progress);
-            println!("wrote {n} tensors to {}", out.display());
+            println!(
+                "origin {}: {} of {} updates rechecked: {} agree, {} disagree, {} inconclusive (|g| <= {:.2e}); disagreement {:.1}%{}; {:.1}s",
+                &s.origin[..16],
+                s.tally.checked,
+                s.updates,
+                s.tally.agreed,
+                s.tally.disagreed,
+                s.tally.inconclusive,
+                s.floor,
+                100.0 * s.tally.disagreement_rate(),
+                match s.tally.flagged_after {
+                    Some(n) => format!(", FLAGGED after {n} checks"),
+                    None => String::new(),
+                },
+                s.wall_seconds
+            );
+            if let Some(p) = summary {
+                write_json(&p, &s)?;
+            }
+            if s.flagged {
+                std::process::exit(4);
+            }
+            Ok(())
+        }
+        Command::Materialize {
+            file,
+            base,
+            out,
+            summary,
+        } => {
+            let progress = Progress::spinner("loading the base model and replaying the seed log");
+            let s = train::materialize(&file, base.as_deref(), &out)?;
+            drop(progress);
+            println!(
+                "rebuilt {} updates of {} origins ({} signed), digest {} checked; wrote {} tensors to {} ({}), {:.1}s",
+                s.updates,
+                s.origins,
+                s.signed_origins,
+                &s.digest[..16],
+                s.tensors,
+                s.out,
+                s.format,
+                s.wall_seconds
+            );
+            if let Some(p) = summary {
+                write_json(&p, &s)?;
+            }
             Ok(())
         }
         Command::Publish {

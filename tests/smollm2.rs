@@ -574,3 +574,80 @@ fn smollm2_text_task_trains_end_to_end() {
     );
     assert_eq!(after.n, before.n);
 }
+
+/// A few SPSA steps on SmolLM2 as a seed log → `materialize` to a Hugging
+/// Face directory (config.json, model.safetensors, tokenizer.json) that
+/// loads back to the very replica: same tensors as `export`, same tokens,
+/// bit-identical loss; another base (the fine-tuned directory itself) is
+/// refused by hash.
+#[test]
+fn smollm2_seed_log_materializes_a_hugging_face_directory() {
+    use seedswarm::crdt::log::{Segment, Store};
+    use seedswarm::train::{self, Trainer};
+    if gguf().is_none() {
+        return;
+    }
+    let cfg = config("smollm2-sst2.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let origin = train::local_origin(&cfg);
+    let mut trainer = Trainer::new(&cfg, origin).unwrap();
+    let data = train::build_data(&cfg.run).unwrap();
+    let (_, mut store, _) = Store::open(&data_dir.join("updates.log"), trainer.run()).unwrap();
+    for seq in 0..3 {
+        let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+        let s = trainer.step(&batch).unwrap();
+        store
+            .append(&Segment::new(origin, seq, vec![s.code], Vec::new()))
+            .unwrap();
+    }
+    store.sync().unwrap();
+    let file = dir.path().join("run.seedlog");
+    let s = train::export_seedlog(&cfg, &data_dir, &file, false).unwrap();
+    assert_eq!(s.updates, 3);
+    assert_eq!(s.digest, trainer.replica().digest());
+    eprintln!(
+        "SmolLM2 seed log: {} bytes for {} updates ({} of manifest), against {} bytes of f32 weights",
+        s.bytes, s.updates, s.manifest_bytes, s.model_bytes
+    );
+    let out = dir.path().join("hf");
+    let m = train::materialize(&file, None, &out).unwrap();
+    assert_eq!(
+        (m.digest.as_str(), m.format.as_str()),
+        (s.digest.as_str(), "directory")
+    );
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "README.md",
+    ] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+    let exported = dir.path().join("export.safetensors");
+    train::export(&cfg, Some(&data_dir), &exported).unwrap();
+    assert_eq!(
+        std::fs::read(&exported).unwrap(),
+        std::fs::read(out.join("model.safetensors")).unwrap()
+    );
+    let tok = llama::tokenizer(Source::Gguf(&gguf().unwrap())).unwrap();
+    let hf_tok = llama::tokenizer(Source::HfDir(&out)).unwrap();
+    let text = "a gorgeous, witty, seductive movie. It was";
+    assert_eq!(
+        llama::encode(&hf_tok, text).unwrap(),
+        llama::encode(&tok, text).unwrap()
+    );
+    let labels = vec![
+        llama::encode(&tok, " terrible").unwrap()[0],
+        llama::encode(&tok, " great").unwrap()[0],
+    ];
+    let hf = Llama::load(Source::HfDir(&out), labels).unwrap();
+    let batch = data.train_batch(&origin, 99, 4);
+    assert_eq!(
+        hf.loss(&batch).unwrap().to_bits(),
+        trainer.model().loss(&batch).unwrap().to_bits()
+    );
+    let e = train::materialize(&file, Some(&out), &dir.path().join("again")).unwrap_err();
+    assert!(e.to_string().contains("hash"), "{e}");
+}

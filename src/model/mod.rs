@@ -117,6 +117,11 @@ pub trait Model: Send {
     fn loss(&self, batch: &Batch) -> Result<f32, Error>;
     /// Loss sum and correct predictions of `batch`.
     fn evaluate(&self, batch: &Batch) -> Result<Eval, Error>;
+    /// The model's Hugging Face `config.json` (None: not a Hugging Face
+    /// architecture).
+    fn hf_config(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Mean loss of `batch` and its gradient with respect to the parameters
     /// `params` (indices, row-major values), for first-order contributors.
     fn gradients(&self, batch: &Batch, params: &[usize]) -> Result<(f32, Vec<Vec<f32>>), Error> {

@@ -170,21 +170,7 @@ pub fn evaluate(
 /// safetensors under the model's parameter names; returns the tensor count.
 pub fn export(cfg: &Config, data_dir: Option<&Path>, out: &Path) -> Result<usize, Error> {
     let trainer = Trainer::from_dir(cfg, local_origin(cfg), data_dir)?;
-    let m = trainer.model();
-    let mut tensors = std::collections::HashMap::new();
-    for (i, p) in m.params().into_iter().enumerate() {
-        let t = candle_core::Tensor::from_vec(
-            m.read(i)?,
-            p.shape.as_slice(),
-            &candle_core::Device::Cpu,
-        )
-        .map_err(model::Error::from)?;
-        tensors.insert(p.name, t);
-    }
-    let n = tensors.len();
-    candle_core::safetensors::save(&tensors, out)
-        .map_err(|e| model::Error::Load(format!("writing {}: {e}", out.display())))?;
-    Ok(n)
+    super::materialize::save_weights(trainer.model(), out)
 }
 
 #[cfg(test)]

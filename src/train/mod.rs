@@ -9,10 +9,14 @@
 //! applies their compressed difference as a delta update.
 
 mod commands;
+mod materialize;
 mod session;
+mod verify;
 
 pub use commands::{evaluate, export, run_single, EvalProgress, EvalSummary, Progress, Summary};
+pub use materialize::{export_seedlog, materialize, rebuild, MaterializeSummary, SeedLogSummary};
 pub use session::{Made, Session};
+pub use verify::{judge, sampled, verify, Check, Tally, Verdict, VerifySummary, DEFAULT_TOLERANCE};
 
 use crate::config::{self, Config, ModelSpec, TaskSpec};
 use crate::crdt::log::{self, Log, Segment, Store};
@@ -242,41 +246,57 @@ impl Trainer {
         let t = Instant::now();
         let model = build_model(&cfg.run)?;
         let run = cfg.run.run_id(&model::base_hash(model.as_ref())?);
+        let trainer = Self::with_model(&cfg.run, model, run, origin)?;
+        tracing::info!(
+            seconds = format_args!("{:.1}", t.elapsed().as_secs_f64()),
+            params = trainer
+                .model
+                .params()
+                .iter()
+                .map(model::ParamSpec::len)
+                .sum::<usize>(),
+            trainable = trainer.replica.num_params(),
+            "model loaded"
+        );
+        Ok(trainer)
+    }
+
+    /// An empty replica of the trainable tensors of `model` (already built
+    /// from `manifest`) in run `run`.
+    pub fn with_model(
+        manifest: &config::Manifest,
+        model: Box<dyn Model>,
+        run: RunId,
+        origin: Origin,
+    ) -> Result<Self, Error> {
         let specs = model.params();
         let mut slots = Vec::new();
         let mut tensors = Vec::new();
         for (i, p) in specs.iter().enumerate() {
-            if cfg.run.trainable.iter().any(|g| config::glob(g, &p.name)) {
+            if manifest.trainable.iter().any(|g| config::glob(g, &p.name)) {
                 slots.push(i);
                 tensors.push((p.name.clone(), model.read(i)?));
             }
         }
         if slots.is_empty() {
-            return Err(Error::NothingTrainable(cfg.run.trainable.clone()));
+            return Err(Error::NothingTrainable(manifest.trainable.clone()));
         }
         let rules = Rules {
             run,
-            kind: cfg.run.perturbation,
-            codec: Codec::new(&cfg.run.codec),
-            schedule: cfg.run.schedule.clone(),
-            unit_bits: cfg.run.unit_bits,
-            max_delta_norm: cfg.run.delta.max_norm,
+            kind: manifest.perturbation,
+            codec: Codec::new(&manifest.codec),
+            schedule: manifest.schedule.clone(),
+            unit_bits: manifest.unit_bits,
+            max_delta_norm: manifest.delta.max_norm,
         };
-        let replica = Replica::new(rules, tensors);
-        tracing::info!(
-            seconds = format_args!("{:.1}", t.elapsed().as_secs_f64()),
-            params = specs.iter().map(model::ParamSpec::len).sum::<usize>(),
-            trainable = replica.num_params(),
-            "model loaded"
-        );
         Ok(Self {
             model,
-            replica,
+            replica: Replica::new(rules, tensors),
             slots,
-            eps: cfg.run.eps as f32,
+            eps: manifest.eps as f32,
             step_scale: 1.0,
             origin,
-            max_delta_bytes: cfg.run.delta.max_bytes,
+            max_delta_bytes: manifest.delta.max_bytes,
         })
     }
 
@@ -399,24 +419,7 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
         let seq = self.next_seq();
         let seed = seed::derive(&self.run(), &self.origin, seq);
-        let mut forward_seconds = [0.0; 2];
-        let losses = self.perturb(&seed, self.eps).and_then(|()| {
-            let t = Instant::now();
-            let plus = self.model.loss(batch)?;
-            forward_seconds[0] = t.elapsed().as_secs_f64();
-            self.perturb(&seed, -self.eps)?;
-            let t = Instant::now();
-            let minus = self.model.loss(batch)?;
-            forward_seconds[1] = t.elapsed().as_secs_f64();
-            Ok((plus, minus))
-        });
-        let (loss_plus, loss_minus) = match losses {
-            Ok(v) => v,
-            Err(e) => {
-                self.materialize()?;
-                return Err(e);
-            }
-        };
+        let (loss_plus, loss_minus, forward_seconds) = self.losses(&seed, batch)?;
         let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
         let code = self
             .replica
@@ -437,6 +440,40 @@ impl Trainer {
             grad,
             forward_seconds,
         })
+    }
+
+    /// The losses at `θ ± εz` (z from `seed`) on `batch` and the time of
+    /// each forward. The weights are left at `θ − εz` (the caller
+    /// materializes), or the replica's again on error.
+    fn losses(&mut self, seed: &Seed, batch: &Batch) -> Result<(f32, f32, [f64; 2]), Error> {
+        let mut forward_seconds = [0.0; 2];
+        let losses = self.perturb(seed, self.eps).and_then(|()| {
+            let t = Instant::now();
+            let plus = self.model.loss(batch)?;
+            forward_seconds[0] = t.elapsed().as_secs_f64();
+            self.perturb(seed, -self.eps)?;
+            let t = Instant::now();
+            let minus = self.model.loss(batch)?;
+            forward_seconds[1] = t.elapsed().as_secs_f64();
+            Ok((plus, minus))
+        });
+        match losses {
+            Ok((plus, minus)) => Ok((plus, minus, forward_seconds)),
+            Err(e) => {
+                self.materialize()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The projected gradient of `origin`'s update `seq` recomputed on the
+    /// replica's current state, with `batch` (that update's own sample):
+    /// what the origin should have encoded, before its step scale.
+    pub fn recompute(&mut self, origin: &Origin, seq: u64, batch: &Batch) -> Result<f64, Error> {
+        let seed = seed::derive(&self.run(), origin, seq);
+        let (plus, minus, _) = self.losses(&seed, batch)?;
+        self.materialize()?;
+        Ok((f64::from(plus) - f64::from(minus)) / (2.0 * f64::from(self.eps)))
     }
 
     /// A copy of `δ`, the version vector and the digest: what a snapshot

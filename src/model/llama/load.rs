@@ -58,6 +58,30 @@ impl Shape {
         }
     }
 
+    /// A Hugging Face `config.json` for this shape (`LlamaForCausalLM`, f32):
+    /// what transformers and [`load_hf`] read back.
+    pub fn hf_config(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": self.hidden,
+            "intermediate_size": self.intermediate,
+            "vocab_size": self.vocab,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "head_dim": self.hidden / self.heads,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.context,
+            "tie_word_embeddings": self.tied,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Hugging Face parameter names and shapes, in the model's fixed order.
     pub fn params(&self) -> Vec<ParamSpec> {
         let (h, i) = (self.hidden, self.intermediate);

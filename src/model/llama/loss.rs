@@ -140,6 +140,10 @@ impl Model for Llama {
         crate::model::write_param(&self.tensors, i, f)
     }
 
+    fn hf_config(&self) -> Option<serde_json::Value> {
+        Some(self.shape.hf_config())
+    }
+
     fn loss(&self, batch: &Batch) -> Result<f32, Error> {
         let e = self.evaluate(batch)?;
         Ok(e.loss() as f32)
