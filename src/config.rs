@@ -251,6 +251,16 @@ pub struct NodeSettings {
     /// The byte alone is the contribution: replicas agree whatever it is.
     /// 0 turns the scaling off.
     pub step_peers: u64,
+    /// Spot checks: this fraction of the one-byte updates that arrive by
+    /// gossip (chosen with a secret key, so an origin cannot tell which) is
+    /// recomputed (two forwards each) on the state its origin stepped on
+    /// and compared with the published code; per-origin agreement is in
+    /// /status and /metrics. 0 turns them off.
+    pub verify_fraction: f64,
+    /// Loss noise a spot check tolerates between the origin's forward and
+    /// this node's (absolute, loss units): a gradient within
+    /// `verify_tolerance / 2ε` of zero has no checkable sign.
+    pub verify_tolerance: f64,
     /// After training, wait at most this many seconds for the swarm to agree.
     pub settle_timeout_s: u64,
     /// Start training once this many peers have been heard from.
@@ -310,6 +320,8 @@ impl Default for NodeSettings {
             heartbeat_ms: 1000,
             max_staleness: 64,
             step_peers: 4,
+            verify_fraction: 0.01,
+            verify_tolerance: crate::train::DEFAULT_TOLERANCE,
             settle_timeout_s: 120,
             min_peers: 0,
             max_rate: 50_000.0,
@@ -459,6 +471,18 @@ impl Config {
             return Err(format!(
                 "node.publish_ms must be within 10..=60000, got {}",
                 self.node.publish_ms
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.node.verify_fraction) {
+            return Err(format!(
+                "node.verify_fraction must be within [0, 1], got {}",
+                self.node.verify_fraction
+            ));
+        }
+        if !(self.node.verify_tolerance.is_finite() && self.node.verify_tolerance >= 0.0) {
+            return Err(format!(
+                "node.verify_tolerance must be a non-negative number, got {}",
+                self.node.verify_tolerance
             ));
         }
         if !(1..=crate::net::wire::MAX_BATCH).contains(&self.node.publish_max) {

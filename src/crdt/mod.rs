@@ -4,6 +4,7 @@
 
 pub mod admit;
 pub mod attest;
+pub mod basis;
 pub mod log;
 pub mod replica;
 pub mod snapshot;

@@ -32,6 +32,14 @@ pub(super) enum ToCompute {
     Exclude(crate::zo::seed::Origin, u64, Vec<u8>),
     /// Persist an owner-signed admission.
     Admit(crate::crdt::admit::Record),
+    /// Spot-check a foreign update on the state it was computed on.
+    Check {
+        origin: crate::zo::seed::Origin,
+        seq: u64,
+        code: u8,
+        target: crate::crdt::replica::VersionVector,
+        retract: Vec<Segment>,
+    },
 }
 
 /// Own updates are made durable (fsync) in groups at most this far apart;
@@ -48,6 +56,12 @@ pub(super) enum FromCompute {
     Installed(Result<(crate::crdt::replica::VersionVector, Vec<Segment>), String>),
     /// The replica's state.
     State(Box<ComputeState>),
+    /// A spot check's verdict and recomputed gradient (or why none).
+    Checked {
+        origin: crate::zo::seed::Origin,
+        seq: u64,
+        result: Result<(crate::zo::check::Verdict, f64), String>,
+    },
     /// A step or an apply failed; the node stops.
     Failed(String),
 }
@@ -184,6 +198,23 @@ pub(super) fn run(
                 Ok(ToCompute::Admit(record)) => {
                     if let Err(e) = session.admit(&record) {
                         fail(&tx, e.to_string());
+                        return session.last_eval();
+                    }
+                }
+                Ok(ToCompute::Check {
+                    origin,
+                    seq,
+                    code,
+                    target,
+                    retract,
+                }) => {
+                    let result = session.recheck(&target, &retract, (origin, seq, code));
+                    let msg = FromCompute::Checked {
+                        origin,
+                        seq,
+                        result,
+                    };
+                    if tx.blocking_send(msg).is_err() {
                         return session.last_eval();
                     }
                 }

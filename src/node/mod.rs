@@ -105,6 +105,9 @@ pub struct Options {
     pub max_rate: f64,
     /// Test hook: fraction of incoming update messages to drop unseen.
     pub drop_incoming: f64,
+    /// Test hook: publish every one-byte update with the sign of its
+    /// gradient flipped, as a hostile origin would (spot checks flag it).
+    pub flip_signs: bool,
     /// Exit once training is over and the swarm agrees (false: serve until stopped).
     pub exit_when_settled: bool,
     /// Serve /metrics, /status and the dashboard here.
@@ -183,6 +186,7 @@ impl Options {
             timing: Timing::default(),
             max_rate: n.max_rate,
             drop_incoming: 0.0,
+            flip_signs: false,
             exit_when_settled: true,
             http,
             join: join::Mode::Auto,
@@ -359,6 +363,7 @@ impl Node {
     /// starts listening and spawns the shell and the compute thread.
     pub async fn start(cfg: Config, opts: Options) -> Result<Node, Error> {
         let (key, dir) = (opts.key.clone(), opts.data_dir.clone());
+        let flip_signs = opts.flip_signs;
         let c = cfg.clone();
         let (key, origin, session, log) = tokio::task::spawn_blocking(move || {
             let key = match (key, &dir) {
@@ -368,7 +373,8 @@ impl Node {
             };
             let origin = net::origin_of_key(&key)
                 .ok_or_else(|| net::Error::Build("node key is not ed25519".into()))?;
-            let (session, log) = Session::open(&c, origin, dir.as_deref())?;
+            let (mut session, log) = Session::open(&c, origin, dir.as_deref())?;
+            session.set_flip_signs(flip_signs);
             Ok::<_, Error>((key, origin, session, log))
         })
         .await
@@ -559,6 +565,14 @@ async fn start(
         drop_incoming: opts.drop_incoming,
         mode: cfg.node.mode,
         owner: cfg.run.owner(),
+        verify_fraction: cfg.node.verify_fraction,
+        check_key: {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).map_err(|e| {
+                Error::Compute(format!("no randomness for the spot-check key: {e}"))
+            })?;
+            k
+        },
     };
     let mut core = Core::new(settings, log, Instant::now());
     for path in &opts.records {

@@ -54,6 +54,13 @@ pub struct Status {
     pub retracted_updates: u64,
     /// Updates dropped from behind gaps nobody filled (or over bounds).
     pub dropped_pending: u64,
+    /// Spot checks of foreign one-byte updates, per origin (hex): checked,
+    /// agreed, disagreed, inconclusive, and after how many checks it was
+    /// flagged (null: not flagged).
+    pub rechecks: BTreeMap<String, crate::zo::check::Tally>,
+    /// Spot checks sampled but not made (queue full, state not reached in
+    /// time, bases unreadable).
+    pub rechecks_skipped: u64,
     /// Live peers settling still waits for, each with why ("nobody" when
     /// training is over and no peer has agreed with this state).
     pub waiting_for: Vec<String>,
@@ -183,6 +190,13 @@ pub struct Summary {
     pub retracted_updates: u64,
     /// Updates dropped from behind gaps nobody filled.
     pub dropped_pending: u64,
+    /// Spot checks of foreign one-byte updates, per origin (hex): checked,
+    /// agreed, disagreed, inconclusive, and after how many checks it was
+    /// flagged (null: not flagged).
+    pub rechecks: BTreeMap<String, crate::zo::check::Tally>,
+    /// Spot checks sampled but not made (queue full, state not reached in
+    /// time, bases unreadable).
+    pub rechecks_skipped: u64,
     /// Peers settling still waited for when the node stopped (empty when
     /// it settled), each with why.
     pub waiting_for: Vec<String>,
@@ -315,6 +329,8 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
         admitted: stats.admitted,
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
+        rechecks: rechecks_hex(&stats.checks),
+        rechecks_skipped: stats.checks_skipped,
         waiting_for: waiting_for(core),
         missing: core
             .missing()
@@ -383,9 +399,21 @@ pub(super) fn summary<P: Peer, M: Clone + Debug, C: Debug>(
         admitted: stats.admitted,
         retracted_updates: stats.retracted,
         dropped_pending: stats.dropped_pending,
+        rechecks: status.rechecks,
+        rechecks_skipped: status.rechecks_skipped,
         waiting_for: status.waiting_for,
         missing: status.missing,
     }
+}
+
+/// Spot-check tallies by origin hex.
+fn rechecks_hex(
+    checks: &BTreeMap<crate::zo::seed::Origin, crate::zo::check::Tally>,
+) -> BTreeMap<String, crate::zo::check::Tally> {
+    checks
+        .iter()
+        .map(|(o, t)| (o.to_hex(), t.clone()))
+        .collect()
 }
 
 /// The process's peak resident set (VmHWM) in MiB, NaN where unknown.

@@ -221,6 +221,21 @@ impl Shell {
             Output::MakeSnapshot { target, retract } => {
                 self.queue.push_back(ToCompute::Image(target, retract));
             }
+            Output::Check {
+                origin,
+                seq,
+                code,
+                target,
+                retract,
+            } => {
+                self.queue.push_back(ToCompute::Check {
+                    origin,
+                    seq,
+                    code,
+                    target,
+                    retract,
+                });
+            }
             Output::Install {
                 chunks,
                 hashes,
@@ -318,6 +333,7 @@ impl Shell {
                 self.input(Input::Own {
                     seq: made.seq,
                     update: made.update,
+                    basis: made.basis,
                 });
             }
             FromCompute::State(st) => {
@@ -338,6 +354,15 @@ impl Shell {
                 }
                 self.input(Input::Installed(r));
             }
+            FromCompute::Checked {
+                origin,
+                seq,
+                result,
+            } => self.input(Input::Checked {
+                origin,
+                seq,
+                result,
+            }),
             FromCompute::Failed(e) => self.failure = Some(e),
         }
     }

@@ -83,7 +83,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Ok(o) => o,
             Err(v) => return Some(v),
         };
-        let (first, sig, codes) = match wire::decode_updates(data) {
+        let wire::UpdateBatch {
+            first_seq: first,
+            sig,
+            bases,
+            codes,
+        } = match wire::decode_updates_with(data) {
             Ok(v) => v,
             Err(e) => return Some(self.refuse_decode(&e)),
         };
@@ -140,6 +145,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return Some(Verdict::Ignore);
         }
         self.accept(origin, first, codes, &[], attest);
+        self.sample_checks(now, origin, first, codes, bases);
         Some(Verdict::Accept)
     }
 

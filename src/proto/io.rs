@@ -117,6 +117,11 @@ pub struct Settings {
     pub drop_incoming: f64,
     /// How this node contributes; announced in heartbeats.
     pub mode: crate::config::Mode,
+    /// Fraction of the one-byte updates arriving by gossip to spot-check
+    /// (`node.verify_fraction`; 0: none).
+    pub verify_fraction: f64,
+    /// This node's secret key choosing which updates it checks.
+    pub check_key: [u8; 32],
 }
 
 /// What the core takes in.
@@ -171,6 +176,19 @@ pub enum Input<P, M, C> {
         seq: u64,
         /// The update.
         update: Own,
+        /// The state it was computed on, without this node's own entry
+        /// (published with one-byte updates, so peers can recheck them).
+        basis: VersionVector,
+    },
+    /// A spot check of [`Output::Check`] is done: the verdict and the
+    /// recomputed gradient, or why it could not be made.
+    Checked {
+        /// Whose update.
+        origin: Origin,
+        /// Its seq.
+        seq: u64,
+        /// The outcome.
+        result: Result<(crate::zo::check::Verdict, f64), String>,
     },
     /// The compute side's latest state.
     State(Box<ComputeState>),
@@ -242,6 +260,22 @@ pub enum Output<P, M, C> {
         /// The state wanted (empty: the current one).
         target: VersionVector,
         /// What to subtract first.
+        retract: Vec<Segment>,
+    },
+    /// Recheck `origin`'s one-byte update `seq` (code `code`) on the state
+    /// `target` it was computed on: subtract `retract` (the applied tails
+    /// past `target`; the compute side subtracts its newer own updates too),
+    /// recompute, add them back; report [`Input::Checked`].
+    Check {
+        /// Whose update.
+        origin: Origin,
+        /// Its seq.
+        seq: u64,
+        /// Its published code.
+        code: u8,
+        /// The state it was computed on (its own entry is `seq`).
+        target: VersionVector,
+        /// What to subtract to get there.
         retract: Vec<Segment>,
     },
     /// Install these verified snapshot chunks into the (empty) replica and
@@ -375,6 +409,12 @@ pub struct Stats {
     pub retracted: u64,
     /// Updates dropped from behind gaps (over bounds, or unrepairable).
     pub dropped_pending: u64,
+    /// Spot checks per origin.
+    pub checks: BTreeMap<Origin, crate::zo::check::Tally>,
+    /// Spot checks not made: the queue was full, the state was not reached
+    /// in time, bases did not decode or name unknown origins, or the
+    /// compute side could not make them.
+    pub checks_skipped: u64,
     /// Largest backlog sampled at heartbeats.
     pub backlog_max: u64,
     /// Sum of sampled backlogs.

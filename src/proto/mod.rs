@@ -27,6 +27,7 @@ pub mod join;
 pub mod repair;
 
 mod admit;
+pub mod check;
 mod gossip;
 mod io;
 mod publish;
@@ -138,7 +139,11 @@ pub struct Core<P, M, C> {
     repair: Repair<P>,
     join: Join<P>,
     state: Option<ComputeState>,
-    outbox: Option<(u64, Vec<u8>)>,
+    /// Own one-byte updates waiting to be published: first seq, codes, and
+    /// the state each was computed on.
+    outbox: Option<(u64, Vec<u8>, Vec<VersionVector>)>,
+    /// Spot checks of foreign updates waiting or in flight.
+    checks: check::Checks,
     delta_waits: HashMap<(Origin, u64), DeltaWait<P, M>>,
     buckets: HashMap<Origin, Bucket>,
     /// Per requesting peer, a token bucket over sync requests.
@@ -203,6 +208,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             log,
             state: None,
             outbox: None,
+            checks: check::Checks::default(),
             delta_waits: HashMap::new(),
             buckets: HashMap::new(),
             request_buckets: HashMap::new(),
@@ -267,7 +273,12 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Input::Published { end } => {
                 self.stats.published_through = self.stats.published_through.max(end);
             }
-            Input::Own { seq, update } => self.on_own(now, seq, update),
+            Input::Own { seq, update, basis } => self.on_own(now, seq, update, basis),
+            Input::Checked {
+                origin,
+                seq,
+                result,
+            } => self.on_checked(now, origin, seq, result),
             Input::State(st) => self.on_state(now, *st),
             Input::Snapshot(s) => {
                 self.snapshot_inflight = false;
@@ -473,6 +484,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     fn tick(&mut self, now: Instant) {
         self.drive_join(now);
         self.serve_snapshots(now);
+        self.next_check(now);
         if !self.started_training
             && !self.join.active()
             && self.repair.peers().len() >= self.settings.min_peers

@@ -36,7 +36,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// Stores an own update (the compute side applied and persisted it) and
     /// queues it for publishing.
-    pub(super) fn on_own(&mut self, now: Instant, seq: u64, update: Own) {
+    pub(super) fn on_own(&mut self, now: Instant, seq: u64, update: Own, basis: VersionVector) {
         let origin = self.settings.signer.origin();
         self.event(Event::UpdatesPublished(1));
         match update {
@@ -45,15 +45,18 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
                     tracing::warn!(error = %e, "cannot store own update");
                 }
                 match &mut self.outbox {
-                    Some((first, codes)) if *first + codes.len() as u64 == seq => codes.push(code),
+                    Some((first, codes, bases)) if *first + codes.len() as u64 == seq => {
+                        codes.push(code);
+                        bases.push(basis);
+                    }
                     _ => {
                         self.flush_outbox();
-                        self.outbox = Some((seq, vec![code]));
+                        self.outbox = Some((seq, vec![code], vec![basis]));
                         self.last_publish = self.last_publish.min(now);
                     }
                 }
                 let max = self.settings.publish_max.clamp(1, wire::MAX_BATCH);
-                if self.outbox.as_ref().is_some_and(|(_, c)| c.len() >= max) {
+                if self.outbox.as_ref().is_some_and(|(_, c, _)| c.len() >= max) {
                     self.flush_outbox();
                     self.last_publish = now;
                 }
@@ -101,12 +104,17 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
     }
 
     pub(super) fn flush_outbox(&mut self) {
-        let Some((first, codes)) = self.outbox.take() else {
+        let Some((first, codes, bases)) = self.outbox.take() else {
             return;
         };
         let attest = self.settings.signer.sign(first, &codes, &[]);
         self.log.attest(self.settings.signer.origin(), attest);
-        let data = wire::encode_updates(first, &attest.sig, &codes);
+        let data = wire::encode_updates_with(
+            first,
+            &attest.sig,
+            &crate::crdt::basis::encode(&bases),
+            &codes,
+        );
         self.stats.published_messages += 1;
         self.stats.published_updates += codes.len() as u64;
         self.event(Event::Bytes {

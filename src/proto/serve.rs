@@ -157,7 +157,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 
     /// The applied tails to subtract to get from the replica's state to
     /// `target` (an error when this node holds less of some origin).
-    fn retraction_to(&self, target: &VersionVector) -> Result<Vec<Segment>, String> {
+    pub(super) fn retraction_to(&self, target: &VersionVector) -> Result<Vec<Segment>, String> {
         let mut out = Vec::new();
         for (o, &want) in target {
             if self.delivered.get(o).copied().unwrap_or(0) < want {

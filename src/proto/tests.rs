@@ -21,6 +21,14 @@ fn signed(x: u8, first: u64, codes: &[u8]) -> Vec<u8> {
 }
 
 fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
+    core_with(origin, join, |_| {})
+}
+
+fn core_with(
+    origin: u8,
+    join: join::Mode,
+    tweak: impl FnOnce(&mut Settings),
+) -> (Core<u8, u64, u64>, Instant) {
     let t0 = Instant::now();
     let settings = Settings {
         signer: signer(origin),
@@ -41,7 +49,11 @@ fn core(origin: u8, join: join::Mode) -> (Core<u8, u64, u64>, Instant) {
         shapes: vec![("w".into(), 8)],
         drop_incoming: 0.0,
         mode: Default::default(),
+        verify_fraction: 0.0,
+        check_key: [0; 32],
     };
+    let mut settings = settings;
+    tweak(&mut settings);
     (Core::new(settings, Log::in_memory(RunId([0; 32])), t0), t0)
 }
 
@@ -60,6 +72,7 @@ fn own_updates_are_stored_batched_and_never_handed_back() {
             Input::Own {
                 seq,
                 update: Own::Code(3),
+                basis: VersionVector::new(),
             },
         );
     }
@@ -76,7 +89,17 @@ fn own_updates_are_stored_batched_and_never_handed_back() {
             _ => None,
         })
         .collect();
-    assert_eq!(batches, vec![(signed(1, 0, &[3; 4]), Some(4))]);
+    // The batch carries the state each update was computed on (here the
+    // empty one: no other origin's updates).
+    let bases = crate::crdt::basis::encode(&[
+        VersionVector::new(),
+        VersionVector::new(),
+        VersionVector::new(),
+        VersionVector::new(),
+    ]);
+    let sig = signer(1).sign(0, &[3; 4], &[]).sig;
+    let want = wire::encode_updates_with(0, &sig, &bases, &[3; 4]);
+    assert_eq!(batches, vec![(want, Some(4))]);
     assert_eq!(c.log().next_seq(&signer(1).origin()), 4);
     assert_eq!(c.log().signed_through(&signer(1).origin()), 4);
     assert!(
@@ -333,4 +356,131 @@ fn heartbeat_and_publish_periods_grow_with_the_swarm_and_are_capped() {
     assert_eq!(c.heartbeat_every(), publish::HEARTBEAT_MAX);
     assert_eq!(c.publish_every(), publish::PUBLISH_MAX);
     assert!(publish::HEARTBEAT_MAX * 3 <= Timing::default().peer_timeout);
+}
+
+/// Spot checks without sockets: a batch of origin 2 computed on 3 updates
+/// of origin 3 is checked once this node has handed those over; the check
+/// names that state and what to subtract to reach it, and its verdict is
+/// tallied. A batch whose state this node never reaches expires.
+#[test]
+fn spot_checks_wait_for_the_state_then_ask_compute_and_tally() {
+    use crate::zo::check::Verdict as V;
+    let (mut c, t0) = core_with(1, join::Mode::Replay, |s| s.verify_fraction = 1.0);
+    let (o2, o3) = (signer(2).origin(), signer(3).origin());
+    let gossip = |id, x: u8, first: u64, codes: &[u8], bases: &[VersionVector]| Input::Gossip {
+        id,
+        from: x,
+        source: Some(x),
+        topic: Some(Topic::Updates),
+        data: wire::encode_updates_with(
+            first,
+            &signer(x).sign(first, codes, &[]).sig,
+            &crate::crdt::basis::encode(bases),
+            codes,
+        ),
+    };
+    // Origin 2's two updates: on 3 then 5 of origin 3's updates.
+    let b = |n: u64| VersionVector::from([(o3, n)]);
+    c.handle(t0, gossip(1, 2, 0, &[5, 0x85], &[b(3), b(5)]));
+    assert_eq!(
+        c.checks_waiting(),
+        0,
+        "origin 3 is not known yet: unresolvable"
+    );
+    c.handle(
+        t0,
+        gossip(2, 3, 0, &[1, 2, 3, 4, 5, 6], &vec![VersionVector::new(); 6]),
+    );
+    c.handle(t0, gossip(3, 2, 2, &[7], &[b(6)]));
+    assert_eq!(c.checks_waiting(), 1 + 6);
+    drain(&mut c);
+    let check = |c: &mut Core<u8, u64, u64>| {
+        let mut v: Vec<_> = drain(c)
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Check {
+                    origin,
+                    seq,
+                    code,
+                    target,
+                    retract,
+                } => {
+                    let mut back: Vec<_> = retract
+                        .iter()
+                        .map(|s| (s.origin, s.first_seq, s.end()))
+                        .collect();
+                    back.sort();
+                    Some((origin, seq, code, target, back))
+                }
+                _ => None,
+            })
+            .collect();
+        assert!(v.len() <= 1, "one in flight");
+        v.pop()
+    };
+    // Origin 3's first update was made on nothing: ready at once, with
+    // nothing to subtract (nothing handed over yet).
+    c.handle(t0, Input::Tick);
+    let (o, seq, code, target, back) = check(&mut c).expect("a check");
+    assert_eq!((o, seq, code, back.len()), (o3, 0, 1, 0));
+    assert_eq!(target, VersionVector::from([(o3, 0)]));
+    // Everything is handed over; the next check subtracts what lies past
+    // its state: origin 2's 3 updates, origin 3's from seq 1.
+    while c.next_apply(100).is_some() {}
+    c.handle(
+        t0,
+        Input::Checked {
+            origin: o3,
+            seq: 0,
+            result: Ok((V::Agree, 0.3)),
+        },
+    );
+    let (o, seq, _, target, back) = check(&mut c).expect("the next check at once");
+    assert_eq!((o, seq), (o3, 1));
+    assert_eq!(target, VersionVector::from([(o3, 1)]));
+    let mut want = vec![(o2, 0, 3), (o3, 1, 6)];
+    want.sort();
+    assert_eq!(back, want);
+    c.handle(
+        t0,
+        Input::Checked {
+            origin: o3,
+            seq: 1,
+            result: Ok((V::Disagree, -0.3)),
+        },
+    );
+    let t = &c.stats().checks[&o3];
+    assert_eq!((t.checked, t.agreed, t.disagreed), (2, 1, 1));
+    // Origin 2's third update: on origin 3's six (its first two came
+    // before origin 3 was known and were not queued).
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let Some((o, seq, _, target, _)) = check(&mut c) else {
+            break;
+        };
+        seen.push((o, seq, target));
+        c.handle(
+            t0,
+            Input::Checked {
+                origin: o,
+                seq,
+                result: Ok((V::Agree, 1.0)),
+            },
+        );
+    }
+    assert!(
+        seen.contains(&(o2, 2, VersionVector::from([(o3, 6), (o2, 2)]))),
+        "{seen:?}"
+    );
+    // A check whose state is never reached (origin 3's 9th update) waits,
+    // then expires and is counted.
+    c.handle(t0, gossip(4, 2, 3, &[9], &[b(9)]));
+    assert_eq!(c.checks_waiting(), 1);
+    let skipped = c.stats().checks_skipped;
+    c.handle(
+        t0 + check::CHECK_EXPIRE + Duration::from_secs(1),
+        Input::Tick,
+    );
+    assert_eq!(c.checks_waiting(), 0);
+    assert_eq!(c.stats().checks_skipped, skipped + 1);
 }

@@ -205,6 +205,8 @@ pub struct Trainer {
     /// Own projected gradients are multiplied by this before encoding (the
     /// byte alone is the contribution, so replicas agree whatever it is).
     step_scale: f64,
+    /// Test hook: own gradients are encoded with the opposite sign.
+    flip_signs: bool,
     origin: Origin,
     /// Largest delta payload the run accepts (`run.delta.max_bytes`).
     max_delta_bytes: usize,
@@ -295,6 +297,7 @@ impl Trainer {
             slots,
             eps: manifest.eps as f32,
             step_scale: 1.0,
+            flip_signs: false,
             origin,
             max_delta_bytes: manifest.delta.max_bytes,
         })
@@ -414,6 +417,13 @@ impl Trainer {
         };
     }
 
+    /// Test hook: encode own gradients with the opposite sign from the next
+    /// step on — a hostile origin's valid-looking bytes, which spot checks
+    /// must flag. Replicas still agree (the byte is the contribution).
+    pub fn set_flip_signs(&mut self, on: bool) {
+        self.flip_signs = on;
+    }
+
     /// One SPSA step on `batch` as update `next_seq()`; applies it (the
     /// caller stores it before publishing it).
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
@@ -421,11 +431,10 @@ impl Trainer {
         let seed = seed::derive(&self.run(), &self.origin, seq);
         let (loss_plus, loss_minus, forward_seconds) = self.losses(&seed, batch)?;
         let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
-        let code = self
-            .replica
-            .rules()
-            .codec
-            .encode(grad * self.step_scale, &seed);
+        let code = self.replica.rules().codec.encode(
+            grad * self.step_scale * if self.flip_signs { -1.0 } else { 1.0 },
+            &seed,
+        );
         self.replica.apply(&[Update {
             origin: self.origin,
             seq,
@@ -474,6 +483,45 @@ impl Trainer {
         let (plus, minus, _) = self.losses(&seed, batch)?;
         self.materialize()?;
         Ok((f64::from(plus) - f64::from(minus)) / (2.0 * f64::from(self.eps)))
+    }
+
+    /// [`Trainer::recompute`] on an earlier state: `back` are, per origin,
+    /// the applied tails past `target` (after taking them out the replica's
+    /// version vector must be `target`); they are subtracted, the gradient
+    /// recomputed, and added back (wrapping integer arithmetic, so the
+    /// replica is bit for bit what it was, whatever happened).
+    pub fn recompute_at(
+        &mut self,
+        target: &VersionVector,
+        back: &[Segment],
+        origin: &Origin,
+        seq: u64,
+        batch: &Batch,
+    ) -> Result<f64, Error> {
+        let updates: Vec<Update> = back.iter().flat_map(Segment::updates).collect();
+        let payload = |o: &Origin, s: u64| {
+            back.iter()
+                .find(|g| g.origin == *o && (g.first_seq..g.end()).contains(&s))
+                .and_then(|g| g.payload(s))
+        };
+        self.replica.retract_with(&updates, &payload)?;
+        let nonzero = |vv: &VersionVector| -> VersionVector {
+            vv.iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(o, &n)| (*o, n))
+                .collect()
+        };
+        let reached = nonzero(self.replica.version_vector()) == nonzero(target);
+        let grad = if reached {
+            self.recompute(origin, seq, batch)
+        } else {
+            Err(Error::Mismatch(
+                "the retracted state is not the one to recheck on".into(),
+            ))
+        };
+        self.replica.apply_with(&updates, &payload)?;
+        self.materialize()?;
+        grad
     }
 
     /// A copy of `δ`, the version vector and the digest: what a snapshot
@@ -728,5 +776,48 @@ mod tests {
         // A slow chunk reports whatever its number.
         assert!(replay_report_due(7, 100, Duration::from_secs(5)));
         assert!(!replay_report_due(7, 100, Duration::from_secs(4)));
+    }
+
+    /// Rechecking on an earlier state: subtracting the updates past it and
+    /// recomputing gives exactly what a replica at that state computes, and
+    /// leaves the replica bit for bit as it was.
+    #[test]
+    fn recompute_at_an_earlier_state_matches_and_restores() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/demo.toml"))
+                .unwrap();
+        let cfg = crate::config::Config::parse(&text, "demo.toml").unwrap();
+        let (a, b) = (Origin([1; 32]), Origin([2; 32]));
+        let data = build_data(&cfg.run).unwrap();
+        let mut t = Trainer::new(&cfg, a).unwrap();
+        let mut early = Trainer::new(&cfg, a).unwrap();
+        let codes_a: Vec<u8> = (0..6).map(|i| 3 + i).collect();
+        let codes_b: Vec<u8> = (0..4).map(|i| 0x83 + i).collect();
+        let seg_a = Segment::new(a, 0, codes_a.clone(), Vec::new());
+        let seg_b = Segment::new(b, 0, codes_b.clone(), Vec::new());
+        t.apply(&seg_a).unwrap();
+        t.apply(&seg_b).unwrap();
+        let before = t.replica().digest();
+        // The state {a: 2, b: 1}.
+        early
+            .apply(&Segment::new(a, 0, codes_a[..2].to_vec(), Vec::new()))
+            .unwrap();
+        early
+            .apply(&Segment::new(b, 0, codes_b[..1].to_vec(), Vec::new()))
+            .unwrap();
+        let target = early.replica().version_vector().clone();
+        let batch = data.train_batch(&b, 1, cfg.run.batch_size);
+        let want = early.recompute(&b, 1, &batch).unwrap();
+        let back = vec![
+            Segment::new(a, 2, codes_a[2..].to_vec(), Vec::new()),
+            Segment::new(b, 1, codes_b[1..].to_vec(), Vec::new()),
+        ];
+        let got = t.recompute_at(&target, &back, &b, 1, &batch).unwrap();
+        assert_eq!(got.to_bits(), want.to_bits());
+        assert_eq!(t.replica().digest(), before);
+        // Subtracting too little does not reach the state: an error, and
+        // still nothing changed.
+        assert!(t.recompute_at(&target, &back[..1], &b, 1, &batch).is_err());
+        assert_eq!(t.replica().digest(), before);
     }
 }

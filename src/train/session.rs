@@ -26,6 +26,9 @@ pub struct Made {
     pub raw_bytes: usize,
     /// The evaluation due after this step, when one was.
     pub eval: Option<Eval>,
+    /// The state it was computed on: the replica's version vector then,
+    /// without this node's own entry (which is `seq`).
+    pub basis: VersionVector,
 }
 
 /// A node's training state: trainer, data, and the log's file.
@@ -90,6 +93,12 @@ impl Session {
         self.trainer.set_step_scale(scale);
     }
 
+    /// Test hook: publish own one-byte updates with the opposite sign (see
+    /// [`Trainer::set_flip_signs`]).
+    pub fn set_flip_signs(&mut self, on: bool) {
+        self.trainer.set_flip_signs(on);
+    }
+
     /// The trainer.
     pub fn trainer(&self) -> &Trainer {
         &self.trainer
@@ -122,6 +131,8 @@ impl Session {
     pub fn step(&mut self) -> Result<Made, Error> {
         let origin = self.trainer.origin();
         let seq = self.trainer.next_seq();
+        let mut basis = self.trainer.replica().version_vector().clone();
+        basis.remove(&origin);
         let t = Instant::now();
         let (update, loss, forward_seconds, raw_bytes, keep) = match self.cfg.node.mode {
             Mode::FirstOrder => {
@@ -174,7 +185,53 @@ impl Session {
             forward_seconds,
             raw_bytes,
             eval,
+            basis,
         })
+    }
+
+    /// Rechecks `origin`'s one-byte update `seq` (published as `code`) on
+    /// the state `target` it says it was computed on: subtracts `retract`
+    /// (the applied tails past `target` the protocol core knows of) and this
+    /// node's own updates past it, recomputes the projected gradient with
+    /// that update's sample, adds everything back (exactly: integer
+    /// accumulators), and judges the code (noise floor: `node.verify_tolerance / 2ε`). Returns
+    /// the verdict and the gradient.
+    pub fn recheck(
+        &mut self,
+        target: &VersionVector,
+        retract: &[Segment],
+        (origin, seq, code): (Origin, u64, u8),
+    ) -> Result<(super::Verdict, f64), String> {
+        let floor = self.cfg.node.verify_tolerance / (2.0 * self.cfg.run.eps);
+        let own = self.trainer.origin();
+        let mut back: Vec<Segment> = retract
+            .iter()
+            .filter(|s| s.origin != own)
+            .cloned()
+            .collect();
+        let have = self.trainer.next_seq();
+        let from = target.get(&own).copied().unwrap_or(0);
+        if have > from {
+            let mut codes = Vec::new();
+            let mut payloads = Vec::new();
+            for seq in from..have {
+                let (c, p) = self
+                    .own_recent
+                    .get(&seq)
+                    .ok_or("own updates that old are not kept")?;
+                codes.push(*c);
+                payloads.extend(p.clone());
+            }
+            back.push(Segment::new(own, from, codes, payloads));
+        }
+        let batch = self.data.train_batch(&origin, seq, self.cfg.run.batch_size);
+        let grad = self
+            .trainer
+            .recompute_at(target, &back, &origin, seq, &batch)
+            .map_err(|e| e.to_string())?;
+        let codec = &self.trainer.replica().rules().codec;
+        let steps = self.cfg.run.codec.steps_per_octave;
+        Ok((super::judge(codec, steps, code, grad, floor), grad))
     }
 
     /// Applies a segment the protocol core handed over, then appends it to

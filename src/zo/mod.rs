@@ -1,7 +1,9 @@
 //! Zeroth-order primitives every node must compute identically: update
 //! seeds from `(run, origin, seq)`, the perturbation `z` regenerated from a
-//! seed, and the one-byte codec of projected gradients.
+//! seed, the one-byte codec of projected gradients, and the rules that
+//! recheck a code against a recomputed gradient.
 
+pub mod check;
 pub mod codec;
 pub mod perturb;
 pub mod seed;

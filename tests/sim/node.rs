@@ -226,11 +226,13 @@ impl World {
             Own::Delta(p) => (DELTA, vec![p.clone()]),
         };
         let seg = Segment::new(origin, seq, vec![code], payloads);
+        let mut basis = n.replica.version_vector().clone();
+        basis.remove(&origin);
         n.replica
             .apply_with(&seg.updates(), &|_, s| seg.payload(s))
             .expect("own update applies");
         n.disk.persisted.push(seg);
-        n.core.handle(now, Input::Own { seq, update });
+        n.core.handle(now, Input::Own { seq, update, basis });
         let st = state(n);
         n.core.handle(now, Input::State(Box::new(st)));
         let step = n.spec.step_ms;

@@ -260,6 +260,8 @@ impl World {
                 .collect(),
             drop_incoming: 0.0,
             mode: Default::default(),
+            verify_fraction: 0.0,
+            check_key: [0; 32],
         }
     }
 
@@ -645,6 +647,20 @@ impl World {
                 }
             }
             Output::MakeSnapshot { target, retract } => self.make_snapshot(id, &target, &retract),
+            // Simulated nodes have no model to recompute with (and run
+            // with verify_fraction 0).
+            Output::Check { origin, seq, .. } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.core.handle(
+                        self.t0 + Duration::from_millis(self.now_ms),
+                        Input::Checked {
+                            origin,
+                            seq,
+                            result: Err("no model in the simulator".into()),
+                        },
+                    );
+                }
+            }
             Output::Install {
                 chunks,
                 hashes,

@@ -44,6 +44,9 @@ use serde::{Deserialize, Serialize};
 
 /// Wire version byte of update batches (2: origin-signed).
 pub const UPDATES_VERSION: u8 = 2;
+/// Wire version byte of update batches that carry the state each update
+/// was computed on ([`crate::crdt::basis`]).
+pub const UPDATES_BASES_VERSION: u8 = 3;
 /// Bytes of an origin's signature.
 pub const SIG_LEN: usize = crate::crdt::attest::SIG_LEN;
 /// Most codes one gossip batch may carry.
@@ -94,10 +97,51 @@ pub fn encode_updates(first_seq: u64, sig: &[u8; SIG_LEN], codes: &[u8]) -> Vec<
     out
 }
 
+/// Encodes an update batch with the bases of its updates (encoded by
+/// [`crate::crdt::basis::encode`]): `0x03 ‖ varint first_seq ‖ signature
+/// (64) ‖ varint len ‖ bases ‖ codes`; without bases, as [`encode_updates`].
+/// The bases ride inside the gossip message, which the origin signs.
+pub fn encode_updates_with(
+    first_seq: u64,
+    sig: &[u8; SIG_LEN],
+    bases: &[u8],
+    codes: &[u8],
+) -> Vec<u8> {
+    if bases.is_empty() {
+        return encode_updates(first_seq, sig, codes);
+    }
+    let mut out = Vec::with_capacity(1 + 2 * varint::MAX_LEN + SIG_LEN + bases.len() + codes.len());
+    out.push(UPDATES_BASES_VERSION);
+    varint::put(&mut out, first_seq);
+    out.extend_from_slice(sig);
+    varint::put(&mut out, bases.len() as u64);
+    out.extend_from_slice(bases);
+    out.extend_from_slice(codes);
+    out
+}
+
 /// Decodes an update batch into `(first_seq, signature, codes)`.
 pub fn decode_updates(data: &[u8]) -> Result<(u64, [u8; SIG_LEN], &[u8]), Error> {
+    decode_updates_with(data).map(|b| (b.first_seq, b.sig, b.codes))
+}
+
+/// A decoded update batch.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpdateBatch<'a> {
+    /// Seq of the first code.
+    pub first_seq: u64,
+    /// The origin's signature over the codes.
+    pub sig: [u8; SIG_LEN],
+    /// The encoded bases of its updates (empty: none, version 2).
+    pub bases: &'a [u8],
+    /// The codes.
+    pub codes: &'a [u8],
+}
+
+/// Decodes an update batch of either version.
+pub fn decode_updates_with(data: &[u8]) -> Result<UpdateBatch<'_>, Error> {
     let (&version, rest) = data.split_first().ok_or(Error::Truncated)?;
-    if version != UPDATES_VERSION {
+    if version != UPDATES_VERSION && version != UPDATES_BASES_VERSION {
         return Err(Error::Version(version));
     }
     let (first, i) = varint::decode(rest)?;
@@ -106,7 +150,18 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, [u8; SIG_LEN], &[u8]), Error>
         .get(..SIG_LEN)
         .and_then(|s| s.try_into().ok())
         .ok_or(Error::Truncated)?;
-    let codes = &rest[SIG_LEN..];
+    let mut codes = &rest[SIG_LEN..];
+    let mut bases: &[u8] = &[];
+    if version == UPDATES_BASES_VERSION {
+        let (n, i) = varint::decode(codes)?;
+        let n = usize::try_from(n).map_err(|_| Error::Truncated)?;
+        let body = &codes[i..];
+        if n == 0 || n > body.len() {
+            return Err(Error::Malformed(format!("bases of {n} bytes")));
+        }
+        bases = &body[..n];
+        codes = &body[n..];
+    }
     if codes.is_empty() {
         return Err(Error::Malformed("empty batch".into()));
     }
@@ -124,7 +179,12 @@ pub fn decode_updates(data: &[u8]) -> Result<(u64, [u8; SIG_LEN], &[u8]), Error>
     if first.checked_add(codes.len() as u64).is_none() {
         return Err(Error::Malformed("sequence range overflows".into()));
     }
-    Ok((first, sig, codes))
+    Ok(UpdateBatch {
+        first_seq: first,
+        sig,
+        bases,
+        codes,
+    })
 }
 
 /// Wire version byte of delta announcements (2: origin-signed).

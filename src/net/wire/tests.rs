@@ -176,7 +176,7 @@ fn every_gossip_decoder_names_an_unknown_version() {
         hash: [0; 32],
         sig: SIG,
     };
-    for v in [0u8, 1, 3, 0x80, 0xff] {
+    for v in [0u8, 1, 4, 0x80, 0xff] {
         let mut b = encode_updates(7, &SIG, &[1, 2]);
         b[0] = v;
         assert_eq!(decode_updates(&b), Err(Error::Version(v)));
@@ -277,4 +277,45 @@ proptest! {
         let _ = DeltaAnnounce::decode(&data, 1 << 20);
         let _ = crate::crdt::attest::Proof::decode(&data);
     }
+}
+
+#[test]
+fn update_batches_with_bases_round_trip_and_bad_lengths_are_refused() {
+    let bases = [2u8, 9, 9];
+    let data = encode_updates_with(7, &SIG, &bases, &[1, 2, 3]);
+    assert_eq!(data[0], UPDATES_BASES_VERSION);
+    assert_eq!(data.len(), 1 + 1 + 64 + 1 + 3 + 3);
+    let b = decode_updates_with(&data).unwrap();
+    assert_eq!(
+        (b.first_seq, b.bases, b.codes),
+        (7, &bases[..], &[1u8, 2, 3][..])
+    );
+    // Without bases: version 2, byte for byte.
+    assert_eq!(
+        encode_updates_with(7, &SIG, &[], &[1]),
+        encode_updates(7, &SIG, &[1])
+    );
+    assert!(decode_updates_with(&encode_updates(7, &SIG, &[1]))
+        .unwrap()
+        .bases
+        .is_empty());
+    // A bases length of 0, or past the end; bases leaving no codes.
+    let mut zero = data[..66].to_vec();
+    zero.extend_from_slice(&[0, 1]);
+    assert!(matches!(
+        decode_updates_with(&zero),
+        Err(Error::Malformed(_))
+    ));
+    let mut long = data[..66].to_vec();
+    long.extend_from_slice(&[9, 1, 2]);
+    assert!(matches!(
+        decode_updates_with(&long),
+        Err(Error::Malformed(_))
+    ));
+    let mut empty = data[..66].to_vec();
+    empty.extend_from_slice(&[2, 1, 2]);
+    assert!(matches!(
+        decode_updates_with(&empty),
+        Err(Error::Malformed(_))
+    ));
 }

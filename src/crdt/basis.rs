@@ -1,0 +1,285 @@
+//! The state each update of a batch was computed on, compactly: what makes
+//! a one-byte update re-checkable by a third party (DESIGN: "every byte is
+//! a claim about a state").
+//!
+//! The state an origin stepped on for its update `seq` is its replica's
+//! version vector then: its own updates `0..seq` and, per other origin, the
+//! contiguous count it had applied. A batch of consecutive updates carries
+//! those version vectors (other origins only), as the first update's in
+//! full and then only the entries that changed from one update to the next
+//! (an origin's count grows as its batches arrive, or shrinks when it is
+//! excluded). Origins are named by the first 8 bytes of their id; a reader
+//! resolves them against the origins it knows and skips a check whose
+//! prefix is unknown or ambiguous (finding a second ed25519 key with a
+//! chosen 8-byte prefix costs about 2^64 tries).
+//!
+//! ```text
+//! bases   := varint n ‖ n × (prefix 8 ‖ varint count)       (the first update's, ascending)
+//!            varint m ‖ m × (varint gap ‖ varint index ‖ varint zigzag(change))
+//! ```
+//!
+//! `gap` is the update's offset in the batch minus the previous change's
+//! (the first change: its offset), so changes come in update order; `index`
+//! is into the `n` entries. Empty bytes mean "no bases" (a batch from a
+//! node that does not send them). Decoding bounds every count by the bytes
+//! that carry it and refuses offsets past the batch, unknown indices and
+//! counts that would go negative.
+
+use crate::crdt::replica::VersionVector;
+use crate::varint;
+use crate::zo::seed::Origin;
+
+/// Bytes of an origin prefix.
+pub const PREFIX: usize = 8;
+
+/// An origin's prefix.
+pub fn prefix(o: &Origin) -> [u8; PREFIX] {
+    let mut p = [0u8; PREFIX];
+    p.copy_from_slice(&o.0[..PREFIX]);
+    p
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// Encodes the bases of a batch: `bases[i]` is the version vector update
+/// `i` was computed on, without the origin's own entry. Empty for an empty
+/// slice.
+pub fn encode(bases: &[VersionVector]) -> Vec<u8> {
+    let Some(first) = bases.first() else {
+        return Vec::new();
+    };
+    let mut all: Vec<Origin> = bases.iter().flat_map(|b| b.keys().copied()).collect();
+    all.sort();
+    all.dedup();
+    let count = |b: &VersionVector, o: &Origin| b.get(o).copied().unwrap_or(0);
+    let mut out = Vec::with_capacity(2 + all.len() * (PREFIX + 3));
+    varint::put(&mut out, all.len() as u64);
+    for o in &all {
+        out.extend_from_slice(&prefix(o));
+        varint::put(&mut out, count(first, o));
+    }
+    let mut changes = Vec::new();
+    for (i, w) in bases.windows(2).enumerate() {
+        for (j, o) in all.iter().enumerate() {
+            let (a, b) = (count(&w[0], o), count(&w[1], o));
+            if a != b {
+                changes.push((i + 1, j, b as i64 - a as i64));
+            }
+        }
+    }
+    varint::put(&mut out, changes.len() as u64);
+    let mut last = 0;
+    for (at, j, d) in changes {
+        varint::put(&mut out, (at - last) as u64);
+        varint::put(&mut out, j as u64);
+        varint::put(&mut out, zigzag(d));
+        last = at;
+    }
+    out
+}
+
+/// The decoded bases of a batch of `len` updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bases {
+    prefixes: Vec<[u8; PREFIX]>,
+    /// Counts per entry, per update (`len × n`).
+    counts: Vec<Vec<u64>>,
+}
+
+/// Why bases did not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bases: {0}")]
+pub struct Error(String);
+
+fn bad(s: impl Into<String>) -> Error {
+    Error(s.into())
+}
+
+/// Largest count a basis entry may hold.
+const MAX_COUNT: u64 = 1 << 48;
+
+impl Bases {
+    /// Decodes the bases of a batch of `len` updates; `max_entries` bounds
+    /// the origins named.
+    pub fn decode(bytes: &[u8], len: usize, max_entries: usize) -> Result<Self, Error> {
+        let mut at = 0usize;
+        let mut next = |what: &str| -> Result<u64, Error> {
+            let (v, used) =
+                varint::decode(&bytes[at..]).map_err(|e| bad(format!("{what}: {e}")))?;
+            at += used;
+            Ok(v)
+        };
+        let n = next("entries")? as usize;
+        if n > max_entries || n.saturating_mul(PREFIX + 1) > bytes.len() {
+            return Err(bad(format!("{n} entries")));
+        }
+        let mut prefixes = Vec::with_capacity(n);
+        let mut row = Vec::with_capacity(n);
+        for _ in 0..n {
+            let p: [u8; PREFIX] = bytes
+                .get(at..at + PREFIX)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| bad("truncated prefix"))?;
+            at += PREFIX;
+            prefixes.push(p);
+            let (c, used) = varint::decode(&bytes[at..]).map_err(|e| bad(format!("count: {e}")))?;
+            at += used;
+            if c > MAX_COUNT {
+                return Err(bad("count too large"));
+            }
+            row.push(c);
+        }
+        if prefixes.windows(2).any(|w| w[0] > w[1]) {
+            return Err(bad("entries not in ascending order"));
+        }
+        let mut next = |what: &str| -> Result<u64, Error> {
+            let (v, used) =
+                varint::decode(&bytes[at..]).map_err(|e| bad(format!("{what}: {e}")))?;
+            at += used;
+            Ok(v)
+        };
+        let m = next("changes")? as usize;
+        if m.saturating_mul(3) > bytes.len() {
+            return Err(bad(format!("{m} changes")));
+        }
+        let mut counts = Vec::with_capacity(len);
+        counts.push(row);
+        let mut offset = 0u64;
+        for _ in 0..m {
+            offset = offset.saturating_add(next("gap")?);
+            let j = next("index")? as usize;
+            let d = unzigzag(next("change")?);
+            if offset == 0 || offset as usize >= len {
+                return Err(bad(format!("change at update {offset} of {len}")));
+            }
+            if j >= n {
+                return Err(bad(format!("entry {j} of {n}")));
+            }
+            while counts.len() <= offset as usize {
+                let last = counts.last().cloned().unwrap_or_default();
+                counts.push(last);
+            }
+            let c = &mut counts[offset as usize][j];
+            let v = (*c as i64)
+                .checked_add(d)
+                .filter(|v| (0..=MAX_COUNT as i64).contains(v));
+            *c = v.ok_or_else(|| bad("a count leaves its range"))? as u64;
+        }
+        if at != bytes.len() {
+            return Err(bad("trailing bytes"));
+        }
+        while counts.len() < len {
+            let last = counts.last().cloned().unwrap_or_default();
+            counts.push(last);
+        }
+        Ok(Self { prefixes, counts })
+    }
+
+    /// The version vector update `i` of the batch was computed on, its
+    /// prefixes resolved by `resolve` (None: some prefix unknown or
+    /// ambiguous), without the origin's own entry.
+    pub fn at(
+        &self,
+        i: usize,
+        resolve: &dyn Fn(&[u8; PREFIX]) -> Option<Origin>,
+    ) -> Option<VersionVector> {
+        let row = self.counts.get(i)?;
+        let mut vv = VersionVector::new();
+        for (p, &c) in self.prefixes.iter().zip(row) {
+            if c > 0 {
+                vv.insert(resolve(p)?, c);
+            }
+        }
+        Some(vv)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(x: u8) -> Origin {
+        Origin([x; 32])
+    }
+
+    fn vv(items: &[(u8, u64)]) -> VersionVector {
+        items.iter().map(|&(x, n)| (o(x), n)).collect()
+    }
+
+    fn resolve(p: &[u8; PREFIX]) -> Option<Origin> {
+        Some(o(p[0]))
+    }
+
+    #[test]
+    fn round_trips_growth_new_origins_and_exclusions() {
+        let bases = vec![
+            vv(&[(1, 10), (2, 3)]),
+            vv(&[(1, 10), (2, 3)]),
+            vv(&[(1, 25), (2, 3)]),
+            vv(&[(1, 25), (2, 3), (3, 7)]),
+            vv(&[(1, 4), (2, 9), (3, 7)]),
+        ];
+        let bytes = encode(&bases);
+        let d = Bases::decode(&bytes, bases.len(), 16).unwrap();
+        for (i, b) in bases.iter().enumerate() {
+            assert_eq!(d.at(i, &resolve).as_ref(), Some(b), "update {i}");
+        }
+        assert!(d.at(5, &resolve).is_none());
+        assert!(d.at(0, &|_| None).is_none(), "an unknown prefix");
+    }
+
+    /// Pinned bytes: every node must read the same bases.
+    #[test]
+    fn golden_bytes() {
+        let bases = vec![
+            vv(&[(1, 300), (2, 5)]),
+            vv(&[(1, 300), (2, 6)]),
+            vv(&[(1, 290), (2, 6)]),
+        ];
+        let mut want = vec![2];
+        want.extend_from_slice(&[1; 8]);
+        want.extend_from_slice(&[0xac, 0x02]);
+        want.extend_from_slice(&[2; 8]);
+        want.push(5);
+        want.extend_from_slice(&[2, 1, 1, 2, 1, 0, 19]);
+        assert_eq!(encode(&bases), want);
+        // A batch whose bases never change costs the first update's alone.
+        let same = vec![vv(&[(1, 300)]); 25];
+        assert_eq!(encode(&same).len(), 1 + 8 + 2 + 1);
+        assert!(encode(&[]).is_empty());
+    }
+
+    #[test]
+    fn hostile_bases_are_refused() {
+        let good = encode(&[vv(&[(1, 3)]), vv(&[(1, 4)])]);
+        assert!(Bases::decode(&good, 2, 16).is_ok());
+        // The change points past the batch.
+        assert!(Bases::decode(&good, 1, 16).is_err());
+        // Too many entries for the bound, or for the bytes.
+        assert!(Bases::decode(&good, 2, 0).is_err());
+        assert!(Bases::decode(&[200, 1], 2, 4096).is_err());
+        // A count going negative.
+        let neg = encode(&[vv(&[(1, 3)]), vv(&[(1, 0), (2, 1)])]);
+        let mut b = neg.clone();
+        let last = b.len() - 1;
+        b[last] = 9; // zigzag(-5)
+        assert!(Bases::decode(&b, 2, 16).is_err());
+        // Truncated and trailing bytes.
+        for n in 0..good.len() {
+            assert!(Bases::decode(&good[..n], 2, 16).is_err(), "{n}");
+        }
+        let mut t = good.clone();
+        t.push(0);
+        assert!(Bases::decode(&t, 2, 16).is_err());
+        // Descending prefixes.
+        let mut d = encode(&[vv(&[(1, 3), (2, 4)])]);
+        d[1] = 9;
+        assert!(Bases::decode(&d, 1, 16).is_err());
+    }
+}
