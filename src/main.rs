@@ -193,7 +193,9 @@ enum Command {
         #[arg(required = true)]
         records: Vec<PathBuf>,
     },
-    /// Show one table for one or many nodes (their --http URLs).
+    /// Show one table for one or many nodes (their --http URLs); exits 1
+    /// when one is unreachable, 3 on a digest mismatch, 4 when a node flagged
+    /// an origin.
     Status {
         /// Node URLs, e.g. http://127.0.0.1:9100
         #[arg(required = true)]
@@ -699,7 +701,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `seedswarm status`: one table (or, with `--watch`, one every `interval`
-/// seconds); exits 1 when a node is unreachable, 3 on a digest mismatch.
+/// seconds); exits 1 when a node is unreachable, 3 on a digest mismatch,
+/// 4 when a node's spot checks flagged an origin.
 fn status_loop(
     urls: &[String],
     watch: bool,
@@ -718,6 +721,9 @@ fn status_loop(
             }
             if rep.mismatches > 0 {
                 std::process::exit(3);
+            }
+            if rep.flagged > 0 {
+                std::process::exit(4);
             }
             return Ok(());
         }

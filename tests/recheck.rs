@@ -3,13 +3,17 @@
 //! gradient flipped (valid, signed, well-formed bytes). Its peers recompute
 //! a fraction of the updates they receive, on the state each was made on
 //! (the bases its batches carry), and flag it; the honest origins agree.
-//! Replicas still end bit-identical: a flagged origin is reported, and what
-//! to do with it is the operator's (a revocation, in a permissioned run).
+//! The verdicts are in the summaries, `/metrics` and `seedswarm status`
+//! (which exits 4). Replicas still end bit-identical: a flagged origin is
+//! reported, and what to do with it is the operator's (a revocation, in a
+//! permissioned run).
 
 mod common;
 
-use common::{assert_identical, config, finish, options};
+use common::{assert_identical, config, finish, options, until};
 use seedswarm::node::Node;
+use std::process::Command;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_flag_a_sign_flipping_origin_and_agree_with_honest_ones() {
@@ -23,19 +27,54 @@ async fn peers_flag_a_sign_flipping_origin_and_agree_with_honest_ones() {
             .map(|p| p.listen[0].clone().with_p2p(p.peer_id).unwrap())
             .collect();
         o.flip_signs = i == 2;
+        if i == 0 {
+            o.http = Some("127.0.0.1:0".parse().unwrap());
+            o.exit_when_settled = false;
+        }
         nodes.push(Node::start(cfg.clone(), o).await.expect("node starts"));
     }
+    let mut watcher = nodes.remove(0);
     let s = finish(nodes).await;
-    assert_identical(&s);
-    let flipper = &s[2].origin;
-    for (i, x) in s.iter().enumerate().take(2) {
+    until(&watcher, |st| st.settled && st.updates_applied == 3600).await;
+    // The serving node: its metrics and the status command.
+    let addr = watcher.http.expect("http bound");
+    let url = format!("http://{addr}");
+    let flipper = s[1].origin.clone();
+    let metrics = tokio::task::spawn_blocking({
+        let url = format!("{url}/metrics");
+        move || seedswarm::obs::http::get(&url, Duration::from_secs(5))
+    })
+    .await
+    .unwrap()
+    .expect("metrics")
+    .1;
+    let series = format!(
+        "seedswarm_rechecks_total{{origin=\"{}\",verdict=\"disagree\"}}",
+        &flipper[..8]
+    );
+    assert!(metrics.contains(&series), "missing {series}");
+    let o = Command::new(env!("CARGO_BIN_EXE_seedswarm"))
+        .args(["status", &url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(4), "{table}");
+    assert!(
+        table.contains(&format!("origin {} FLAGGED", &flipper[..16])),
+        "{table}"
+    );
+    watcher.stop();
+    let w = watcher.wait().await.expect("node ran");
+    let all = [vec![w], s].concat();
+    assert_identical(&all);
+    for (i, x) in all.iter().enumerate().take(2) {
         eprintln!("node {i}: {:?}, skipped {}", x.rechecks, x.rechecks_skipped);
-        let bad = &x.rechecks[flipper];
+        let bad = &x.rechecks[&flipper];
         let after = bad.flagged_after.expect("the flipper is flagged");
         assert!(after <= 20, "flagged after {after} checks: {bad:?}");
         assert!(bad.disagreed * 2 > bad.checked, "{bad:?}");
         for (o, t) in &x.rechecks {
-            if o == flipper {
+            if o == &flipper {
                 continue;
             }
             assert!(t.checked >= 20, "enough checks of {o}: {t:?}");

@@ -462,6 +462,19 @@ pub(super) fn record<P: Display>(s: &Series, e: Event<P>) {
         Event::UpdatesRepaired(n) => {
             s.updates_repaired.inc_by(n);
         }
+        Event::Rechecked(origin, verdict) => {
+            let verdict = match verdict {
+                crate::zo::check::Verdict::Agree => "agree",
+                crate::zo::check::Verdict::Disagree => "disagree",
+                crate::zo::check::Verdict::Inconclusive => "inconclusive",
+            };
+            s.rechecks
+                .get_or_create(&crate::obs::metrics::Recheck {
+                    origin: origin.short(),
+                    verdict: verdict.into(),
+                })
+                .inc();
+        }
         Event::DigestMismatch(peer) => {
             s.digest_mismatches.inc();
             tracing::error!(%peer, "digest mismatch at an equal version vector");

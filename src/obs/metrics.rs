@@ -27,6 +27,15 @@ pub struct Flow {
     pub direction: String,
 }
 
+/// Label of a spot check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Recheck {
+    /// The checked origin (first 8 hex digits).
+    pub origin: String,
+    /// `agree`, `disagree` or `inconclusive`.
+    pub verdict: String,
+}
+
 /// All of seedswarm's series.
 #[derive(Clone, Debug)]
 pub struct Series {
@@ -46,6 +55,7 @@ pub struct Series {
     pub mesh_peers: Gauge,
     pub version_vector_lag: Gauge,
     pub digest_mismatches: Counter,
+    pub rechecks: Family<Recheck, Counter>,
 }
 
 fn seconds() -> Histogram {
@@ -72,6 +82,7 @@ impl Series {
             mesh_peers: Gauge::default(),
             version_vector_lag: Gauge::default(),
             digest_mismatches: Counter::default(),
+            rechecks: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("seedswarm");
         r.register(
@@ -145,6 +156,11 @@ impl Series {
             "digest_mismatches",
             "Heartbeats with our version vector but another digest",
             s.digest_mismatches.clone(),
+        );
+        r.register(
+            "rechecks",
+            "Foreign one-byte updates recomputed on their state, by origin and verdict",
+            s.rechecks.clone(),
         );
         s
     }

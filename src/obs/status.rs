@@ -1,5 +1,6 @@
 //! `seedswarm status URL…`: one table for one or many nodes from their
-//! `/status`, flagging nodes whose digests disagree at equal version vectors.
+//! `/status`, flagging nodes whose digests disagree at equal version vectors
+//! and origins whose updates a node's spot checks found wrong.
 
 use crate::node::Status;
 use std::collections::BTreeMap;
@@ -15,6 +16,8 @@ pub struct Report {
     pub unreachable: Vec<String>,
     /// Groups of nodes with equal version vectors but different digests.
     pub mismatches: usize,
+    /// (node, origin) pairs where the node's spot checks flagged the origin.
+    pub flagged: usize,
 }
 
 /// Polls every URL (a node's base URL or its `/status`) and renders the table.
@@ -63,9 +66,10 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
     };
     let _ = writeln!(
         rep.table,
-        "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8} {:>7} {:<14} state",
-        "node", "peer", "peers", "own", "applied", "backlog", "loss", "acc", "digest"
+        "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8} {:>7} {:>11} {:<14} state",
+        "node", "peer", "peers", "own", "applied", "backlog", "loss", "acc", "checks ok", "digest"
     );
+    let mut flagged: Vec<String> = Vec::new();
     for (url, r) in &rows {
         match r {
             Ok(s) => {
@@ -79,9 +83,24 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
                 } else {
                     "training"
                 };
+                let (checked, agreed) = s
+                    .rechecks
+                    .values()
+                    .fold((0, 0), |(c, a), t| (c + t.checked, a + t.agreed));
+                for (o, t) in &s.rechecks {
+                    if let Some(n) = t.flagged_after {
+                        flagged.push(format!(
+                            "origin {} FLAGGED by {} after {n} checks: {} of {} disagree with the recomputed gradient",
+                            o.get(..16).unwrap_or(o),
+                            truncate(url, 40),
+                            t.disagreed,
+                            t.checked
+                        ));
+                    }
+                }
                 let _ = writeln!(
                     rep.table,
-                    "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8.4} {:>7} {:<14} {}",
+                    "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8.4} {:>7} {:>11} {:<14} {}",
                     truncate(url, 28),
                     truncate(
                         s.peer_id
@@ -96,6 +115,7 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
                     s.loss,
                     s.accuracy
                         .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
+                    format!("{agreed}/{checked}"),
                     s.digest.get(..12).unwrap_or("-"),
                     if s.mode == "first-order" {
                         format!("{flag} (first-order)")
@@ -110,6 +130,10 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
             }
         }
     }
+    for f in &flagged {
+        let _ = writeln!(rep.table, "{f}");
+    }
+    rep.flagged = flagged.len();
     let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
     let _ = writeln!(
         rep.table,
@@ -159,6 +183,10 @@ fn status_from_json(v: &serde_json::Value) -> Status {
             .and_then(|x| x.as_bool())
             .unwrap_or(false),
         settled: v.get("settled").and_then(|x| x.as_bool()).unwrap_or(false),
+        rechecks: v
+            .get("rechecks")
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+            .unwrap_or_default(),
         ..Status::default()
     }
 }

@@ -158,6 +158,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         self.checks.inflight = false;
         match result {
             Ok((verdict, grad)) => {
+                self.event(Event::Rechecked(origin, verdict));
                 let t = self.stats.checks.entry(origin).or_default();
                 let was = t.flagged_after.is_some();
                 t.add(verdict);

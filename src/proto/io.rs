@@ -378,6 +378,8 @@ pub enum Event<P> {
     Joined(&'static str),
     /// The swarm agrees: same version vector and digest everywhere.
     Settled,
+    /// A spot check of one of this origin's updates gave this verdict.
+    Rechecked(Origin, crate::zo::check::Verdict),
 }
 
 /// Counters the core keeps for status and summaries.

@@ -11,7 +11,7 @@
 
 use crate::zo::codec;
 use crate::zo::seed::Origin;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -73,7 +73,7 @@ pub const FLAG_MIN_DISAGREE: u64 = 5;
 pub const FLAG_RATE: f64 = 0.2;
 
 /// Per-origin tally of checks.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Tally {
     pub checked: u64,
     pub agreed: u64,
