@@ -237,3 +237,75 @@ fn verify_passes_an_honest_origin_and_flags_a_sign_flipper() {
     assert!(after <= 20, "flagged after {after} checks");
     assert!(s["disagreed"].as_u64().unwrap() * 2 > s["checked"].as_u64().unwrap());
 }
+
+/// A node's log holds its origin's signatures: `--signed` puts them in the
+/// seed log, `materialize` checks them, and a code changed under a
+/// signature is refused even with a matching digest.
+#[test]
+fn a_signed_seed_log_is_checked_against_its_origins_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(bin()
+        .args(["node", "--config"])
+        .arg(demo())
+        .args([
+            "--max-updates",
+            "300",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let log = dir.path().join("signed.seedlog");
+    let s = dir.path().join("export.json");
+    ok(bin()
+        .args(["export", "--config"])
+        .arg(demo())
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--seedlog")
+        .arg(&log)
+        .arg("--signed")
+        .arg("--summary")
+        .arg(&s)
+        .output()
+        .unwrap());
+    assert_eq!(json(&s)["signed"], true);
+    let m = dir.path().join("m.json");
+    ok(bin()
+        .arg("materialize")
+        .arg(&log)
+        .arg("--out")
+        .arg(dir.path().join("w.safetensors"))
+        .arg("--summary")
+        .arg(&m)
+        .output()
+        .unwrap());
+    assert_eq!(json(&m)["signed_origins"], 1);
+    assert_eq!(json(&m)["updates"], 300);
+    // Change a code and fix up the digest: the signature no longer covers it.
+    let mut sl = SeedLog::read(&log).unwrap();
+    sl.segments[0].codes[10] ^= 0x80;
+    let cfg = Config::load(&demo()).unwrap();
+    let mut t = Trainer::new(&cfg, train::local_origin(&cfg)).unwrap();
+    for seg in &sl.segments {
+        let mut s = seg.clone();
+        s.attests.clear();
+        t.apply(&s).unwrap();
+    }
+    sl.digest = t.replica().digest_bytes();
+    let bad = dir.path().join("forged.seedlog");
+    sl.write(&bad).unwrap();
+    let o = bin()
+        .arg("materialize")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.path().join("x.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("signatures"), "{err}");
+}

@@ -707,7 +707,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
 /// Signs this node's own held codes that no signature covers yet (after a
 /// restart: the signatures of own batches are not persisted, the node signs
 /// again what it holds).
-fn attest_own(log: &mut Log, signer: &attest::Signer) {
+/// Signs the own origin's updates in `log` past its signed frontier, in
+/// batches as they are published (the log file keeps foreign origins'
+/// signatures; a node signs its own again on start, and an export too).
+pub fn attest_own(log: &mut Log, signer: &attest::Signer) {
     let own = signer.origin();
     let n = log.next_seq(&own);
     let mut at = log.signed_through(&own);

@@ -57,8 +57,17 @@ pub fn export_seedlog(
     let mut trainer = Trainer::new(cfg, local_origin(cfg))?;
     let run = trainer.run();
     let base_hash = model::base_hash(trainer.model.as_ref())?;
-    let (log, _) = open_log(data_dir, run)?;
+    let (mut log, _) = open_log(data_dir, run)?;
     trainer.replay(&log)?;
+    // The file keeps foreign origins' signatures; a node's own updates are
+    // signed again with its key (as the node does when it starts).
+    if signed && data_dir.join("node.key").exists() {
+        let key =
+            crate::net::load_or_create_key(data_dir).map_err(|e| Error::Mismatch(e.to_string()))?;
+        if let Ok(ed) = key.try_into_ed25519() {
+            crate::proto::attest_own(&mut log, &crate::crdt::attest::Signer::new(ed, run));
+        }
+    }
     let manifest = serde_json::to_string(&cfg.run)
         .map_err(|e| Error::Mismatch(format!("serializing the manifest: {e}")))?;
     let segments = log
