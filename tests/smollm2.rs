@@ -651,3 +651,93 @@ fn smollm2_seed_log_materializes_a_hugging_face_directory() {
     let e = train::materialize(&file, Some(&out), &dir.path().join("again")).unwrap_err();
     assert!(e.to_string().contains("hash"), "{e}");
 }
+
+/// The numeric noise a spot check must tolerate, measured: the projected
+/// gradient of the same update computed on the whole batch and as the mean
+/// of its two halves (another packing of the same rows: other padded
+/// lengths, other matmul shapes). The loss difference it implies must be
+/// well inside `node.verify_tolerance`'s default.
+#[test]
+fn smollm2_gradient_noise_between_packings_is_within_the_spot_check_tolerance() {
+    use seedswarm::model::Batch;
+    use seedswarm::train::{self, Trainer};
+    if gguf().is_none() {
+        return;
+    }
+    let cfg = config("smollm2-sst2.toml");
+    let origin = train::local_origin(&cfg);
+    let mut trainer = Trainer::new(&cfg, origin).unwrap();
+    let data = train::build_data(&cfg.run).unwrap();
+    let mut worst = 0f64;
+    for seq in 0..3 {
+        let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+        let half = batch.len() / 2;
+        let part = |r: std::ops::Range<usize>| Batch {
+            inputs: batch.inputs[r.clone()].to_vec(),
+            labels: batch.labels[r].to_vec(),
+        };
+        let g = trainer.recompute(&origin, seq, &batch).unwrap();
+        let g1 = trainer.recompute(&origin, seq, &part(0..half)).unwrap();
+        let g2 = trainer
+            .recompute(&origin, seq, &part(half..batch.len()))
+            .unwrap();
+        let d = (g - 0.5 * (g1 + g2)).abs() * 2.0 * cfg.run.eps;
+        eprintln!(
+            "update {seq}: g {g:.5}, halves {:.5}, loss noise {d:.2e}",
+            0.5 * (g1 + g2)
+        );
+        worst = worst.max(d);
+    }
+    eprintln!(
+        "largest loss noise between packings: {worst:.2e} (tolerance {:.0e})",
+        train::DEFAULT_TOLERANCE
+    );
+    assert!(worst < train::DEFAULT_TOLERANCE / 4.0, "{worst}");
+}
+
+/// SmolLM2 spot-check benchmark: an origin that steps honestly on its own
+/// state but publishes the opposite sign is flagged by `verify` within a
+/// handful of rechecks (two forwards each).
+#[test]
+fn smollm2_a_sign_flipper_is_flagged_within_a_few_rechecks() {
+    use seedswarm::crdt::log::{Segment, Store};
+    use seedswarm::train::{self, Trainer};
+    if gguf().is_none() {
+        return;
+    }
+    let cfg = config("smollm2-sst2.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let origin = train::local_origin(&cfg);
+    let mut trainer = Trainer::new(&cfg, origin).unwrap();
+    let data = train::build_data(&cfg.run).unwrap();
+    let (_, mut store, _) = Store::open(&dir.path().join("updates.log"), trainer.run()).unwrap();
+    let codec = trainer.replica().rules().codec.clone();
+    for seq in 0..8 {
+        let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+        let g = trainer.recompute(&origin, seq, &batch).unwrap();
+        let seed = seedswarm::zo::seed::derive(&trainer.run(), &origin, seq);
+        let seg = Segment::new(origin, seq, vec![codec.encode(-g, &seed)], Vec::new());
+        trainer.apply(&seg).unwrap();
+        store.append(&seg).unwrap();
+    }
+    store.sync().unwrap();
+    let s = train::verify(
+        &cfg,
+        dir.path(),
+        None,
+        1.0,
+        train::DEFAULT_TOLERANCE,
+        &[7; 32],
+    )
+    .unwrap();
+    eprintln!(
+        "SmolLM2 flipper: {} checked, {} disagree, {} inconclusive, flagged after {:?}, {:.1}s",
+        s.tally.checked,
+        s.tally.disagreed,
+        s.tally.inconclusive,
+        s.tally.flagged_after,
+        s.wall_seconds
+    );
+    assert!(s.flagged);
+    assert!(s.tally.flagged_after.unwrap() <= 8);
+}
