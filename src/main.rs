@@ -120,17 +120,18 @@ enum Command {
         #[arg(long)]
         summary: Option<PathBuf>,
     },
-    /// Recheck one-byte updates of a finished single-origin run: replays its
-    /// log and recomputes a fraction of the updates (two forwards each) on
-    /// the state each was made on; exits 4 when the origin is flagged.
+    /// Recheck one-byte updates of a finished run: rebuilds the replica from
+    /// the log in --data-dir and recomputes a fraction of each origin's
+    /// updates (two forwards each) on the state each was made on (the bases
+    /// the node kept, bases.log); exits 4 when an origin is flagged.
     Verify {
         /// Run manifest and node settings (TOML).
         #[arg(long, env = "SEEDSWARM_CONFIG")]
         config: PathBuf,
-        /// Train data directory whose update log to recheck.
+        /// Node or train data directory whose update log to recheck.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The origin to recheck (64 hex digits); default: the log's only one.
+        /// The origin to recheck (64 hex digits); default: every origin.
         #[arg(long)]
         origin: Option<String>,
         /// Fraction of its updates to recheck.
@@ -528,26 +529,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = Progress::spinner("loading the model and rechecking the update log");
             let s = train::verify(&cfg, &data_dir, origin, fraction, tolerance, &key)?;
             drop(progress);
+            for o in &s.origins {
+                println!(
+                    "origin {}: {} of {} updates rechecked: {} agree, {} disagree, {} inconclusive (|g| <= {:.2e}), {} without a known state; disagreement {:.1}%{}",
+                    &o.origin[..16],
+                    o.tally.checked,
+                    o.updates,
+                    o.tally.agreed,
+                    o.tally.disagreed,
+                    o.tally.inconclusive,
+                    s.floor,
+                    o.unverifiable,
+                    100.0 * o.tally.disagreement_rate(),
+                    match o.tally.flagged_after {
+                        Some(n) => format!(", FLAGGED after {n} checks"),
+                        None => String::new(),
+                    },
+                );
+            }
             println!(
-                "origin {}: {} of {} updates rechecked: {} agree, {} disagree, {} inconclusive (|g| <= {:.2e}); disagreement {:.1}%{}; {:.1}s",
-                &s.origin[..16],
-                s.tally.checked,
-                s.updates,
-                s.tally.agreed,
-                s.tally.disagreed,
-                s.tally.inconclusive,
-                s.floor,
-                100.0 * s.tally.disagreement_rate(),
-                match s.tally.flagged_after {
-                    Some(n) => format!(", FLAGGED after {n} checks"),
-                    None => String::new(),
-                },
+                "{} origin(s) rechecked, {} flagged, {:.1}s",
+                s.origins.len(),
+                s.flagged.len(),
                 s.wall_seconds
             );
             if let Some(p) = summary {
                 write_json(&p, &s)?;
             }
-            if s.flagged {
+            if !s.flagged.is_empty() {
                 std::process::exit(4);
             }
             Ok(())

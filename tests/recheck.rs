@@ -19,6 +19,7 @@ use std::time::Duration;
 async fn peers_flag_a_sign_flipping_origin_and_agree_with_honest_ones() {
     let mut cfg = config();
     cfg.node.verify_fraction = 0.25;
+    let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..3 {
         let mut o = options(1200, 2);
@@ -30,6 +31,7 @@ async fn peers_flag_a_sign_flipping_origin_and_agree_with_honest_ones() {
         if i == 0 {
             o.http = Some("127.0.0.1:0".parse().unwrap());
             o.exit_when_settled = false;
+            o.data_dir = Some(dir.path().join("node-0"));
         }
         nodes.push(Node::start(cfg.clone(), o).await.expect("node starts"));
     }
@@ -67,6 +69,38 @@ async fn peers_flag_a_sign_flipping_origin_and_agree_with_honest_ones() {
     let w = watcher.wait().await.expect("node ran");
     let all = [vec![w], s].concat();
     assert_identical(&all);
+    // Offline, from node 0's data dir (its log and the bases it kept):
+    // `seedswarm verify` flags the flipper too, every origin's own included.
+    let summary = dir.path().join("verify.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_seedswarm"))
+        .args(["verify", "--config"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/demo.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("node-0"))
+        .args(["--fraction", "0.05", "--sample-seed", "3", "--summary"])
+        .arg(&summary)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(v["flagged"], serde_json::json!([flipper]), "{v}");
+    for c in v["origins"].as_array().unwrap() {
+        eprintln!(
+            "offline: origin {} checked {} agreed {} disagreed {} unverifiable {}",
+            &c["origin"].as_str().unwrap()[..8],
+            c["checked"],
+            c["agreed"],
+            c["disagreed"],
+            c["unverifiable"]
+        );
+        assert!(c["checked"].as_u64().unwrap() >= 20, "{c}");
+    }
     for (i, x) in all.iter().enumerate().take(2) {
         eprintln!("node {i}: {:?}, skipped {}", x.rechecks, x.rechecks_skipped);
         let bad = &x.rechecks[&flipper];

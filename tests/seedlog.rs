@@ -182,6 +182,7 @@ fn altered_or_corrupt_seed_logs_are_refused_with_a_message() {
     refused(&dir.path().join("missing.seedlog"), "missing.seedlog");
 }
 
+/// Runs `seedswarm verify`; its exit code and the first origin's checks.
 fn verify(dir: &Path, data: &Path, fraction: &str) -> (Option<i32>, serde_json::Value) {
     let s = dir.join("verify.json");
     let o = bin()
@@ -193,12 +194,13 @@ fn verify(dir: &Path, data: &Path, fraction: &str) -> (Option<i32>, serde_json::
         .arg(&s)
         .output()
         .unwrap();
-    (o.status.code(), json(&s))
+    (o.status.code(), json(&s)["origins"][0].clone())
 }
 
-/// A flipper: steps honestly on its own state and publishes the opposite
-/// sign (what a hostile origin can do with a valid-looking byte).
-fn flipper_log(dir: &Path, steps: u64) {
+/// A hostile origin: steps honestly on its own state but publishes the
+/// opposite sign (`random`: a sign from a coin, keyed by the seq) — what it
+/// can do with valid-looking bytes.
+fn hostile_log(dir: &Path, steps: u64, random: bool) {
     let cfg = Config::load(&demo()).unwrap();
     let origin = train::local_origin(&cfg);
     let mut trainer = Trainer::new(&cfg, origin).unwrap();
@@ -210,7 +212,12 @@ fn flipper_log(dir: &Path, steps: u64) {
         let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
         let g = trainer.recompute(&origin, seq, &batch).unwrap();
         let seed = seedswarm::zo::seed::derive(&trainer.run(), &origin, seq);
-        let seg = Segment::new(origin, seq, vec![codec.encode(-g, &seed)], Vec::new());
+        let sign = if !random || seed.0[0] & 1 == 0 {
+            -1.0
+        } else {
+            1.0
+        };
+        let seg = Segment::new(origin, seq, vec![codec.encode(sign * g, &seed)], Vec::new());
         trainer.apply(&seg).unwrap();
         store.append(&seg).unwrap();
     }
@@ -230,12 +237,20 @@ fn verify_passes_an_honest_origin_and_flags_a_sign_flipper() {
     assert_eq!(s["flagged"], false);
 
     let bad = dir.path().join("flipper");
-    flipper_log(&bad, 300);
+    hostile_log(&bad, 300, false);
     let (code, s) = verify(dir.path(), &bad, "0.2");
     assert_eq!(code, Some(4), "a flagged origin exits 4: {s}");
     let after = s["flagged_after"].as_u64().unwrap();
     assert!(after <= 20, "flagged after {after} checks");
     assert!(s["disagreed"].as_u64().unwrap() * 2 > s["checked"].as_u64().unwrap());
+    // Random signs: about half disagree; flagged within a few dozen checks.
+    let coin = dir.path().join("coin");
+    hostile_log(&coin, 300, true);
+    let (code, s) = verify(dir.path(), &coin, "0.2");
+    assert_eq!(code, Some(4), "{s}");
+    let after = s["flagged_after"].as_u64().unwrap();
+    eprintln!("random signs: flagged after {after} checks: {s}");
+    assert!(after <= 40, "flagged after {after} checks");
 }
 
 /// A node's log holds its origin's signatures: `--signed` puts them in the

@@ -200,6 +200,173 @@ impl Bases {
     }
 }
 
+/// The file a node keeps the bases it published and received in
+/// (`bases.log` in its data dir), so a finished run can be rechecked
+/// offline (`seedswarm verify`). Append-only, every record checked:
+///
+/// ```text
+/// header:  "SEEDSWARMBASES\0\x01" (16) ‖ run_id (32)
+/// record:  len: u32 LE ‖ origin (32) ‖ first_seq: u64 LE ‖ n: u32 LE ‖ bases (len − 44) ‖ check (8)
+/// ```
+///
+/// `check` is the first 8 bytes of BLAKE3 over the record's payload; opening
+/// keeps every complete record and cuts a torn or corrupt tail.
+#[derive(Debug)]
+pub struct BasesFile {
+    file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+/// One stored record: the bases of `origin`'s batch of `n` updates from `first_seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub origin: Origin,
+    pub first_seq: u64,
+    pub n: u32,
+    pub bases: Vec<u8>,
+}
+
+const FILE_MAGIC: &[u8; 16] = b"SEEDSWARMBASES\0\x01";
+const FILE_HEADER: usize = 48;
+/// Largest bases record accepted.
+const MAX_RECORD: usize = 1 << 20;
+
+fn record_check(payload: &[u8]) -> [u8; 8] {
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&blake3::hash(payload).as_bytes()[..8]);
+    c
+}
+
+/// Parses the records after the header; returns them and where the valid
+/// part ends.
+fn parse_file(bytes: &[u8]) -> (Vec<Stored>, usize) {
+    let mut out = Vec::new();
+    let mut pos = FILE_HEADER;
+    while let Some(len) = bytes
+        .get(pos..pos + 4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    {
+        if !(44..=MAX_RECORD).contains(&len) {
+            break;
+        }
+        let (Some(payload), Some(sum)) = (
+            bytes.get(pos + 4..pos + 4 + len),
+            bytes.get(pos + 4 + len..pos + 12 + len),
+        ) else {
+            break;
+        };
+        if record_check(payload) != sum {
+            break;
+        }
+        let mut origin = [0u8; 32];
+        origin.copy_from_slice(&payload[..32]);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&payload[32..40]);
+        let mut n = [0u8; 4];
+        n.copy_from_slice(&payload[40..44]);
+        out.push(Stored {
+            origin: Origin(origin),
+            first_seq: u64::from_le_bytes(first),
+            n: u32::from_le_bytes(n),
+            bases: payload[44..].to_vec(),
+        });
+        pos += 12 + len;
+    }
+    (out, pos)
+}
+
+impl BasesFile {
+    /// Opens or creates the file at `path` for `run`, cutting a torn tail.
+    pub fn open(path: &std::path::Path, run: &crate::zo::seed::RunId) -> std::io::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        if bytes.is_empty() {
+            file.write_all(FILE_MAGIC)?;
+            file.write_all(&run.0)?;
+        } else {
+            check_header(&bytes, run, path)?;
+            let (_, end) = parse_file(&bytes);
+            if end < bytes.len() {
+                tracing::warn!(path = %path.display(), cut_bytes = bytes.len() - end, "bases file had a torn tail; cut");
+                file.set_len(end as u64)?;
+                file.seek(std::io::SeekFrom::End(0))?;
+            }
+        }
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Appends the bases of `origin`'s batch of `n` updates from `first_seq`.
+    pub fn append(
+        &mut self,
+        origin: &Origin,
+        first_seq: u64,
+        n: u32,
+        bases: &[u8],
+    ) -> std::io::Result<()> {
+        use std::io::Write;
+        if bases.len() + 44 > MAX_RECORD {
+            return Ok(());
+        }
+        let mut rec = Vec::with_capacity(56 + bases.len());
+        rec.extend_from_slice(&((44 + bases.len()) as u32).to_le_bytes());
+        rec.extend_from_slice(&origin.0);
+        rec.extend_from_slice(&first_seq.to_le_bytes());
+        rec.extend_from_slice(&n.to_le_bytes());
+        rec.extend_from_slice(bases);
+        let check = record_check(&rec[4..]);
+        rec.extend_from_slice(&check);
+        self.file.write_all(&rec)
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Every complete record of the file at `path` (none when it is absent).
+    pub fn read(
+        path: &std::path::Path,
+        run: &crate::zo::seed::RunId,
+    ) -> std::io::Result<Vec<Stored>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        check_header(&bytes, run, path)?;
+        Ok(parse_file(&bytes).0)
+    }
+}
+
+fn check_header(
+    bytes: &[u8],
+    run: &crate::zo::seed::RunId,
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    if bytes.len() < FILE_HEADER || &bytes[..16] != FILE_MAGIC {
+        return Err(std::io::Error::other(format!(
+            "{}: not a seedswarm bases file",
+            path.display()
+        )));
+    }
+    if bytes[16..48] != run.0 {
+        return Err(std::io::Error::other(format!(
+            "{}: belongs to another run",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +448,45 @@ mod tests {
         let mut d = encode(&[vv(&[(1, 3), (2, 4)])]);
         d[1] = 9;
         assert!(Bases::decode(&d, 1, 16).is_err());
+    }
+
+    #[test]
+    fn the_bases_file_keeps_complete_records_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bases.log");
+        let run = crate::zo::seed::RunId([4; 32]);
+        let mut f = BasesFile::open(&path, &run).unwrap();
+        let a = encode(&[vv(&[(1, 3)]), vv(&[(1, 4)])]);
+        f.append(&o(2), 10, 2, &a).unwrap();
+        f.append(&o(3), 0, 1, &[0, 0]).unwrap();
+        drop(f);
+        let want = vec![
+            Stored {
+                origin: o(2),
+                first_seq: 10,
+                n: 2,
+                bases: a.clone(),
+            },
+            Stored {
+                origin: o(3),
+                first_seq: 0,
+                n: 1,
+                bases: vec![0, 0],
+            },
+        ];
+        assert_eq!(BasesFile::read(&path, &run).unwrap(), want);
+        // A torn tail is cut on open; what came before stays.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[9, 0, 0]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut f = BasesFile::open(&path, &run).unwrap();
+        f.append(&o(5), 1, 1, &[0, 0]).unwrap();
+        drop(f);
+        assert_eq!(BasesFile::read(&path, &run).unwrap().len(), 3);
+        // Another run's file is refused.
+        assert!(BasesFile::read(&path, &crate::zo::seed::RunId([5; 32])).is_err());
+        assert!(BasesFile::read(&dir.path().join("none"), &run)
+            .unwrap()
+            .is_empty());
     }
 }

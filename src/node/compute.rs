@@ -32,6 +32,8 @@ pub(super) enum ToCompute {
     Exclude(crate::zo::seed::Origin, u64, Vec<u8>),
     /// Persist an owner-signed admission.
     Admit(crate::crdt::admit::Record),
+    /// Keep a batch's bases in the data dir (origin, first seq, updates, bases).
+    KeepBases(crate::zo::seed::Origin, u64, u32, Vec<u8>),
     /// Spot-check a foreign update on the state it was computed on.
     Check {
         origin: crate::zo::seed::Origin,
@@ -217,6 +219,9 @@ pub(super) fn run(
                     if tx.blocking_send(msg).is_err() {
                         return session.last_eval();
                     }
+                }
+                Ok(ToCompute::KeepBases(origin, first, n, bases)) => {
+                    session.keep_bases(&origin, first, n, &bases);
                 }
                 Ok(ToCompute::Install(chunks, hashes, vv, digest)) => {
                     let r = session.install(&chunks, &hashes, (&vv, &digest));

@@ -221,6 +221,15 @@ impl Shell {
             Output::MakeSnapshot { target, retract } => {
                 self.queue.push_back(ToCompute::Image(target, retract));
             }
+            Output::KeepBases {
+                origin,
+                first_seq,
+                n,
+                bases,
+            } => {
+                self.queue
+                    .push_back(ToCompute::KeepBases(origin, first_seq, n, bases));
+            }
             Output::Check {
                 origin,
                 seq,

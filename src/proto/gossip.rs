@@ -146,6 +146,14 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         }
         self.accept(origin, first, codes, &[], attest);
         self.sample_checks(now, origin, first, codes, bases);
+        if !bases.is_empty() {
+            self.emit(Output::KeepBases {
+                origin,
+                first_seq: first,
+                n: codes.len() as u32,
+                bases: bases.to_vec(),
+            });
+        }
         Some(Verdict::Accept)
     }
 

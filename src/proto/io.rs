@@ -278,6 +278,18 @@ pub enum Output<P, M, C> {
         /// What to subtract to get there.
         retract: Vec<Segment>,
     },
+    /// Keep the bases of a batch (own, or accepted from gossip) in the data
+    /// dir, so the run can be rechecked offline.
+    KeepBases {
+        /// Whose batch.
+        origin: Origin,
+        /// Its first seq.
+        first_seq: u64,
+        /// Its updates.
+        n: u32,
+        /// The encoded bases ([`crate::crdt::basis`]).
+        bases: Vec<u8>,
+    },
     /// Install these verified snapshot chunks into the (empty) replica and
     /// report [`Input::Installed`]; refuse them unless the state is `vv`
     /// with `digest` (what enough peers vouched for).

@@ -109,12 +109,16 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         };
         let attest = self.settings.signer.sign(first, &codes, &[]);
         self.log.attest(self.settings.signer.origin(), attest);
-        let data = wire::encode_updates_with(
-            first,
-            &attest.sig,
-            &crate::crdt::basis::encode(&bases),
-            &codes,
-        );
+        let bases = crate::crdt::basis::encode(&bases);
+        let data = wire::encode_updates_with(first, &attest.sig, &bases, &codes);
+        if !bases.is_empty() {
+            self.emit(Output::KeepBases {
+                origin: self.settings.signer.origin(),
+                first_seq: first,
+                n: codes.len() as u32,
+                bases,
+            });
+        }
         self.stats.published_messages += 1;
         self.stats.published_updates += codes.len() as u64;
         self.event(Event::Bytes {

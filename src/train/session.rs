@@ -37,6 +37,8 @@ pub struct Session {
     data: Data,
     dev: Vec<Batch>,
     store: Option<Store>,
+    /// The bases of published and received batches (`bases.log`).
+    bases: Option<crate::crdt::basis::BasesFile>,
     cfg: Config,
     loss: f32,
     eval: Option<Eval>,
@@ -67,6 +69,16 @@ impl Session {
             None => (Log::in_memory(trainer.run()), None),
         };
         trainer.replay(&log)?;
+        let bases = match data_dir {
+            Some(dir) => Some(
+                crate::crdt::basis::BasesFile::open(&dir.join("bases.log"), &trainer.run())
+                    .map_err(|source| log::Error::Io {
+                        path: dir.join("bases.log"),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
         let data = build_data(&cfg.run)?;
         let dev = data.dev(cfg.node.eval_batch);
         let session = Self {
@@ -74,6 +86,7 @@ impl Session {
             data,
             dev,
             store,
+            bases,
             cfg: cfg.clone(),
             loss: f32::NAN,
             eval: None,
@@ -187,6 +200,17 @@ impl Session {
             eval,
             basis,
         })
+    }
+
+    /// Keeps the bases of `origin`'s batch of `n` updates from `first` in
+    /// `bases.log` (a failure is logged: the bases only serve offline
+    /// rechecks).
+    pub fn keep_bases(&mut self, origin: &Origin, first: u64, n: u32, bases: &[u8]) {
+        if let Some(f) = &mut self.bases {
+            if let Err(e) = f.append(origin, first, n, bases) {
+                tracing::warn!(path = %f.path().display(), error = %e, "cannot keep bases");
+            }
+        }
     }
 
     /// Rechecks `origin`'s one-byte update `seq` (published as `code`) on

@@ -647,6 +647,7 @@ impl World {
                 }
             }
             Output::MakeSnapshot { target, retract } => self.make_snapshot(id, &target, &retract),
+            Output::KeepBases { .. } => {}
             // Simulated nodes have no model to recompute with (and run
             // with verify_fraction 0).
             Output::Check { origin, seq, .. } => {
