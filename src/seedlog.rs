@@ -219,6 +219,9 @@ impl SeedLog {
                 }
             }
         }
+        if flags & SIGNED != 0 && segments.iter().all(|s| s.attests.is_empty()) {
+            return Err(bad("marked signed but holds no signature"));
+        }
         let digest = r.array()?;
         if !r.b.is_empty() {
             return Err(bad(format!("{} trailing bytes", r.b.len())));
