@@ -16,7 +16,8 @@
 //! (`0x10`), drop incoming (`0x20`), hand-out size (`>> 6`: 4096, 1, 3, 16);
 //! `h1` rate (`% 4`), publish size (`>> 2 % 16`), snapshot quorum 1 or 2
 //! (`0x40`), range size (`>> 7`); `h2` chunks resumed (bits 0–2, bit 7
-//! corrupts chunk 0), a quota of 200 updates per origin (`0x08`).
+//! corrupts chunk 0), a quota of 200 updates per origin (`0x08`), spot
+//! checks of every foreign update that carries bases (`0x10`).
 //!
 //! A "how" byte says how a built batch is signed and filled: low 3 bits
 //! 0–4 the author's true signature, 5 another peer's key, 6 a bit flipped,
@@ -208,6 +209,8 @@ fuzz_target!(|data: &[u8]| {
         shapes: shapes(),
         drop_incoming: if h0 & 0x20 != 0 { 0.25 } else { 0.0 },
         mode: Default::default(),
+        verify_fraction: if h2 & 0x10 != 0 { 1.0 } else { 0.0 },
+        check_key: [9; 32],
     };
     let apply_max = [4096, 1, 3, 16][usize::from(h0 >> 6)];
     let mut h = H::new(settings, apply_max, h2);

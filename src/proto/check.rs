@@ -47,10 +47,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         origin: Origin,
         first: u64,
         codes: &[u8],
-        bases: &[u8],
+        decoded: &Bases,
     ) {
         let f = self.settings.verify_fraction;
-        if f <= 0.0 || bases.is_empty() {
+        if f <= 0.0 {
             return;
         }
         let key = self.settings.check_key;
@@ -60,15 +60,6 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         if picked.is_empty() {
             return;
         }
-        let decoded = match Bases::decode(bases, codes.len(), MAX_LOG_ORIGINS) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::debug!(origin = %origin.short(), error = %e, "bases do not decode");
-                self.count("bad_bases");
-                self.stats.checks_skipped += picked.len() as u64;
-                return;
-            }
-        };
         // Prefixes resolve among the origins this node holds updates of
         // (and itself); an ambiguous prefix resolves to nothing.
         let mut known: BTreeMap<[u8; basis::PREFIX], Option<Origin>> = BTreeMap::new();

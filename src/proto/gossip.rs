@@ -145,14 +145,23 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return Some(Verdict::Ignore);
         }
         self.accept(origin, first, codes, &[], attest);
-        self.sample_checks(now, origin, first, codes, bases);
         if !bases.is_empty() {
-            self.emit(Output::KeepBases {
-                origin,
-                first_seq: first,
-                n: codes.len() as u32,
-                bases: bases.to_vec(),
-            });
+            // The bases only serve rechecks: bad ones cost the batch nothing.
+            match crate::crdt::basis::Bases::decode(bases, codes.len(), MAX_LOG_ORIGINS) {
+                Ok(decoded) => {
+                    self.sample_checks(now, origin, first, codes, &decoded);
+                    self.emit(Output::KeepBases {
+                        origin,
+                        first_seq: first,
+                        n: codes.len() as u32,
+                        bases: bases.to_vec(),
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(origin = %origin.short(), error = %e, "bases do not decode");
+                    self.count("bad_bases");
+                }
+            }
         }
         Some(Verdict::Accept)
     }

@@ -484,3 +484,35 @@ fn spot_checks_wait_for_the_state_then_ask_compute_and_tally() {
     assert_eq!(c.checks_waiting(), 0);
     assert_eq!(c.stats().checks_skipped, skipped + 1);
 }
+
+/// Bases that do not decode cost the batch nothing: its codes are taken,
+/// the bases are counted and neither kept nor sampled.
+#[test]
+fn bad_bases_are_counted_and_not_kept() {
+    let (mut c, t0) = core_with(1, join::Mode::Replay, |s| s.verify_fraction = 1.0);
+    let codes = [5u8, 6];
+    let data =
+        wire::encode_updates_with(0, &signer(2).sign(0, &codes, &[]).sig, &[200, 1, 2], &codes);
+    c.handle(
+        t0,
+        Input::Gossip {
+            id: 1,
+            from: 2,
+            source: Some(2),
+            topic: Some(Topic::Updates),
+            data,
+        },
+    );
+    let out = drain(&mut c);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Verdict {
+            verdict: Verdict::Accept,
+            ..
+        }
+    )));
+    assert!(!out.iter().any(|o| matches!(o, Output::KeepBases { .. })));
+    assert_eq!(c.stats().rejected.get("bad_bases"), Some(&1));
+    assert_eq!(c.checks_waiting(), 0);
+    assert_eq!(c.log().next_seq(&signer(2).origin()), 2);
+}

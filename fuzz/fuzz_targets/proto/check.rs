@@ -346,6 +346,36 @@ impl H {
                     }
                 }
             }
+            Output::Check {
+                origin,
+                seq,
+                code,
+                target,
+                retract,
+            } => {
+                assert_ne!(origin, self.own, "a spot check of the node's own update");
+                assert_ne!(code, 0, "a spot check of a zero code");
+                assert_eq!(target.get(&origin), Some(&seq), "a check's state lacks its own seq");
+                assert!(
+                    self.checks.is_empty(),
+                    "a second spot check before the first was answered"
+                );
+                // The same invariants as a snapshot's: applied tails that
+                // reach the target exactly.
+                let _ = self.snapshot_state(&target, &retract);
+                self.checks.push((origin, seq));
+            }
+            Output::KeepBases {
+                origin: _,
+                first_seq: _,
+                n,
+                bases,
+            } => {
+                assert!(
+                    seedswarm::crdt::basis::Bases::decode(&bases, n as usize, 4096).is_ok(),
+                    "kept bases that do not decode"
+                );
+            }
             Output::MakeSnapshot { target, retract } => {
                 assert!(
                     self.make_pending.is_none(),

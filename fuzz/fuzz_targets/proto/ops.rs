@@ -418,9 +418,15 @@ impl H {
                     Own::Code(if b == DELTA { 0x81 } else { b })
                 };
                 let seq = self.own_next;
+                let mut basis = self.applied.clone();
+                basis.remove(&self.own);
                 self.own_next += 1;
                 self.applied.insert(self.own, self.own_next);
-                self.input(Input::Own { seq, update });
+                self.input(Input::Own {
+                    seq,
+                    update,
+                    basis,
+                });
                 let st = self.state();
                 self.input(Input::State(Box::new(st)));
             }
