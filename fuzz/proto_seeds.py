@@ -188,10 +188,18 @@ def seed_offers():
     return b
 
 
+def seed_spot_checks():
+    # The replay seed with header bit 0x10 of h2: built update batches carry
+    # bases and every foreign update is spot-checked.
+    b = seed_replay()
+    b[2] |= 0x10
+    return b
+
+
 SEEDS = [("replay", seed_replay), ("snapshot_join", seed_snapshot),
          ("snapshot_unsigned", seed_unsigned), ("exclusion", seed_exclusion),
          ("deltas", seed_deltas), ("fingerprints", seed_fingerprints),
-         ("offer_flood", seed_offers)]
+         ("offer_flood", seed_offers), ("spot_checks", seed_spot_checks)]
 
 def known_retract_unsigned():
     # Snapshot join; origin2's installed log is signed only to 6 of 10, then

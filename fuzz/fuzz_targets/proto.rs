@@ -17,7 +17,8 @@
 //! `h1` rate (`% 4`), publish size (`>> 2 % 16`), snapshot quorum 1 or 2
 //! (`0x40`), range size (`>> 7`); `h2` chunks resumed (bits 0–2, bit 7
 //! corrupts chunk 0), a quota of 200 updates per origin (`0x08`), spot
-//! checks of every foreign update that carries bases (`0x10`).
+//! checks of every foreign update, and bases in built update batches
+//! (`0x10`).
 //!
 //! A "how" byte says how a built batch is signed and filled: low 3 bits
 //! 0–4 the author's true signature, 5 another peer's key, 6 a bit flipped,
@@ -214,6 +215,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let apply_max = [4096, 1, 3, 16][usize::from(h0 >> 6)];
     let mut h = H::new(settings, apply_max, h2);
+    h.bases_on = h2 & 0x10 != 0;
     // The compute side reports its (empty) replica first, as a node does.
     let st = h.state();
     h.input(Input::State(Box::new(st)));

@@ -119,6 +119,8 @@ pub(crate) struct H {
     pub(crate) make_pending: Option<Result<VersionVector, String>>,
     /// Spot checks asked for (`Output::Check`), answered after the drain.
     pub(crate) checks: Vec<(Origin, u64)>,
+    /// Built update batches carry bases (header bit `0x10`, with spot checks on).
+    pub(crate) bases_on: bool,
     pub(crate) served: Vec<[u8; 32]>,
     pub(crate) offered: HashMap<[u8; 32], Vec<Vec<u8>>>,
     /// An `Install` being installed: the version vector vouched for.
@@ -169,6 +171,7 @@ impl H {
             open: BTreeMap::new(),
             make_pending: None,
             checks: Vec::new(),
+            bases_on: false,
             served: Vec::new(),
             offered: HashMap::new(),
             install: None,

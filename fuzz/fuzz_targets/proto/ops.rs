@@ -239,11 +239,28 @@ impl H {
                     self.equivocated.insert(origin_of(x));
                 }
                 let sig = how.sign(x, first, &codes, &[]);
+                // With spot checks on, batches carry bases: states made of
+                // this node's and another peer's updates, some reachable,
+                // some not (yet).
+                let bases = if self.bases_on && !codes.is_empty() {
+                    let other = origin_of(1 + (x + 1) % 6);
+                    let vvs: Vec<VersionVector> = (0..codes.len() as u64)
+                        .map(|i| {
+                            VersionVector::from([
+                                (origin_of(ME.0), (first + i) % 5),
+                                (other, i % 4),
+                            ])
+                        })
+                        .collect();
+                    seedswarm::crdt::basis::encode(&vvs)
+                } else {
+                    Vec::new()
+                };
                 self.gossip(
                     from,
                     source,
                     Some(Topic::Updates),
-                    wire::encode_updates(first, &sig, &codes),
+                    wire::encode_updates_with(first, &sig, &bases, &codes),
                 );
             }
             4 => {
