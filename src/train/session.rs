@@ -227,27 +227,7 @@ impl Session {
         (origin, seq, code): (Origin, u64, u8),
     ) -> Result<(super::Verdict, f64), String> {
         let floor = self.cfg.node.verify_tolerance / (2.0 * self.cfg.run.eps);
-        let own = self.trainer.origin();
-        let mut back: Vec<Segment> = retract
-            .iter()
-            .filter(|s| s.origin != own)
-            .cloned()
-            .collect();
-        let have = self.trainer.next_seq();
-        let from = target.get(&own).copied().unwrap_or(0);
-        if have > from {
-            let mut codes = Vec::new();
-            let mut payloads = Vec::new();
-            for seq in from..have {
-                let (c, p) = self
-                    .own_recent
-                    .get(&seq)
-                    .ok_or("own updates that old are not kept")?;
-                codes.push(*c);
-                payloads.extend(p.clone());
-            }
-            back.push(Segment::new(own, from, codes, payloads));
-        }
+        let back = self.way_back(target, retract)?;
         let batch = self.data.train_batch(&origin, seq, self.cfg.run.batch_size);
         let grad = self
             .trainer
@@ -293,19 +273,29 @@ impl Session {
         if target.is_empty() {
             return Ok(self.trainer.image());
         }
+        let segments = self.way_back(target, retract)?;
+        let image = snapshot::image_before(self.trainer.replica(), &segments)?;
+        if &image.vv != target {
+            return Err("could not reach that version vector".into());
+        }
+        Ok(image)
+    }
+
+    /// What to subtract from the replica to reach `target`: the foreign
+    /// applied tails in `retract` (what the protocol core knows of) and this
+    /// node's own updates past `target` (which may be newer than the core's).
+    fn way_back(
+        &self,
+        target: &VersionVector,
+        retract: &[Segment],
+    ) -> Result<Vec<Segment>, String> {
         let own = self.trainer.origin();
-        let mut segments: Vec<Segment> = retract
+        let mut back: Vec<Segment> = retract
             .iter()
             .filter(|s| s.origin != own)
             .cloned()
             .collect();
-        let have = self
-            .trainer
-            .replica()
-            .version_vector()
-            .get(&own)
-            .copied()
-            .unwrap_or(0);
+        let have = self.trainer.next_seq();
         let from = target.get(&own).copied().unwrap_or(0);
         if have > from {
             let mut codes = Vec::new();
@@ -314,17 +304,13 @@ impl Session {
                 let (c, p) = self
                     .own_recent
                     .get(&seq)
-                    .ok_or("own updates that old are not kept for snapshots")?;
+                    .ok_or("own updates that old are not kept")?;
                 codes.push(*c);
                 payloads.extend(p.clone());
             }
-            segments.push(Segment::new(own, from, codes, payloads));
+            back.push(Segment::new(own, from, codes, payloads));
         }
-        let image = snapshot::image_before(self.trainer.replica(), &segments)?;
-        if &image.vv != target {
-            return Err("could not reach that version vector".into());
-        }
-        Ok(image)
+        Ok(back)
     }
 
     /// Persists an exclusion (an origin proven to equivocate, from `from` on).
