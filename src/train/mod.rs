@@ -479,9 +479,16 @@ impl Trainer {
     /// replica's current state, with `batch` (that update's own sample):
     /// what the origin should have encoded, before its step scale.
     pub fn recompute(&mut self, origin: &Origin, seq: u64, batch: &Batch) -> Result<f64, Error> {
+        let grad = self.projected(origin, seq, batch)?;
+        self.materialize()?;
+        Ok(grad)
+    }
+
+    /// The projected gradient of update `(origin, seq)` on `batch`, leaving
+    /// the weights perturbed (the caller materializes).
+    fn projected(&mut self, origin: &Origin, seq: u64, batch: &Batch) -> Result<f64, Error> {
         let seed = seed::derive(&self.run(), origin, seq);
         let (plus, minus, _) = self.losses(&seed, batch)?;
-        self.materialize()?;
         Ok((f64::from(plus) - f64::from(minus)) / (2.0 * f64::from(self.eps)))
     }
 
@@ -512,8 +519,9 @@ impl Trainer {
                 .collect()
         };
         let reached = nonzero(self.replica.version_vector()) == nonzero(target);
+        // One materialization at the end, after the state is restored.
         let grad = if reached {
-            self.recompute(origin, seq, batch)
+            self.projected(origin, seq, batch)
         } else {
             Err(Error::Mismatch(
                 "the retracted state is not the one to recheck on".into(),
