@@ -39,6 +39,33 @@ pub fn prefix(o: &Origin) -> [u8; PREFIX] {
     p
 }
 
+/// Origins by prefix, for resolving the prefixes of decoded bases: a
+/// prefix two known origins share resolves to none.
+#[derive(Debug, Default)]
+pub struct Prefixes(std::collections::BTreeMap<[u8; PREFIX], Option<Origin>>);
+
+impl Prefixes {
+    /// The prefixes of `origins`.
+    pub fn of<'a>(origins: impl IntoIterator<Item = &'a Origin>) -> Self {
+        let mut m = std::collections::BTreeMap::new();
+        for o in origins {
+            m.entry(prefix(o))
+                .and_modify(|e: &mut Option<Origin>| {
+                    if *e != Some(*o) {
+                        *e = None
+                    }
+                })
+                .or_insert(Some(*o));
+        }
+        Self(m)
+    }
+
+    /// The one known origin with prefix `p`.
+    pub fn resolve(&self, p: &[u8; PREFIX]) -> Option<Origin> {
+        self.0.get(p).copied().flatten()
+    }
+}
+
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
@@ -488,5 +515,22 @@ mod tests {
         assert!(BasesFile::read(&dir.path().join("none"), &run)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn prefixes_resolve_known_origins_and_not_shared_ones() {
+        let mut twin = [1u8; 32];
+        twin[31] = 9;
+        let (a, b) = (o(1), Origin(twin));
+        let p = Prefixes::of([&a, &o(2), &o(2)]);
+        assert_eq!(p.resolve(&prefix(&a)), Some(a));
+        assert_eq!(
+            p.resolve(&prefix(&o(2))),
+            Some(o(2)),
+            "the same origin twice"
+        );
+        assert_eq!(p.resolve(&prefix(&o(3))), None, "unknown");
+        let shared = Prefixes::of([&a, &b]);
+        assert_eq!(shared.resolve(&prefix(&a)), None, "ambiguous");
     }
 }

@@ -61,20 +61,10 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             return;
         }
         // Prefixes resolve among the origins this node holds updates of
-        // (and itself); an ambiguous prefix resolves to nothing.
-        let mut known: BTreeMap<[u8; basis::PREFIX], Option<Origin>> = BTreeMap::new();
+        // (and itself).
         let own = self.settings.signer.origin();
-        for o in self.log.version_vector().into_keys().chain([own]) {
-            known
-                .entry(basis::prefix(&o))
-                .and_modify(|e| {
-                    if *e != Some(o) {
-                        *e = None
-                    }
-                })
-                .or_insert(Some(o));
-        }
-        let resolve = |p: &[u8; basis::PREFIX]| known.get(p).copied().flatten();
+        let known = basis::Prefixes::of(self.log.heads().map(|(o, _)| o).chain([&own]));
+        let resolve = |p: &[u8; basis::PREFIX]| known.resolve(p);
         for i in picked {
             let seq = first + i as u64;
             let Some(mut target) = decoded.at(i, &resolve) else {

@@ -111,14 +111,8 @@ pub fn verify(
     let path = data_dir.join("bases.log");
     let stored = crate::crdt::basis::BasesFile::read(&path, &trainer.run())
         .map_err(|source| log::Error::Io { path, source })?;
-    let mut known: BTreeMap<[u8; crate::crdt::basis::PREFIX], Option<Origin>> = BTreeMap::new();
-    for o in vv.keys() {
-        known
-            .entry(crate::crdt::basis::prefix(o))
-            .and_modify(|e| *e = None)
-            .or_insert(Some(*o));
-    }
-    let resolve = |p: &[u8; crate::crdt::basis::PREFIX]| known.get(p).copied().flatten();
+    let known = crate::crdt::basis::Prefixes::of(vv.keys());
+    let resolve = |p: &[u8; crate::crdt::basis::PREFIX]| known.resolve(p);
     // Per origin: (first seq, updates, decoded bases), by first seq.
     let mut bases: BTreeMap<Origin, BTreeMap<u64, (u32, crate::crdt::basis::Bases)>> =
         BTreeMap::new();
