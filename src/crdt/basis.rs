@@ -111,12 +111,17 @@ pub fn encode(bases: &[VersionVector]) -> Vec<u8> {
     out
 }
 
-/// The decoded bases of a batch of `len` updates.
+/// The decoded bases of a batch of `len` updates: the first update's
+/// counts and the changes after it (memory linear in the bytes, whatever
+/// the batch length).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Bases {
+    len: usize,
     prefixes: Vec<[u8; PREFIX]>,
-    /// Counts per entry, per update (`len × n`).
-    counts: Vec<Vec<u64>>,
+    /// The first update's count per entry.
+    first: Vec<u64>,
+    /// `(update offset, entry, change)`, in update order.
+    changes: Vec<(usize, usize, i64)>,
 }
 
 /// Why bases did not decode.
@@ -131,94 +136,106 @@ fn bad(s: impl Into<String>) -> Error {
 /// Largest count a basis entry may hold.
 const MAX_COUNT: u64 = 1 << 48;
 
+/// A cursor over encoded bases.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn varint(&mut self, what: &str) -> Result<u64, Error> {
+        let (v, used) =
+            varint::decode(&self.b[self.at..]).map_err(|e| bad(format!("{what}: {e}")))?;
+        self.at += used;
+        Ok(v)
+    }
+
+    fn prefix(&mut self) -> Result<[u8; PREFIX], Error> {
+        let p = self
+            .b
+            .get(self.at..self.at + PREFIX)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(|| bad("truncated prefix"))?;
+        self.at += PREFIX;
+        Ok(p)
+    }
+}
+
 impl Bases {
     /// Decodes the bases of a batch of `len` updates; `max_entries` bounds
     /// the origins named.
     pub fn decode(bytes: &[u8], len: usize, max_entries: usize) -> Result<Self, Error> {
-        let mut at = 0usize;
-        let mut next = |what: &str| -> Result<u64, Error> {
-            let (v, used) =
-                varint::decode(&bytes[at..]).map_err(|e| bad(format!("{what}: {e}")))?;
-            at += used;
-            Ok(v)
-        };
-        let n = next("entries")? as usize;
+        let mut c = Cursor { b: bytes, at: 0 };
+        let n = c.varint("entries")? as usize;
         if n > max_entries || n.saturating_mul(PREFIX + 1) > bytes.len() {
             return Err(bad(format!("{n} entries")));
         }
         let mut prefixes = Vec::with_capacity(n);
-        let mut row = Vec::with_capacity(n);
+        let mut first = Vec::with_capacity(n);
         for _ in 0..n {
-            let p: [u8; PREFIX] = bytes
-                .get(at..at + PREFIX)
-                .and_then(|s| s.try_into().ok())
-                .ok_or_else(|| bad("truncated prefix"))?;
-            at += PREFIX;
-            prefixes.push(p);
-            let (c, used) = varint::decode(&bytes[at..]).map_err(|e| bad(format!("count: {e}")))?;
-            at += used;
-            if c > MAX_COUNT {
+            prefixes.push(c.prefix()?);
+            let count = c.varint("count")?;
+            if count > MAX_COUNT {
                 return Err(bad("count too large"));
             }
-            row.push(c);
+            first.push(count);
         }
         if prefixes.windows(2).any(|w| w[0] > w[1]) {
             return Err(bad("entries not in ascending order"));
         }
-        let mut next = |what: &str| -> Result<u64, Error> {
-            let (v, used) =
-                varint::decode(&bytes[at..]).map_err(|e| bad(format!("{what}: {e}")))?;
-            at += used;
-            Ok(v)
-        };
-        let m = next("changes")? as usize;
+        let m = c.varint("changes")? as usize;
         if m.saturating_mul(3) > bytes.len() {
             return Err(bad(format!("{m} changes")));
         }
-        let mut counts = Vec::with_capacity(len);
-        counts.push(row);
+        // Replayed on one row as they are read: every count stays in range.
+        let mut row = first.clone();
+        let mut changes = Vec::with_capacity(m);
         let mut offset = 0u64;
         for _ in 0..m {
-            offset = offset.saturating_add(next("gap")?);
-            let j = next("index")? as usize;
-            let d = unzigzag(next("change")?);
+            offset = offset.saturating_add(c.varint("gap")?);
+            let j = c.varint("index")? as usize;
+            let d = unzigzag(c.varint("change")?);
             if offset == 0 || offset as usize >= len {
                 return Err(bad(format!("change at update {offset} of {len}")));
             }
             if j >= n {
                 return Err(bad(format!("entry {j} of {n}")));
             }
-            while counts.len() <= offset as usize {
-                let last = counts.last().cloned().unwrap_or_default();
-                counts.push(last);
-            }
-            let c = &mut counts[offset as usize][j];
-            let v = (*c as i64)
+            let v = (row[j] as i64)
                 .checked_add(d)
                 .filter(|v| (0..=MAX_COUNT as i64).contains(v));
-            *c = v.ok_or_else(|| bad("a count leaves its range"))? as u64;
+            row[j] = v.ok_or_else(|| bad("a count leaves its range"))? as u64;
+            changes.push((offset as usize, j, d));
         }
-        if at != bytes.len() {
+        if c.at != bytes.len() {
             return Err(bad("trailing bytes"));
         }
-        while counts.len() < len {
-            let last = counts.last().cloned().unwrap_or_default();
-            counts.push(last);
-        }
-        Ok(Self { prefixes, counts })
+        Ok(Self {
+            len,
+            prefixes,
+            first,
+            changes,
+        })
     }
 
     /// The version vector update `i` of the batch was computed on, its
-    /// prefixes resolved by `resolve` (None: some prefix unknown or
-    /// ambiguous), without the origin's own entry.
+    /// prefixes resolved by `resolve` (None: past the batch, or some prefix
+    /// unknown or ambiguous), without the origin's own entry.
     pub fn at(
         &self,
         i: usize,
         resolve: &dyn Fn(&[u8; PREFIX]) -> Option<Origin>,
     ) -> Option<VersionVector> {
-        let row = self.counts.get(i)?;
+        if i >= self.len {
+            return None;
+        }
+        let mut row = self.first.clone();
+        for &(_, j, d) in self.changes.iter().take_while(|(at, _, _)| *at <= i) {
+            // In range: checked when decoded.
+            row[j] = (row[j] as i64 + d) as u64;
+        }
         let mut vv = VersionVector::new();
-        for (p, &c) in self.prefixes.iter().zip(row) {
+        for (p, &c) in self.prefixes.iter().zip(&row) {
             if c > 0 {
                 vv.insert(resolve(p)?, c);
             }
@@ -447,6 +464,31 @@ mod tests {
         let same = vec![vv(&[(1, 300)]); 25];
         assert_eq!(encode(&same).len(), 1 + 8 + 2 + 1);
         assert!(encode(&[]).is_empty());
+    }
+
+    /// The largest batch naming the most origins costs memory by its
+    /// bytes, not batch length × origins (that would be half a gigabyte).
+    #[test]
+    fn a_long_batch_naming_many_origins_stays_small() {
+        let many: VersionVector = (0..4000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (Origin(id), 1)
+            })
+            .collect();
+        let bytes = encode(std::slice::from_ref(&many));
+        let len = crate::net::wire::MAX_BATCH;
+        let b = Bases::decode(&bytes, len, 4096).unwrap();
+        assert_eq!(std::mem::size_of_val(b.changes.as_slice()), 0);
+        assert_eq!(b.first.len(), 4000);
+        let resolve = |p: &[u8; PREFIX]| {
+            let mut id = [0u8; 32];
+            id[..PREFIX].copy_from_slice(p);
+            Some(Origin(id))
+        };
+        assert_eq!(b.at(len - 1, &resolve), Some(many));
+        assert_eq!(b.at(len, &resolve), None);
     }
 
     #[test]
