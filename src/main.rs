@@ -484,18 +484,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(path) = seedlog {
                 let s = train::export_seedlog(&cfg, &data_dir, &path, signed)?;
                 drop(progress);
-                println!(
-                    "wrote the seed log {}: {} bytes for {} updates of {} origins ({} deltas, {} bytes){}, against {} bytes of f32 weights; digest {}",
-                    path.display(),
-                    s.bytes,
-                    s.updates,
-                    s.origins,
-                    s.deltas,
-                    s.delta_bytes,
-                    if s.signed { ", signed" } else { "" },
-                    s.model_bytes,
-                    &s.digest[..16]
-                );
+                println!("{}", s.line(&path));
                 if let Some(p) = summary {
                     write_json(&p, &s)?;
                 }
@@ -529,30 +518,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = Progress::spinner("loading the model and rechecking the update log");
             let s = train::verify(&cfg, &data_dir, origin, fraction, tolerance, &key)?;
             drop(progress);
-            for o in &s.origins {
-                println!(
-                    "origin {}: {} of {} updates rechecked: {} agree, {} disagree, {} inconclusive (|g| <= {:.2e}), {} without a known state; disagreement {:.1}%{}",
-                    &o.origin[..16],
-                    o.tally.checked,
-                    o.updates,
-                    o.tally.agreed,
-                    o.tally.disagreed,
-                    o.tally.inconclusive,
-                    s.floor,
-                    o.unverifiable,
-                    100.0 * o.tally.disagreement_rate(),
-                    match o.tally.flagged_after {
-                        Some(n) => format!(", FLAGGED after {n} checks"),
-                        None => String::new(),
-                    },
-                );
-            }
-            println!(
-                "{} origin(s) rechecked, {} flagged, {:.1}s",
-                s.origins.len(),
-                s.flagged.len(),
-                s.wall_seconds
-            );
+            print!("{}", s.report());
             if let Some(p) = summary {
                 write_json(&p, &s)?;
             }
@@ -570,17 +536,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let progress = Progress::spinner("loading the base model and replaying the seed log");
             let s = train::materialize(&file, base.as_deref(), &out)?;
             drop(progress);
-            println!(
-                "rebuilt {} updates of {} origins ({} signed), digest {} checked; wrote {} tensors to {} ({}), {:.1}s",
-                s.updates,
-                s.origins,
-                s.signed_origins,
-                &s.digest[..16],
-                s.tensors,
-                s.out,
-                s.format,
-                s.wall_seconds
-            );
+            println!("{}", s.line());
             if let Some(p) = summary {
                 write_json(&p, &s)?;
             }

@@ -45,6 +45,41 @@ pub struct MaterializeSummary {
     pub wall_seconds: f64,
 }
 
+impl SeedLogSummary {
+    /// What `export --seedlog` prints.
+    pub fn line(&self, path: &Path) -> String {
+        format!(
+            "wrote the seed log {}: {} bytes for {} updates of {} origins ({} deltas, {} bytes){}, against {} bytes of f32 weights; digest {}",
+            path.display(),
+            self.bytes,
+            self.updates,
+            self.origins,
+            self.deltas,
+            self.delta_bytes,
+            if self.signed { ", signed" } else { "" },
+            self.model_bytes,
+            &self.digest[..16]
+        )
+    }
+}
+
+impl MaterializeSummary {
+    /// What `materialize` prints.
+    pub fn line(&self) -> String {
+        format!(
+            "rebuilt {} updates of {} origins ({} signed), digest {} checked; wrote {} tensors to {} ({}), {:.1}s",
+            self.updates,
+            self.origins,
+            self.signed_origins,
+            &self.digest[..16],
+            self.tensors,
+            self.out,
+            self.format,
+            self.wall_seconds
+        )
+    }
+}
+
 /// Writes the update log of `data_dir` (with `signed`, the origins'
 /// signatures too) as a seed log at `out`; replays it first, so the file
 /// carries the digest it must give.

@@ -62,6 +62,38 @@ pub struct VerifySummary {
     pub wall_seconds: f64,
 }
 
+impl VerifySummary {
+    /// What `seedswarm verify` prints: a line per origin, then the totals.
+    pub fn report(&self) -> String {
+        let mut out = String::new();
+        for o in &self.origins {
+            out.push_str(&format!(
+                "origin {}: {} of {} updates rechecked: {} agree, {} disagree, {} inconclusive (|g| <= {:.2e}), {} without a known state; disagreement {:.1}%{}\n",
+                &o.origin[..16],
+                o.tally.checked,
+                o.updates,
+                o.tally.agreed,
+                o.tally.disagreed,
+                o.tally.inconclusive,
+                self.floor,
+                o.unverifiable,
+                100.0 * o.tally.disagreement_rate(),
+                match o.tally.flagged_after {
+                    Some(n) => format!(", FLAGGED after {n} checks"),
+                    None => String::new(),
+                },
+            ));
+        }
+        out.push_str(&format!(
+            "{} origin(s) rechecked, {} flagged, {:.1}s\n",
+            self.origins.len(),
+            self.flagged.len(),
+            self.wall_seconds
+        ));
+        out
+    }
+}
+
 /// Rechecks `fraction` of the one-byte updates of the log in `data_dir`
 /// (of `origin`, or of every origin; delta updates are not checked), each
 /// on the state it was computed on: the bases its batch carried, which a
