@@ -232,6 +232,17 @@ pub struct NodeSettings {
     pub bootstrap: Vec<String>,
     /// Discover peers on the LAN by mDNS.
     pub mdns: bool,
+    /// Addresses this node is known to be reachable at from outside (a
+    /// public IP, a forwarded port): announced to peers as confirmed,
+    /// without waiting for AutoNAT.
+    pub external_addresses: Vec<String>,
+    /// Relays (multiaddrs ending with `/p2p/<peer id>` of nodes run with
+    /// `relay_server`) to reserve a slot at while this node is not known
+    /// to be public; bootstrap peers that serve relays are used as well.
+    pub relays: Vec<String>,
+    /// Serve circuit relay v2 for peers behind NATs (a node with a public
+    /// address: a bootstrap node, say).
+    pub relay_server: bool,
     /// Own updates are batched into one gossip message per this many milliseconds.
     pub publish_ms: u64,
     /// ... or as soon as this many are waiting (bounds how stale peers' views get).
@@ -315,6 +326,9 @@ impl Default for NodeSettings {
             ],
             bootstrap: Vec::new(),
             mdns: true,
+            external_addresses: Vec::new(),
+            relays: Vec::new(),
+            relay_server: false,
             publish_ms: 250,
             publish_max: 256,
             heartbeat_ms: 1000,
@@ -460,6 +474,8 @@ impl Config {
         for (field, list) in [
             ("listen", &self.node.listen),
             ("bootstrap", &self.node.bootstrap),
+            ("external_addresses", &self.node.external_addresses),
+            ("relays", &self.node.relays),
         ] {
             for (i, a) in list.iter().enumerate() {
                 if let Err(e) = a.parse::<libp2p::Multiaddr>() {

@@ -222,6 +222,18 @@ enum Command {
         /// Peer to dial at start (repeatable; adds to node.bootstrap).
         #[arg(long)]
         bootstrap: Vec<String>,
+        /// An address this node is known to be reachable at from outside,
+        /// e.g. a public IP with a forwarded port (repeatable; adds to
+        /// node.external_addresses).
+        #[arg(long = "external-address")]
+        external_address: Vec<String>,
+        /// A relay to reserve a slot at while not known to be public,
+        /// ending with /p2p/<peer id> (repeatable; adds to node.relays).
+        #[arg(long)]
+        relay: Vec<String>,
+        /// Serve circuit relay v2 for peers behind NATs (node.relay_server).
+        #[arg(long)]
+        relay_server: bool,
         /// Node key, update log and status.json live here; a restart resumes.
         #[arg(long, env = "SEEDSWARM_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -596,6 +608,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             listen,
             bootstrap,
+            external_address,
+            relay,
+            relay_server,
             data_dir,
             max_updates,
             duration,
@@ -623,6 +638,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if let Some(s) = max_staleness {
                     cfg.node.max_staleness = s;
                 }
+                cfg.node.external_addresses.extend(external_address);
+                cfg.node.relays.extend(relay);
+                cfg.node.relay_server |= relay_server;
                 cfg
             },
             http,

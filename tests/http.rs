@@ -139,6 +139,9 @@ async fn status_command_checks_the_whole_swarm() {
     .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
+    // Reachability: each node has one direct connection, none relayed.
+    assert!(text.contains("reach (dir/rel)"), "{text}");
+    assert_eq!(text.matches(" 1/0 ").count(), 2, "{text}");
     assert!(
         text.contains("2/2 reachable; 1 version vector(s); digests agree"),
         "{text}"
@@ -258,6 +261,11 @@ async fn dashboard_opened_mid_run_draws_the_whole_run_and_the_swarm() {
     };
     // The history drawn on opening reaches back to the run's first sample.
     let history_points = num("<body", "data-history-points");
+    let reach = attr("id=\"reach\"", "data-state");
+    assert!(
+        matches!(reach.as_deref(), Some("unknown" | "public" | "private")),
+        "reachability drawn: {reach:?}"
+    );
     assert!(
         history_points >= 10.0,
         "{history_points} history points drawn"

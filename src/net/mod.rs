@@ -12,6 +12,7 @@
 
 pub mod bandwidth;
 pub mod limits;
+pub mod nat;
 pub mod psk;
 pub mod wire;
 
@@ -28,8 +29,8 @@ use libp2p::metrics::Registry;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify, kad, mdns, noise, ping, pnet, quic,
-    request_response, tcp, yamux,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise,
+    ping, pnet, quic, relay, request_response, tcp, yamux,
 };
 use libp2p::{PeerId, StreamProtocol, Swarm};
 use std::path::Path;
@@ -80,6 +81,16 @@ pub struct Behaviour {
     pub per_ip: limits::PerIp,
     /// Established connections in all and per peer, pending ones.
     pub limits: connection_limits::Behaviour,
+    /// Circuit relay v2 server (`node.relay_server`; off by default).
+    pub relay: Toggle<relay::Behaviour>,
+    /// Circuit relay v2 client: reservations at relays, relayed dials.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching over relayed connections.
+    pub dcutr: dcutr::Behaviour,
+    /// AutoNAT v2: asks peers to dial this node's candidate addresses back.
+    pub autonat: autonat::v2::client::Behaviour,
+    /// AutoNAT v2: dials peers' candidate addresses back for them.
+    pub autonat_server: autonat::v2::server::Behaviour,
     /// Update batches and heartbeats.
     pub gossipsub: gossipsub::Behaviour,
     /// Log-range transfer.
@@ -106,6 +117,8 @@ pub struct Access {
     pub allow: Vec<PeerId>,
     /// Peers never dialed or accepted.
     pub deny: Vec<PeerId>,
+    /// Serve circuit relay v2 for peers behind NATs ([`nat::relay_config`]).
+    pub relay_server: bool,
 }
 
 /// Whether `addr` is a QUIC address (there is no pre-shared key for QUIC).
@@ -344,8 +357,12 @@ pub fn build_with(
                 .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { e.into() })
         })
         .map_err(|e| b(&e))?
+        // Relayed connections: noise and yamux inside the circuit (a private
+        // swarm's relay is reached over pnet already).
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| b(&e))?
         .with_behaviour(
-            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let peer = key.public().to_peer_id();
                 let config = gossipsub::ConfigBuilder::default()
                     .validation_mode(gossipsub::ValidationMode::Strict)
@@ -422,7 +439,10 @@ pub fn build_with(
                 let identify = identify::Behaviour::new(
                     identify::Config::new("/seedswarm/1".into(), key.public())
                         .with_agent_version(format!("seedswarm/{}", env!("CARGO_PKG_VERSION")))
-                        .with_interval(Duration::from_secs(60)),
+                        .with_interval(Duration::from_secs(60))
+                        // New listen addresses (a relay reservation, say)
+                        // reach peers at once, not at the next interval.
+                        .with_push_listen_addr_updates(true),
                 );
                 let ping = ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_secs(10)),
@@ -466,6 +486,15 @@ pub fn build_with(
                     limits: access.limits.behaviour(),
                     per_ip: limits::PerIp::new(access.limits.max_connections_per_ip),
                     allowed: Toggle::from(allowed),
+                    relay: Toggle::from(
+                        access
+                            .relay_server
+                            .then(|| relay::Behaviour::new(peer, nat::relay_config())),
+                    ),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(peer),
+                    autonat: autonat::v2::client::Behaviour::default(),
+                    autonat_server: autonat::v2::server::Behaviour::default(),
                 })
             },
         )

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod blocking;
 mod compute;
+mod nat;
 mod report;
 mod shell;
 
@@ -75,6 +76,10 @@ pub struct Options {
     pub listen: Vec<Multiaddr>,
     /// Peers to dial at start (and add to Kademlia).
     pub bootstrap: Vec<Multiaddr>,
+    /// Addresses known to reach this node from outside (`node.external_addresses`).
+    pub external_addresses: Vec<Multiaddr>,
+    /// Relays to reserve a slot at while not known to be public (`node.relays`).
+    pub relays: Vec<(PeerId, Multiaddr)>,
     /// Keeps node.key and updates.log; resumes from them.
     pub data_dir: Option<PathBuf>,
     /// Identity to use when there is no data dir (tests); else generated.
@@ -171,6 +176,17 @@ impl Options {
         Ok(Self {
             listen: addrs("listen", &n.listen)?,
             bootstrap: addrs("bootstrap", &n.bootstrap)?,
+            external_addresses: addrs("external_addresses", &n.external_addresses)?,
+            relays: addrs("relays", &n.relays)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| match a.iter().last() {
+                    Some(libp2p::multiaddr::Protocol::P2p(peer)) => Ok((peer, a)),
+                    _ => Err(format!(
+                        "node.relays[{i}] must end with the relay's /p2p/<peer id> ({a})"
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
             data_dir: None,
             key: None,
             max_updates: None,
@@ -222,6 +238,7 @@ fn access(n: &NodeSettings) -> Result<net::Access, String> {
         },
         allow: n.peer_ids("allow", &n.allow)?,
         deny: n.peer_ids("deny", &n.deny)?,
+        relay_server: n.relay_server,
     })
 }
 
@@ -499,6 +516,9 @@ async fn start(
             reason: e.to_string(),
         })?;
     }
+    for addr in &opts.external_addresses {
+        swarm.add_external_address(addr.clone());
+    }
     // Wait until every listener reports its address.
     let mut listen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -645,6 +665,7 @@ async fn start(
         finished: false,
         failure: None,
         refused: Default::default(),
+        nat: nat::Nat::new(&opts.relays, &opts.external_addresses),
     };
     let (stop_tx, stop_rx) = oneshot::channel();
     let task = tokio::spawn(shell.run(stop_rx, control_rx, from_compute, done_rx, compute));

@@ -74,6 +74,9 @@ pub struct Status {
     /// `denied_peer` (`node.deny`, bans), `not_allowed` (not in
     /// `node.allow`), `connection_limit`, `per_ip_limit`.
     pub connections_refused: BTreeMap<String, u64>,
+    /// Whether peers can dial this node (AutoNAT), its relays, direct and
+    /// relayed connections, hole punches, and advice when unreachable.
+    pub reachability: crate::net::nat::Report,
 }
 
 /// One peer as this node knows it from its last heartbeat.
@@ -244,6 +247,7 @@ pub(super) fn gauges<P: Peer, M: Clone + Debug, C: Debug>(
     s.backlog.set(status.backlog as i64);
     s.updates_applied.set(status.updates_applied as i64);
     s.version_vector_lag.set(core.lag() as i64);
+    s.reach(&status.reachability);
     if let Some(st) = core.state() {
         s.loss.set(f64::from(st.loss));
         if let Some(e) = st.eval {
@@ -282,6 +286,7 @@ pub(super) struct Swarm {
     pub rates: (f64, f64, f64),
     /// Connections refused, by reason.
     pub refused: BTreeMap<String, u64>,
+    pub reachability: crate::net::nat::Report,
 }
 
 /// The status of a node now.
@@ -347,6 +352,7 @@ pub(super) fn status<P: Peer + Display, M: Clone + Debug, C: Debug>(
             .collect(),
         swarm: swarm_peers(core, now),
         connections_refused: sw.refused,
+        reachability: sw.reachability,
     }
 }
 

@@ -72,6 +72,8 @@ pub(super) struct Shell {
     pub(super) failure: Option<String>,
     /// Connections refused or failed in their handshake, by reason.
     pub(super) refused: std::collections::BTreeMap<String, u64>,
+    /// Relays, reachability, relayed connections.
+    pub(super) nat: super::nat::Nat,
 }
 
 impl Shell {
@@ -128,6 +130,7 @@ impl Shell {
                     self.share_progress();
                 }
                 _ = status.tick() => {
+                    self.nat.maintain(&mut self.swarm, Instant::now());
                     self.publish_status();
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -378,6 +381,9 @@ impl Shell {
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         self.metrics.record(&event);
+        if let Some((peer, only)) = self.nat.on_event(&mut self.swarm, &self.series, &event) {
+            self.input(Input::Relayed { peer, only });
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => {
                 self.metrics.record(&ev);
@@ -409,6 +415,8 @@ impl Shell {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ev)) => self.metrics.record(&ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => self.metrics.record(&ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => self.metrics.record(&ev),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.metrics.record(&ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 for (peer, addr) in list {
@@ -535,6 +543,7 @@ impl Shell {
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             rates: self.rates.sample(now, applied, bytes),
             refused: self.refused.clone(),
+            reachability: self.nat.report(&self.listen),
         };
         let status = report::status(&self.core, swarm, now);
         report::gauges(&self.series, &self.core, &status);

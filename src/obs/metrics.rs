@@ -36,6 +36,24 @@ pub struct Recheck {
     pub verdict: String,
 }
 
+/// Label of a reachability state (`public`, `private`, `unknown`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reach {
+    pub state: String,
+}
+
+/// Label of a connection kind (`direct`, `relayed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Link {
+    pub kind: String,
+}
+
+/// Label of an outcome (`ok`, `failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub result: String,
+}
+
 /// All of seedswarm's series.
 #[derive(Clone, Debug)]
 pub struct Series {
@@ -56,6 +74,9 @@ pub struct Series {
     pub version_vector_lag: Gauge,
     pub digest_mismatches: Counter,
     pub rechecks: Family<Recheck, Counter>,
+    pub reachability: Family<Reach, Gauge>,
+    pub connections: Family<Link, Gauge>,
+    pub hole_punches: Family<Outcome, Counter>,
 }
 
 fn seconds() -> Histogram {
@@ -83,6 +104,9 @@ impl Series {
             version_vector_lag: Gauge::default(),
             digest_mismatches: Counter::default(),
             rechecks: Family::default(),
+            reachability: Family::default(),
+            connections: Family::default(),
+            hole_punches: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("seedswarm");
         r.register(
@@ -162,7 +186,42 @@ impl Series {
             "Foreign one-byte updates recomputed on their state, by origin and verdict",
             s.rechecks.clone(),
         );
+        r.register(
+            "reachability",
+            "1 for this node's reachability from outside (public, private, unknown), 0 for the others",
+            s.reachability.clone(),
+        );
+        r.register(
+            "connections",
+            "Open connections, direct or through a relay",
+            s.connections.clone(),
+        );
+        r.register(
+            "hole_punches",
+            "Hole punches (DCUtR) over relayed connections, by result",
+            s.hole_punches.clone(),
+        );
         s
+    }
+
+    /// Sets the reachability and connection gauges from a report.
+    pub fn reach(&self, r: &crate::net::nat::Report) {
+        use crate::net::nat::State;
+        for st in [State::Unknown, State::Public, State::Private] {
+            self.reachability
+                .get_or_create(&Reach {
+                    state: st.as_str().into(),
+                })
+                .set(i64::from(st == r.state));
+        }
+        for (kind, n) in [
+            ("direct", r.direct_connections),
+            ("relayed", r.relayed_connections),
+        ] {
+            self.connections
+                .get_or_create(&Link { kind: kind.into() })
+                .set(n as i64);
+        }
     }
 
     /// Counts payload bytes.

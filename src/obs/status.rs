@@ -18,6 +18,8 @@ pub struct Report {
     pub mismatches: usize,
     /// (node, origin) pairs where the node's spot checks flagged the origin.
     pub flagged: usize,
+    /// Nodes that cannot be dialed from outside and were told what to do.
+    pub advice: usize,
 }
 
 /// Polls every URL (a node's base URL or its `/status`) and renders the table.
@@ -66,10 +68,21 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
     };
     let _ = writeln!(
         rep.table,
-        "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8} {:>7} {:>11} {:<14} state",
-        "node", "peer", "peers", "own", "applied", "backlog", "loss", "acc", "checks ok", "digest"
+        "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8} {:>7} {:>11} {:<14} {:<16} state",
+        "node",
+        "peer",
+        "peers",
+        "own",
+        "applied",
+        "backlog",
+        "loss",
+        "acc",
+        "checks ok",
+        "digest",
+        "reach (dir/rel)"
     );
     let mut flagged: Vec<String> = Vec::new();
+    let mut advice: Vec<String> = Vec::new();
     for (url, r) in &rows {
         match r {
             Ok(s) => {
@@ -98,9 +111,13 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
                         ));
                     }
                 }
+                let r = &s.reachability;
+                if let Some(a) = &r.advice {
+                    advice.push(format!("{}: {a}", truncate(url, 40)));
+                }
                 let _ = writeln!(
                     rep.table,
-                    "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8.4} {:>7} {:>11} {:<14} {}",
+                    "{:<28} {:<10} {:>5} {:>7} {:>9} {:>7} {:>8.4} {:>7} {:>11} {:<14} {:<16} {}",
                     truncate(url, 28),
                     truncate(
                         s.peer_id
@@ -117,6 +134,12 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
                         .map_or("-".into(), |a| format!("{:.1}%", 100.0 * a)),
                     format!("{agreed}/{checked}"),
                     s.digest.get(..12).unwrap_or("-"),
+                    format!(
+                        "{} {}/{}",
+                        r.state.as_str(),
+                        r.direct_connections,
+                        r.relayed_connections
+                    ),
                     if s.mode == "first-order" {
                         format!("{flag} (first-order)")
                     } else {
@@ -130,9 +153,10 @@ pub fn poll_with(urls: &[String], timeout: Duration, token: Option<&str>) -> Rep
             }
         }
     }
-    for f in &flagged {
+    for f in flagged.iter().chain(&advice) {
         let _ = writeln!(rep.table, "{f}");
     }
+    rep.advice = advice.len();
     rep.flagged = flagged.len();
     let reachable = rows.iter().filter(|(_, r)| r.is_ok()).count();
     let _ = writeln!(
@@ -185,6 +209,10 @@ fn status_from_json(v: &serde_json::Value) -> Status {
         settled: v.get("settled").and_then(|x| x.as_bool()).unwrap_or(false),
         rechecks: v
             .get("rechecks")
+            .and_then(|x| serde_json::from_value(x.clone()).ok())
+            .unwrap_or_default(),
+        reachability: v
+            .get("reachability")
             .and_then(|x| serde_json::from_value(x.clone()).ok())
             .unwrap_or_default(),
         ..Status::default()

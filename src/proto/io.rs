@@ -210,6 +210,16 @@ pub enum Input<P, M, C> {
     },
     /// Stop talking to this peer (blocked, partitioned).
     Forget(P),
+    /// Whether a peer is now reachable only through relays (`true`) or
+    /// again directly (`false`). Snapshots, the only bulk transfer, are
+    /// asked of direct peers alone; a joiner that knows only relayed peers
+    /// replays (a byte per update) instead.
+    Relayed {
+        /// The peer.
+        peer: P,
+        /// Only relayed connections are open to it.
+        only: bool,
+    },
     /// Leave the swarm: flush own updates, announce it.
     Leave,
 }

@@ -37,6 +37,8 @@ pub enum Mode {
 
 /// Regenerate-and-apply throughput assumed for the estimate (param-updates/s).
 const APPLY_RATE: f64 = 2e9;
+/// How long a joiner that knows only relayed peers waits for a direct one.
+pub const RELAYED_WAIT: Duration = Duration::from_secs(10);
 /// Network throughput assumed for the estimate (bytes/s).
 const LINK_RATE: f64 = 50e6;
 /// Requests in flight per peer while fetching chunks.
@@ -192,6 +194,23 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
     pub fn seconds(&self) -> Option<f64> {
         self.finished
             .map(|f| f.duration_since(self.started).as_secs_f64())
+    }
+
+    /// Still deciding how to join (no offer asked yet).
+    pub fn waiting(&self) -> bool {
+        matches!(self.phase, Phase::Waiting { .. })
+    }
+
+    /// Every peer known is reachable only through a relay: a snapshot would
+    /// go through it, so after [`RELAYED_WAIT`] without a direct peer (a
+    /// hole punch takes a second or two) the joiner replays instead.
+    pub fn relayed_only(&mut self, now: Instant) {
+        if let Phase::Waiting { since } = self.phase {
+            if now.duration_since(since) > RELAYED_WAIT {
+                tracing::info!("only relayed peers: joining by replay");
+                self.finish("replay", now);
+            }
+        }
     }
 
     fn finish(&mut self, chosen: &'static str, now: Instant) {

@@ -156,6 +156,9 @@ pub struct Core<P, M, C> {
     offer_waiting: Vec<(VersionVector, C)>,
     snapshot_inflight: bool,
     peers_seen: HashSet<P>,
+    /// Peers reachable only through relays (as the shell says: bounded by
+    /// its connections).
+    relayed: HashSet<P>,
     /// Peers that served forged data, oldest first.
     banned: VecDeque<P>,
     /// When each exclusion's proof was last published.
@@ -218,6 +221,7 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             offer_waiting: Vec::new(),
             snapshot_inflight: false,
             peers_seen: HashSet::new(),
+            relayed: HashSet::new(),
             banned: VecDeque::new(),
             proof_sent: HashMap::new(),
             fingerprints_asked: HashMap::new(),
@@ -304,6 +308,14 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
             Input::Forget(p) => {
                 self.repair.forget(&p);
                 self.fingerprints_asked.remove(&p);
+                self.relayed.remove(&p);
+            }
+            Input::Relayed { peer, only } => {
+                if only {
+                    self.relayed.insert(peer);
+                } else {
+                    self.relayed.remove(&peer);
+                }
             }
             Input::Leave => {
                 self.flush_outbox();
@@ -564,6 +576,17 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         // Sorted: the core decides the same way whatever the hash order.
         let mut peers: Vec<P> = self.repair.peers().keys().cloned().collect();
         peers.sort();
+        // Snapshots come over direct connections only.
+        let relayed = peers.len();
+        peers.retain(|p| !self.relayed.contains(p));
+        if peers.is_empty() && relayed > 0 && self.join.waiting() {
+            self.join.relayed_only(now);
+            if was && !self.join.active() {
+                let chosen = self.join.chosen;
+                self.event(Event::Joined(chosen));
+            }
+            return;
+        }
         let best: u64 = self.repair.best().values().sum();
         let params = self.settings.shapes.iter().map(|(_, n)| *n as usize).sum();
         let views = self.repair.peers();

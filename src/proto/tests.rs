@@ -516,3 +516,104 @@ fn bad_bases_are_counted_and_not_kept() {
     assert_eq!(c.checks_waiting(), 0);
     assert_eq!(c.log().next_seq(&signer(2).origin()), 2);
 }
+
+/// A heartbeat announcing `n` updates of origin 9.
+fn announce(c: &mut Core<u8, u64, u64>, t: Instant, peer: u8, counter: u64, n: u64) {
+    let hb = Heartbeat {
+        vv: vec![(signer(9).origin(), n)],
+        digest: [0; 32],
+        done: false,
+        leaving: false,
+        loss: 0.0,
+        backlog: 0,
+        mode: Default::default(),
+        epoch: 1,
+        counter,
+    };
+    c.handle(
+        t,
+        Input::Gossip {
+            id: 1000 * u64::from(peer) + counter,
+            from: peer,
+            source: Some(peer),
+            topic: Some(Topic::Status),
+            data: hb.encode(),
+        },
+    );
+}
+
+fn offers_to(out: &[Output<u8, u64, u64>]) -> Vec<u8> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send {
+                to,
+                request: wire::Request::Offer { .. },
+                ..
+            } => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn snapshots_are_asked_of_direct_peers_only() {
+    let (mut c, t0) = core(1, join::Mode::Snapshot);
+    for p in [2, 3] {
+        c.handle(
+            t0,
+            Input::Relayed {
+                peer: p,
+                only: true,
+            },
+        );
+    }
+    let mut t = t0;
+    for k in 0..4 {
+        t += Duration::from_millis(500);
+        announce(&mut c, t, 2, k, 50);
+        announce(&mut c, t, 3, k, 50);
+        c.handle(t, Input::Tick);
+    }
+    assert!(
+        offers_to(&drain(&mut c)).is_empty(),
+        "no snapshot through a relay"
+    );
+    // Peer 3 was hole punched: it alone is asked.
+    c.handle(
+        t,
+        Input::Relayed {
+            peer: 3,
+            only: false,
+        },
+    );
+    t += Duration::from_millis(100);
+    c.handle(t, Input::Tick);
+    assert_eq!(offers_to(&drain(&mut c)), vec![3]);
+}
+
+#[test]
+fn a_joiner_that_knows_only_relayed_peers_replays() {
+    let (mut c, t0) = core(1, join::Mode::Snapshot);
+    c.handle(
+        t0,
+        Input::Relayed {
+            peer: 2,
+            only: true,
+        },
+    );
+    let mut t = t0;
+    for k in 0..24 {
+        t += Duration::from_millis(500);
+        announce(&mut c, t, 2, k, 50);
+        c.handle(t, Input::Tick);
+    }
+    let events: Vec<_> = std::iter::from_fn(|| c.poll()).collect();
+    assert!(offers_to(&events).is_empty());
+    assert!(
+        events
+            .iter()
+            .any(|o| matches!(o, Output::Event(Event::Joined("replay")))),
+        "after {:?} without a direct peer it replays",
+        join::RELAYED_WAIT
+    );
+}
