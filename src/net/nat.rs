@@ -47,6 +47,16 @@ pub fn relay_config() -> relay::Config {
     }
 }
 
+/// Whether `addr` is a direct IP address with a port: what reachability
+/// is about (AutoNAT also tests the odd candidates that identify reports
+/// over relayed connections: circuit addresses, a bare `/p2p/<id>`).
+pub fn is_direct_ip(addr: &Multiaddr) -> bool {
+    let mut it = addr.iter();
+    matches!(it.next(), Some(Protocol::Ip4(_) | Protocol::Ip6(_)))
+        && matches!(it.next(), Some(Protocol::Tcp(_) | Protocol::Udp(_)))
+        && !is_circuit(addr)
+}
+
 /// Whether `addr` goes through a relay (`/p2p-circuit`).
 pub fn is_circuit(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
@@ -107,6 +117,9 @@ pub struct Report {
     pub hole_punch_failed: u64,
     /// One line for the operator when the node cannot be dialed directly.
     pub advice: Option<String>,
+    /// Per peer id, how it was last connected: "direct", "relayed" or
+    /// "hole punched".
+    pub links: BTreeMap<String, String>,
 }
 
 /// What the node knows of its reachability, fed by the swarm's events.
@@ -123,7 +136,7 @@ impl Reachability {
     /// An address was confirmed external (AutoNAT, the operator, a relay
     /// reservation: circuit addresses are kept apart).
     pub fn confirmed(&mut self, addr: Multiaddr) {
-        if !is_circuit(&addr) {
+        if is_direct_ip(&addr) {
             self.failed.remove(&addr);
             self.confirmed.insert(addr);
         }
@@ -136,7 +149,7 @@ impl Reachability {
 
     /// A peer could not dial `addr` back.
     pub fn failed(&mut self, addr: Multiaddr) {
-        if !self.confirmed.contains(&addr) {
+        if is_direct_ip(&addr) && !self.confirmed.contains(&addr) {
             self.failed.insert(addr);
         }
     }
@@ -182,19 +195,17 @@ impl Reachability {
     /// on (`listen`: its listen addresses), or reserve at a relay.
     pub fn report(&self, listen: &[Multiaddr], direct: usize, relayed: usize) -> Report {
         let state = self.state();
-        let port = listen.iter().find_map(|a| {
-            let mut proto = None;
-            for p in a.iter() {
-                match p {
-                    Protocol::Tcp(port) if port != 0 => proto = Some(("TCP", port)),
-                    Protocol::Udp(port) if port != 0 && proto.is_none() => {
-                        proto = Some(("UDP", port))
-                    }
-                    _ => {}
-                }
-            }
-            proto.filter(|_| !is_circuit(a))
-        });
+        // The port to forward: TCP if the node listens on one, else UDP.
+        let port = |want: &'static str| {
+            listen.iter().filter(|a| !is_circuit(a)).find_map(|a| {
+                a.iter().find_map(|p| match p {
+                    Protocol::Tcp(port) if port != 0 && want == "TCP" => Some((want, port)),
+                    Protocol::Udp(port) if port != 0 && want == "UDP" => Some((want, port)),
+                    _ => None,
+                })
+            })
+        };
+        let port = port("TCP").or_else(|| port("UDP"));
         let forward = match port {
             Some((proto, port)) => format!(
                 "forward {proto} port {port} on your router to this machine and run with --external-address /ip4/<public ip>/{}/{port}",
@@ -227,6 +238,7 @@ impl Reachability {
             hole_punched: self.hole_punched,
             hole_punch_failed: self.hole_punch_failed,
             advice,
+            links: BTreeMap::new(),
         }
     }
 }
@@ -282,5 +294,25 @@ mod tests {
         r.failed(a("/ip4/203.0.113.7/tcp/39000"));
         let advice = r.report(&[a("/ip4/0.0.0.0/tcp/0")], 0, 0).advice.unwrap();
         assert!(advice.contains("fixed port"), "{advice}");
+        // TCP is preferred, whatever the order of the listen addresses.
+        let listen = [
+            a("/ip4/0.0.0.0/udp/4002/quic-v1"),
+            a("/ip4/0.0.0.0/tcp/4001"),
+        ];
+        let advice = r.report(&listen, 0, 0).advice.unwrap();
+        assert!(advice.contains("TCP port 4001"), "{advice}");
+    }
+
+    #[test]
+    fn only_direct_ip_addresses_count() {
+        let mut r = Reachability::default();
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        r.failed(Multiaddr::empty().with(Protocol::P2p(peer)));
+        r.failed(circuit_listen_addr(&a("/ip4/198.51.100.1/tcp/4001"), peer));
+        assert_eq!(r.state(), State::Unknown);
+        r.failed(a("/ip6/2001:db8::1/udp/4001/quic-v1"));
+        assert_eq!(r.state(), State::Private);
     }
 }

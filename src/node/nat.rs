@@ -13,8 +13,19 @@ use libp2p::{autonat, dcutr, identify, relay, Multiaddr, PeerId, Swarm};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// A relay whose reservation failed is tried again after this long.
+/// A relay whose reservation failed is tried again after this long; a
+/// peer dialed through relays is dialed again no sooner than this.
 const RETRY: Duration = Duration::from_secs(30);
+/// Most peers dialed through relays per maintenance round.
+const DIALS_PER_ROUND: usize = 8;
+/// A peer whose hole punch failed is reached through a fresh relayed
+/// connection (and so punched again) after this long, at most
+/// [`PUNCH_TRIES`] times in all: the first punch often comes before either
+/// side knows its observed addresses.
+const PUNCH_RETRY: Duration = Duration::from_secs(5);
+const PUNCH_TRIES: u32 = 4;
+/// Most peers whose link kind is remembered.
+const MAX_LINKS: usize = 1024;
 
 /// A change the protocol core is told of: whether a peer is now reachable
 /// only through relays.
@@ -34,6 +45,13 @@ pub(super) struct Nat {
     conns: HashMap<ConnectionId, (PeerId, bool)>,
     /// The address this node dialed each peer at, directly.
     dialed: HashMap<PeerId, Multiaddr>,
+    /// Per peer, how it was last connected: "relayed", "direct", or
+    /// "hole punched" (direct, by DCUtR over a relayed connection).
+    links: BTreeMap<PeerId, &'static str>,
+    /// When each peer heard of but not connected was last dialed through relays.
+    relay_dials: HashMap<PeerId, Instant>,
+    /// Per peer, failed hole punches and when the last one ended.
+    punches: HashMap<PeerId, (u32, Instant)>,
 }
 
 impl Nat {
@@ -80,6 +98,7 @@ impl Nat {
                 let before = self.only_relayed(peer_id);
                 let relayed = endpoint.is_relayed();
                 self.conns.insert(*connection_id, (*peer_id, relayed));
+                self.link(*peer_id, if relayed { "relayed" } else { "direct" });
                 if !relayed {
                     if endpoint.is_dialer() {
                         self.dialed
@@ -175,6 +194,16 @@ impl Nat {
                     })
                     .inc();
                 self.reach.hole_punch(result == "ok");
+                if result == "ok" {
+                    self.link(*remote_peer_id, "hole punched");
+                    self.punches.remove(remote_peer_id);
+                } else if self.punches.len() < MAX_LINKS {
+                    let e = self
+                        .punches
+                        .entry(*remote_peer_id)
+                        .or_insert((0, Instant::now()));
+                    *e = (e.0 + 1, Instant::now());
+                }
                 None
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::v2::client::Event {
@@ -204,9 +233,110 @@ impl Nat {
         }
     }
 
+    /// Remembers how `peer` is connected: a direct link made by hole
+    /// punching stays "hole punched"; a relayed one does not overwrite a
+    /// direct one while that is open.
+    fn link(&mut self, peer: PeerId, kind: &'static str) {
+        if self.links.len() >= MAX_LINKS && !self.links.contains_key(&peer) {
+            return;
+        }
+        let direct_open = self.only_relayed(&peer) == Some(false);
+        let e = self.links.entry(peer).or_insert(kind);
+        match (kind, *e) {
+            ("direct", "hole punched") => {}
+            ("relayed", _) if direct_open => {}
+            _ => *e = kind,
+        }
+    }
+
+    /// Closes the relayed connections of peers whose hole punch failed a
+    /// while ago (fewer than [`PUNCH_TRIES`] times), so that the next round
+    /// of [`Nat::reach_peers`] dials them through the relay again and DCUtR
+    /// gets another go, with the addresses both sides have learned since.
+    fn punch_again(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
+        let due: Vec<PeerId> = self
+            .punches
+            .iter()
+            .filter(|(p, (n, t))| {
+                *n < PUNCH_TRIES
+                    && now.duration_since(*t) >= PUNCH_RETRY
+                    && self.only_relayed(p) == Some(true)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in due {
+            tracing::debug!(%peer, "hole punch failed: reconnecting through the relay to punch again");
+            let ids: Vec<ConnectionId> = self
+                .conns
+                .iter()
+                .filter(|(_, (p, r))| *p == peer && *r)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                swarm.close_connection(id);
+            }
+            self.relay_dials.remove(&peer);
+            if let Some(e) = self.punches.get_mut(&peer) {
+                e.1 = now;
+            }
+        }
+        self.punches
+            .retain(|p, (n, _)| *n < PUNCH_TRIES || self.conns.values().any(|(q, _)| q == p));
+    }
+
+    /// Dials, through every relay this node knows, the peers it hears of
+    /// (by their heartbeats) but is not connected to: behind a NAT nobody
+    /// else would dial them, and the relayed connection is what hole
+    /// punching starts from. Nothing without relays (a LAN or loopback
+    /// swarm connects as before).
+    pub fn reach_peers(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        heard: impl Iterator<Item = PeerId>,
+        now: Instant,
+    ) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let heard: Vec<PeerId> = heard.collect();
+        self.relay_dials.retain(|p, _| heard.contains(p));
+        let mut dialed = 0;
+        for peer in heard {
+            if dialed >= DIALS_PER_ROUND {
+                break;
+            }
+            if swarm.is_connected(&peer)
+                || self.relays.contains_key(&peer)
+                || self
+                    .relay_dials
+                    .get(&peer)
+                    .is_some_and(|t| now.duration_since(*t) < RETRY)
+            {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = self
+                .relays
+                .iter()
+                .map(|(r, (a, _))| {
+                    nat::circuit_listen_addr(a, *r).with(libp2p::multiaddr::Protocol::P2p(peer))
+                })
+                .collect();
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .extend_addresses_through_behaviour()
+                .build();
+            if let Err(e) = swarm.dial(opts) {
+                tracing::debug!(%peer, error = %e, "dial through relays failed");
+            }
+            self.relay_dials.insert(peer, now);
+            dialed += 1;
+        }
+    }
+
     /// Reserves at relays while the node is not known to be public (up to
     /// [`MAX_RESERVATIONS`], configured relays first), drops them once it is.
     pub fn maintain(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
+        self.punch_again(swarm, now);
         if self.reach.state() == State::Public {
             for (id, _) in self.listeners.drain() {
                 swarm.remove_listener(id);
@@ -248,7 +378,14 @@ impl Nat {
     /// The report for `/status`.
     pub fn report(&self, listen: &[Multiaddr]) -> nat::Report {
         let relayed = self.conns.values().filter(|(_, r)| *r).count();
-        self.reach
-            .report(listen, self.conns.len() - relayed, relayed)
+        let mut r = self
+            .reach
+            .report(listen, self.conns.len() - relayed, relayed);
+        r.links = self
+            .links
+            .iter()
+            .map(|(p, k)| (p.to_string(), k.to_string()))
+            .collect();
+        r
     }
 }

@@ -130,7 +130,10 @@ impl Shell {
                     self.share_progress();
                 }
                 _ = status.tick() => {
-                    self.nat.maintain(&mut self.swarm, Instant::now());
+                    let now = Instant::now();
+                    self.nat.maintain(&mut self.swarm, now);
+                    let heard: Vec<PeerId> = self.core.peers().keys().copied().collect();
+                    self.nat.reach_peers(&mut self.swarm, heard.into_iter(), now);
                     self.publish_status();
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
