@@ -15,6 +15,8 @@
 #   sudo scripts/nat-swarm.sh
 #   HOMES=3 UPDATES=3000 sudo -E scripts/nat-swarm.sh
 #   RATE=100mbit sudo -E scripts/nat-swarm.sh   # tbf on every router's uplink
+#   HARD_NAT=1 sudo -E scripts/nat-swarm.sh      # symmetric NATs (random ports): no hole
+#                                                # punch can work; the swarm trains relayed
 #
 # Addresses: internet 10.99.0.0/24 (relay 10.99.0.1, router h 10.99.0.(10+h));
 # home h 192.168.h.0/24 (router .1, node .2). Exit 2: not root, or no nft.
@@ -28,6 +30,9 @@ TARGET_ACC=${TARGET_ACC:-0.85}
 RUN_DIR=${RUN_DIR:-runs/nat-$(date +%Y%m%d-%H%M%S)}
 PREFIX=${PREFIX:-ssn$$}
 RATE=${RATE:-}
+HARD_NAT=${HARD_NAT:-0}
+MASQ=masquerade
+[[ "$HARD_NAT" == 1 ]] && MASQ="masquerade fully-random"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -101,7 +106,7 @@ for h in $(seq 1 "$HOMES"); do
 table ip nat {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
-    oifname "eth0" masquerade
+    oifname "eth0" $MASQ
   }
 }
 table inet filter {
@@ -120,7 +125,7 @@ EOF
     ip netns exec "$router" tc qdisc add dev eth0 root tbf rate "$RATE" burst 256kb latency 50ms
   fi
 done
-echo "nat swarm: relay 10.99.0.1 and $HOMES home network(s) behind NAT routers${RATE:+ (uplinks $RATE)}, $UPDATES updates each, logs in $RUN_DIR"
+echo "nat swarm: relay 10.99.0.1 and $HOMES home network(s) behind ${MASQ#masquerade} NAT routers${RATE:+ (uplinks $RATE)}, $UPDATES updates each, logs in $RUN_DIR"
 
 N=$((HOMES + 1))
 start_node() {

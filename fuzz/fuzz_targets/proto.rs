@@ -200,6 +200,7 @@ fuzz_target!(|data: &[u8]| {
         },
         join: [join::Mode::Replay, join::Mode::Snapshot, join::Mode::Auto][usize::from(h0 % 3)],
         snapshot_quorum: 1 + usize::from((h1 >> 6) & 1),
+        apply_rate: None,
         min_peers: usize::from((h0 >> 2) % 3),
         exit_when_settled: h0 & 0x10 != 0,
         settle_timeout: Duration::from_secs(60),

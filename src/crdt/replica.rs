@@ -591,6 +591,25 @@ pub fn digest_of<'a>(deltas: impl IntoIterator<Item = &'a [i32]>) -> [u8; 32] {
 /// Elements per parallel segment (a multiple of [`CHUNK`]).
 const SEGMENT: usize = 1 << 20;
 
+/// This machine's replay speed, in parameter-updates per second: one
+/// Rademacher update applied to a scratch of 2^22 values (the same code
+/// path and threads a replay uses; best of three, ~10–40 ms in all).
+pub fn measure_apply_rate() -> f64 {
+    let mut scratch = vec![0i32; 1 << 22];
+    let seed = crate::zo::seed::derive(
+        &crate::zo::seed::RunId([0; 32]),
+        &crate::zo::seed::Origin([0; 32]),
+        0,
+    );
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        apply_rademacher(&mut scratch, 0, &[(seed, 1)]);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    scratch.len() as f64 / best.max(1e-9)
+}
+
 /// Adds `±c` to every element for each `(seed, c)`, signs from stream `t`;
 /// memory is touched once per chunk for all updates. Large tensors are split
 /// into segments applied in parallel (each seeks its own stream position).

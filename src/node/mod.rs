@@ -574,6 +574,10 @@ async fn start(
         heartbeat_interval: opts.heartbeat_interval,
         timing: opts.timing,
         join: opts.join,
+        // Measured only when it matters: a node with an empty log joining
+        // by its own choice.
+        apply_rate: (log.is_empty() && opts.join == join::Mode::Auto)
+            .then(crate::crdt::replica::measure_apply_rate),
         snapshot_quorum: opts.snapshot_quorum,
         min_peers: opts.min_peers,
         exit_when_settled: opts.exit_when_settled,

@@ -78,6 +78,10 @@ pub struct ComputeState {
 /// Settings of the core.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This machine's replay speed (param-updates/s), measured at start;
+    /// `--join auto` weighs replay against a snapshot with it (None: an
+    /// assumed rate).
+    pub apply_rate: Option<f64>,
     /// Signs this node's own batches; its origin is this node's.
     pub signer: crate::crdt::attest::Signer,
     /// Most updates per second accepted from one origin (burst of two seconds).

@@ -35,12 +35,25 @@ pub enum Mode {
     Snapshot,
 }
 
-/// Regenerate-and-apply throughput assumed for the estimate (param-updates/s).
+/// Regenerate-and-apply throughput assumed when none was measured
+/// (param-updates/s); a node measures its own at start
+/// ([`crate::crdt::replica::measure_apply_rate`], [`Join::set_apply_rate`]).
 const APPLY_RATE: f64 = 2e9;
 /// How long a joiner that knows only relayed peers waits for a direct one.
 pub const RELAYED_WAIT: Duration = Duration::from_secs(10);
-/// Network throughput assumed for the estimate (bytes/s).
-const LINK_RATE: f64 = 50e6;
+/// Link throughput assumed before any was measured (bytes/s): an
+/// optimistic 1 Gbit/s, so the first choice leans to the snapshot only when
+/// replay is slower even against a fast link; the fetch then measures the
+/// real rate ([`LINK_MEASURE`]) and falls back to replay when that is cheaper.
+const LINK_RATE: f64 = 125e6;
+/// With `--join auto`, the snapshot fetch is timed over at least this long
+/// (and two chunks) before the choice is checked against the measured rate.
+const LINK_MEASURE: Duration = Duration::from_secs(1);
+/// Compressed snapshot bytes per trainable parameter assumed before an offer
+/// says better (≈ 13 bits of entropy per value after hundreds of updates).
+const SNAPSHOT_BYTES_PER_PARAM: f64 = 1.6;
+/// Decode, verify and install throughput (parameters/s).
+const INSTALL_RATE: f64 = 5e8;
 /// Requests in flight per peer while fetching chunks.
 const PER_PEER: usize = 16;
 
@@ -127,6 +140,8 @@ enum Phase<P> {
         /// was last logged.
         since: Instant,
         reported: (Instant, usize),
+        /// The choice was checked against the measured link rate.
+        measured: bool,
     },
     Installing,
 }
@@ -151,6 +166,10 @@ pub struct Join<P> {
     params: u64,
     /// Offers refused (too large, or not enough peers vouching).
     pub refused: u64,
+    /// This node's replay speed (param-updates/s).
+    apply_rate: f64,
+    /// The link rate the fetch measured (bytes/s), once it has.
+    pub link_rate: Option<f64>,
 }
 
 /// Who vouches for a state: the peers whose latest heartbeat announced this
@@ -182,7 +201,21 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
             quorum: quorum.max(1),
             params: 0,
             refused: 0,
+            apply_rate: APPLY_RATE,
+            link_rate: None,
         }
+    }
+
+    /// Sets the replay speed measured on this machine (param-updates/s).
+    pub fn set_apply_rate(&mut self, rate: f64) {
+        if rate.is_finite() && rate > 0.0 {
+            self.apply_rate = rate;
+        }
+    }
+
+    /// Seconds a replay of `updates` updates of `params` values takes here.
+    fn replay_seconds(&self, updates: u64, params: u64) -> f64 {
+        updates as f64 * params as f64 / self.apply_rate
     }
 
     /// True while joining: hold training, repairs and deliveries to compute.
@@ -233,6 +266,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
         vouchers: Vouchers<'_, P>,
     ) -> Vec<Action<P>> {
         self.params = params as u64;
+        let replay_here = self.replay_seconds(best, params as u64);
         // Two distinct peers by default, when two or more are known.
         let quorum = self.quorum.min(peers.len().max(1));
         let mut out = Vec::new();
@@ -247,8 +281,10 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                 } else if waited > Duration::from_millis(1200) {
                     // Not at the first heartbeat: a lone early peer (perhaps
                     // a hostile one) must not be all the joiner knows.
-                    let replay = best as f64 * params as f64 / APPLY_RATE;
-                    let snapshot = 0.5 + params as f64 * 1.5 / LINK_RATE + params as f64 / 5e8;
+                    let replay = replay_here;
+                    let snapshot = 0.5
+                        + params as f64 * SNAPSHOT_BYTES_PER_PARAM / LINK_RATE
+                        + params as f64 / INSTALL_RATE;
                     let want = match self.mode {
                         Mode::Snapshot => best > 0,
                         Mode::Auto => best > 0 && snapshot < replay,
@@ -359,6 +395,7 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                                 turn: 0,
                                 since: now,
                                 reported: (now, 0),
+                                measured: false,
                             };
                         }
                     }
@@ -372,14 +409,37 @@ impl<P: Clone + Eq + Hash + Ord + std::fmt::Debug> Join<P> {
                 turn,
                 since,
                 reported,
+                measured,
             } => {
                 inflight.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(30));
+                let done = chunks.iter().filter(|c| c.is_some()).count();
+                let took = now.duration_since(*since);
+                if !*measured && done >= 2 && done < chunks.len() && took >= LINK_MEASURE {
+                    *measured = true;
+                    let rate = self.fetched_bytes as f64 / took.as_secs_f64();
+                    self.link_rate = Some(rate);
+                    let per_chunk = self.fetched_bytes as f64 / done as f64;
+                    let left = (chunks.len() - done) as f64 * per_chunk / rate
+                        + self.params as f64 / INSTALL_RATE;
+                    let replay = replay_here;
+                    let switch = self.mode == Mode::Auto && replay < left;
+                    tracing::info!(
+                        link_mb_s = format_args!("{:.1}", rate / 1e6),
+                        snapshot_left_s = format_args!("{left:.1}"),
+                        replay_s = format_args!("{replay:.1}"),
+                        choice = if switch { "replay" } else { "snapshot" },
+                        "snapshot fetch measured"
+                    );
+                    if switch {
+                        self.finish("replay", now);
+                        return out;
+                    }
+                }
                 if holders.is_empty() {
                     tracing::warn!("every snapshot holder failed; replaying instead");
                     self.finish("replay", now);
                     return out;
                 }
-                let done = chunks.iter().filter(|c| c.is_some()).count();
                 if done == chunks.len() {
                     tracing::info!(
                         chunks = done,
@@ -642,6 +702,58 @@ mod tests {
             }
         }
         assert_eq!(j.fetched_bytes, 20_000);
+    }
+
+    /// `--join auto` over a slow link: the fetch is timed, and a replay
+    /// that is cheaper than the rest of the fetch is taken instead; with a
+    /// slow replay the snapshot goes on.
+    #[test]
+    fn auto_join_falls_back_to_replay_when_the_measured_link_is_slow() {
+        for (apply_rate, expect) in [(1e9, "replay"), (1e7, "snapshot")] {
+            let t0 = Instant::now();
+            let mut j: Join<u8> = Join::new(Mode::Auto, true, t0);
+            j.set_apply_rate(apply_rate);
+            // 1,000 updates of 10^6 parameters: replay 1 s at 1e9/s, 100 s at 1e7/s.
+            let (best, params) = (1000, 1_000_000);
+            j.tick(t0, &[1], best, params, &[], &|_, _| Vec::new());
+            let mut now = t0 + Duration::from_millis(1300);
+            let asked = j.tick(now, &[1], best, params, &[], &|_, _| Vec::new());
+            assert!(
+                matches!(&asked[..], [Action::Ask(1, Request::Offer { .. })]),
+                "against an assumed fast link the snapshot looks cheaper: {asked:?}"
+            );
+            let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100_000]).collect();
+            let hashes: Vec<u8> = chunks
+                .iter()
+                .flat_map(|c| *blake3::hash(c).as_bytes())
+                .collect();
+            j.on_offer(
+                1,
+                Response::Offer {
+                    id: [7; 32],
+                    vv: Vec::new(),
+                    digest: [0; 32],
+                    raw_len: 4_000_000,
+                    hashes: crate::net::wire::Blob(hashes),
+                },
+            );
+            now += Duration::from_millis(10);
+            j.tick(now, &[1], best, params, &[], &|_, _| Vec::new());
+            // 100 kB every 0.6 s: ~170 kB/s, 11 s for the rest.
+            for (i, c) in chunks.iter().enumerate().take(3) {
+                now += Duration::from_millis(600);
+                j.on_chunk(&1, i as u32, c.clone());
+                j.tick(now, &[1], best, params, &[], &|_, _| Vec::new());
+            }
+            let rate = j.link_rate.expect("the fetch was timed");
+            assert!((rate - 100_000.0 / 0.6).abs() < 2e4, "{rate}");
+            if expect == "replay" {
+                assert!(!j.active(), "switched to replay");
+                assert_eq!(j.chosen, "replay");
+            } else {
+                assert!(j.active(), "still fetching the snapshot");
+            }
+        }
     }
 
     fn offer(id: u8, total: u64, chunks: usize) -> Response {

@@ -203,7 +203,11 @@ impl<P: Peer, M: Clone + Debug, C: Debug> Core<P, M, C> {
         log.set_owner(settings.owner);
         attest_own(&mut log, &settings.signer);
         let delivered = log.version_vector();
-        let join = Join::with_quorum(settings.join, log.is_empty(), now, settings.snapshot_quorum);
+        let mut join =
+            Join::with_quorum(settings.join, log.is_empty(), now, settings.snapshot_quorum);
+        if let Some(rate) = settings.apply_rate {
+            join.set_apply_rate(rate);
+        }
         Self {
             repair: Repair::new(settings.timing).with_own(origin),
             join,

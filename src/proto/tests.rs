@@ -39,6 +39,7 @@ fn core_with(
         timing: Timing::default(),
         join,
         snapshot_quorum: 2,
+        apply_rate: None,
         min_peers: 0,
         exit_when_settled: true,
         settle_timeout: Duration::from_secs(60),

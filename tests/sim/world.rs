@@ -242,6 +242,7 @@ impl World {
             timing: proto::Timing::default(),
             join: spec.join,
             snapshot_quorum: spec.quorum,
+            apply_rate: None,
             min_peers: spec.min_peers,
             exit_when_settled: false,
             settle_timeout: Duration::from_secs(600),
