@@ -710,6 +710,37 @@ mod tests {
         assert!(Options::from_settings(&bad)
             .unwrap_err()
             .contains("node.http"));
+        // NAT settings: a relay must name its peer id; addresses are parsed.
+        let relay = Keypair::generate_ed25519().public().to_peer_id();
+        let good = NodeSettings {
+            relays: vec![format!("/ip4/203.0.113.7/tcp/4001/p2p/{relay}")],
+            external_addresses: vec!["/ip4/203.0.113.7/tcp/4001".into()],
+            relay_server: true,
+            ..NodeSettings::default()
+        };
+        let o = Options::from_settings(&good).unwrap();
+        assert_eq!(o.relays[0].0, relay);
+        assert_eq!(o.external_addresses.len(), 1);
+        assert!(o.access.relay_server);
+        for (bad, field) in [
+            (
+                NodeSettings {
+                    relays: vec!["/ip4/203.0.113.7/tcp/4001".into()],
+                    ..NodeSettings::default()
+                },
+                "node.relays[0] must end with the relay's /p2p/<peer id>",
+            ),
+            (
+                NodeSettings {
+                    external_addresses: vec!["203.0.113.7:4001".into()],
+                    ..NodeSettings::default()
+                },
+                "node.external_addresses[0]",
+            ),
+        ] {
+            let e = Options::from_settings(&bad).unwrap_err();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]
