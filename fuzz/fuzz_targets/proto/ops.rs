@@ -506,8 +506,18 @@ impl H {
                 }
             }
             14 => {
-                let p = Pe(r.u8() % PEERS);
-                self.input(Input::Forget(p));
+                let b = r.u8();
+                let p = Pe(b % PEERS);
+                // High bit: the shell says the peer is now reachable only
+                // through relays (or again directly); else it is forgotten.
+                if b & 0x80 != 0 {
+                    self.input(Input::Relayed {
+                        peer: p,
+                        only: b & 0x40 != 0,
+                    });
+                } else {
+                    self.input(Input::Forget(p));
+                }
             }
             15 => self.input(Input::Leave),
             _ => {
