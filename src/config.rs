@@ -237,8 +237,9 @@ pub struct NodeSettings {
     /// without waiting for AutoNAT.
     pub external_addresses: Vec<String>,
     /// Relays (multiaddrs ending with `/p2p/<peer id>` of nodes run with
-    /// `relay_server`) to reserve a slot at while this node is not known
-    /// to be public; bootstrap peers that serve relays are used as well.
+    /// `relay_server`) to reserve a slot at (at most two in all); while
+    /// this node is not known to be public, peers it dialed that serve
+    /// relays (a bootstrap node) are used as well.
     pub relays: Vec<String>,
     /// Serve circuit relay v2 for peers behind NATs (a node with a public
     /// address: a bootstrap node, say).

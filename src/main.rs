@@ -227,8 +227,8 @@ enum Command {
         /// node.external_addresses).
         #[arg(long = "external-address")]
         external_address: Vec<String>,
-        /// A relay to reserve a slot at while not known to be public,
-        /// ending with /p2p/<peer id> (repeatable; adds to node.relays).
+        /// A relay to reserve a slot at, ending with /p2p/<peer id>
+        /// (repeatable; adds to node.relays).
         #[arg(long)]
         relay: Vec<String>,
         /// Serve circuit relay v2 for peers behind NATs (node.relay_server).

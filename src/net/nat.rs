@@ -6,9 +6,9 @@
 //!   answers is confirmed external, one that does not is marked failed.
 //! - **Circuit relay v2**: every node is a client; a node run with
 //!   `node.relay_server` serves reservations and circuits (bounded below).
-//!   A node not known to be public reserves a slot at up to
-//!   [`MAX_RESERVATIONS`] relays (`node.relays`, and peers it dialed that
-//!   speak the hop protocol), so peers behind other NATs can reach it.
+//!   A node reserves a slot at up to [`MAX_RESERVATIONS`] relays: those of
+//!   `node.relays`, and while it is not known to be public, peers it dialed
+//!   that speak the hop protocol; so peers behind other NATs can reach it.
 //! - **DCUtR**: over a relayed connection both ends dial each other's
 //!   observed addresses at once (hole punching); once a direct connection
 //!   exists the relayed one is closed, so a relay carries only what cannot

@@ -78,7 +78,7 @@ pub struct Options {
     pub bootstrap: Vec<Multiaddr>,
     /// Addresses known to reach this node from outside (`node.external_addresses`).
     pub external_addresses: Vec<Multiaddr>,
-    /// Relays to reserve a slot at while not known to be public (`node.relays`).
+    /// Relays to reserve a slot at (`node.relays`).
     pub relays: Vec<(PeerId, Multiaddr)>,
     /// Keeps node.key and updates.log; resumes from them.
     pub data_dir: Option<PathBuf>,
@@ -272,6 +272,20 @@ fn notices(
             line.push_str("; peers without the pre-shared key cannot connect");
         }
         out.push(line);
+    }
+    if a.relay_server {
+        out.push(if opts.external_addresses.is_empty() {
+            "relay server on: it grants reservations only once an external address is confirmed (by AutoNAT, or give --external-address)".to_string()
+        } else {
+            format!(
+                "relay server on, reachable at {}",
+                opts.external_addresses
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
     }
     if !a.allow.is_empty() {
         out.push(format!(

@@ -1,8 +1,9 @@
 //! The shell's NAT bookkeeping: which connections are relayed, which relays
 //! hold a reservation for this node, what AutoNAT and hole punching found.
-//! It reserves at relays while the node is not known to be public, drops
-//! the reservations once it is, and closes a relayed connection as soon as
-//! a direct one to the same peer exists.
+//! It reserves at the operator's relays (`node.relays`) always, and at
+//! relays it discovered while the node is not known to be public (dropping
+//! those once it is); it closes a relayed connection as soon as a direct
+//! one to the same peer exists.
 
 use crate::net::nat::{self, Reachability, State, MAX_RESERVATIONS};
 use crate::net::{Behaviour, BehaviourEvent};
@@ -333,22 +334,29 @@ impl Nat {
         }
     }
 
-    /// Reserves at relays while the node is not known to be public (up to
-    /// [`MAX_RESERVATIONS`], configured relays first), drops them once it is.
+    /// Reserves at the operator's relays, and at discovered ones while the
+    /// node is not known to be public (up to [`MAX_RESERVATIONS`], the
+    /// operator's first); drops the discovered ones once it is.
     pub fn maintain(&mut self, swarm: &mut Swarm<Behaviour>, now: Instant) {
         self.punch_again(swarm, now);
-        if self.reach.state() == State::Public {
-            for (id, _) in self.listeners.drain() {
-                swarm.remove_listener(id);
-            }
-            return;
+        let public = self.reach.state() == State::Public;
+        if public {
+            // Discovered relays are dropped; the operator's are kept.
+            let relays = &self.relays;
+            self.listeners.retain(|id, relay| {
+                let keep = relays.get(relay).is_some_and(|(_, configured)| *configured);
+                if !keep {
+                    swarm.remove_listener(*id);
+                }
+                keep
+            });
         }
         let mut order: Vec<(&PeerId, &(Multiaddr, bool))> = self.relays.iter().collect();
         order.sort_by_key(|(_, (_, configured))| !configured);
         let mut open = self.listeners.len();
         let mut start = Vec::new();
-        for (peer, (addr, _)) in order {
-            if open >= MAX_RESERVATIONS {
+        for (peer, (addr, configured)) in order {
+            if open >= MAX_RESERVATIONS || (public && !configured) {
                 break;
             }
             let busy = self.listeners.values().any(|r| r == peer);
