@@ -211,8 +211,9 @@ impl Nat {
                 tested_addr,
                 result,
                 server,
-                ..
+                bytes_sent,
             })) => {
+                tracing::debug!(addr = %tested_addr, %server, bytes_sent, ok = result.is_ok(), "AutoNAT probe");
                 match result {
                     Ok(()) => self.reach.confirmed(tested_addr.clone()),
                     Err(e) => {
