@@ -151,11 +151,31 @@ done
 [[ -n "$peer" ]] || { echo "the relay node did not start; see $RUN_DIR/node-0/stderr.log" >&2; exit 1; }
 for h in $(seq 1 "$HOMES"); do
   start_node "$PREFIX-h$h" "$h" --bootstrap "/ip4/10.99.0.1/udp/4001/quic-v1/p2p/$peer" \
-    --bootstrap "/ip4/10.99.0.1/tcp/4001/p2p/$peer"
+    --bootstrap "/ip4/10.99.0.1/tcp/4001/p2p/$peer" --http 127.0.0.1:9100
 done
 for i in $(seq 0 $((N - 1))); do echo "" >"$RUN_DIR/node-$i/url"; done
 
+# What `seedswarm status` tells the user of home 1 once it knows it is
+# private (polled from inside its namespace while it runs).
+(
+  for _ in $(seq 1 120); do
+    out=$(ip netns exec "$PREFIX-h1" "$SEEDSWARM_BIN" status http://127.0.0.1:9100 2>/dev/null || true)
+    if grep -q "private" <<<"$out"; then
+      printf '%s\n' "$out" >"$RUN_DIR/status-home1.txt"
+      break
+    fi
+    sleep 0.5
+  done
+) &
+status_pid=$!
 python3 scripts/swarm_table.py "$RUN_DIR" "$N" "${pids[@]}" || true
+wait "$status_pid" || true
+if [[ -s "$RUN_DIR/status-home1.txt" ]]; then
+  echo "seedswarm status, on home 1:"
+  cat "$RUN_DIR/status-home1.txt"
+else
+  echo "home 1 did not learn it is private while it ran (AutoNAT needs ~10 s)"
+fi
 failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done
 pids=()

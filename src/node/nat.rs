@@ -100,6 +100,11 @@ impl Nat {
                 let relayed = endpoint.is_relayed();
                 self.conns.insert(*connection_id, (*peer_id, relayed));
                 self.link(*peer_id, if relayed { "relayed" } else { "direct" });
+                if relayed && before == Some(false) {
+                    // A direct connection is open already (a relayed dial,
+                    // by Kademlia say, raced it): the relay carries nothing.
+                    swarm.close_connection(*connection_id);
+                }
                 if !relayed {
                     if endpoint.is_dialer() {
                         self.dialed
