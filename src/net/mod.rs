@@ -87,8 +87,9 @@ pub struct Behaviour {
     pub relay_client: relay::client::Behaviour,
     /// Hole punching over relayed connections.
     pub dcutr: dcutr::Behaviour,
-    /// AutoNAT v2: asks peers to dial this node's candidate addresses back.
-    pub autonat: autonat::v2::client::Behaviour,
+    /// AutoNAT v2: asks peers to dial this node's candidate addresses back
+    /// (off when the node listens on loopback only, [`Access::autonat`]).
+    pub autonat: Toggle<autonat::v2::client::Behaviour>,
     /// AutoNAT v2: dials peers' candidate addresses back for them.
     pub autonat_server: autonat::v2::server::Behaviour,
     /// Update batches and heartbeats.
@@ -119,6 +120,23 @@ pub struct Access {
     pub deny: Vec<PeerId>,
     /// Serve circuit relay v2 for peers behind NATs ([`nat::relay_config`]).
     pub relay_server: bool,
+    /// Probe this node's reachability with AutoNAT v2. A probe can cost
+    /// 30–100 kB once per address (the server asks for that much data
+    /// when the address tested is not the one the connection came from):
+    /// [`probes_reachability`] turns it off for a node that listens on
+    /// loopback only, where no outside peer could ever dial it.
+    pub autonat: bool,
+}
+
+/// Whether a node listening on `listen` should probe its reachability: it
+/// listens somewhere other than loopback.
+pub fn probes_reachability(listen: &[libp2p::Multiaddr]) -> bool {
+    use libp2p::multiaddr::Protocol;
+    listen.iter().any(|a| match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => !ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => !ip.is_loopback(),
+        _ => true,
+    })
 }
 
 /// Whether `addr` is a QUIC address (there is no pre-shared key for QUIC).
@@ -493,7 +511,9 @@ pub fn build_with(
                     ),
                     relay_client,
                     dcutr: dcutr::Behaviour::new(peer),
-                    autonat: autonat::v2::client::Behaviour::default(),
+                    autonat: Toggle::from(
+                        access.autonat.then(autonat::v2::client::Behaviour::default),
+                    ),
                     autonat_server: autonat::v2::server::Behaviour::default(),
                 })
             },
@@ -515,6 +535,20 @@ mod tests {
         let id = peer.to_base58().len() + u64::MAX.to_string().len();
         // Each id framed (tag, length), plus the topic and the RPC's framing.
         assert!(MAX_GOSSIP_IDS * (id + 2) + 1024 <= MAX_GOSSIP_CONTROL);
+    }
+
+    #[test]
+    fn only_a_node_listening_beyond_loopback_probes_its_reachability() {
+        let a = |s: &str| -> libp2p::Multiaddr { s.parse().unwrap() };
+        assert!(!probes_reachability(&[
+            a("/ip4/127.0.0.1/tcp/0"),
+            a("/ip6/::1/udp/0/quic-v1")
+        ]));
+        assert!(probes_reachability(&[
+            a("/ip4/127.0.0.1/tcp/0"),
+            a("/ip4/0.0.0.0/udp/0/quic-v1")
+        ]));
+        assert!(probes_reachability(&[a("/ip4/10.99.0.11/tcp/4001")]));
     }
 
     #[test]

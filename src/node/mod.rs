@@ -239,6 +239,8 @@ fn access(n: &NodeSettings) -> Result<net::Access, String> {
         allow: n.peer_ids("allow", &n.allow)?,
         deny: n.peer_ids("deny", &n.deny)?,
         relay_server: n.relay_server,
+        // Decided at start from the listen addresses (net::probes_reachability).
+        autonat: true,
     })
 }
 
@@ -510,7 +512,10 @@ async fn start(
         &mut registry,
         bandwidth.clone(),
         cfg.run.delta.max_bytes,
-        &opts.access,
+        &net::Access {
+            autonat: net::probes_reachability(&opts.listen),
+            ..opts.access.clone()
+        },
     )?;
     // A private swarm runs on TCP alone: pnet has no QUIC.
     let mut opts = opts;
