@@ -92,7 +92,10 @@ async fn metrics_status_and_unknown_paths() {
     let t1 = run1.last().unwrap()["t"].as_f64().unwrap();
     assert_eq!(recent1.last().unwrap()["t"].as_f64(), Some(t1));
     assert_eq!(run1.last().unwrap()["own_updates"], 300);
-    until(&node, |s| s.uptime_s > t1).await;
+    // Past t1 by more than a rounding error: serde_json's float parsing
+    // may land an ulp below the value printed (no `float_roundtrip`), so
+    // the very sample of t1 could pass for a later one.
+    until(&node, |s| s.uptime_s > t1 + 1e-6).await;
     let h2 = history(fetch(addr, "/history").await.1);
     assert!(h2["samples"].as_u64().unwrap() > n1, "{h2}");
     assert_eq!(
