@@ -68,6 +68,15 @@ impl Nat {
         n
     }
 
+    /// Closes every relayed connection to `peer`.
+    fn close_relayed(&self, swarm: &mut Swarm<Behaviour>, peer: &PeerId) {
+        for (id, (p, relayed)) in &self.conns {
+            if p == peer && *relayed {
+                swarm.close_connection(*id);
+            }
+        }
+    }
+
     fn only_relayed(&self, peer: &PeerId) -> Option<bool> {
         let mut any = false;
         for (p, relayed) in self.conns.values() {
@@ -111,15 +120,7 @@ impl Nat {
                             .insert(*peer_id, endpoint.get_remote_address().clone());
                     }
                     // Direct now: the relay carries nothing more for this pair.
-                    let relayed: Vec<ConnectionId> = self
-                        .conns
-                        .iter()
-                        .filter(|(_, (p, r))| p == peer_id && *r)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in relayed {
-                        swarm.close_connection(id);
-                    }
+                    self.close_relayed(swarm, peer_id);
                 }
                 let after = self.only_relayed(peer_id);
                 (before != after).then_some((*peer_id, after == Some(true)))
@@ -273,15 +274,7 @@ impl Nat {
             .collect();
         for peer in due {
             tracing::debug!(%peer, "hole punch failed: reconnecting through the relay to punch again");
-            let ids: Vec<ConnectionId> = self
-                .conns
-                .iter()
-                .filter(|(_, (p, r))| *p == peer && *r)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                swarm.close_connection(id);
-            }
+            self.close_relayed(swarm, &peer);
             self.relay_dials.remove(&peer);
             if let Some(e) = self.punches.get_mut(&peer) {
                 e.1 = now;
@@ -305,7 +298,7 @@ impl Nat {
         if self.relays.is_empty() {
             return;
         }
-        let heard: Vec<PeerId> = heard.collect();
+        let heard: std::collections::HashSet<PeerId> = heard.collect();
         self.relay_dials.retain(|p, _| heard.contains(p));
         let mut dialed = 0;
         for peer in heard {

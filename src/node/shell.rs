@@ -132,8 +132,8 @@ impl Shell {
                 _ = status.tick() => {
                     let now = Instant::now();
                     self.nat.maintain(&mut self.swarm, now);
-                    let heard: Vec<PeerId> = self.core.peers().keys().copied().collect();
-                    self.nat.reach_peers(&mut self.swarm, heard.into_iter(), now);
+                    // Collected only when the node knows relays.
+                    self.nat.reach_peers(&mut self.swarm, self.core.peers().keys().copied(), now);
                     self.publish_status();
                 }
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),

@@ -656,6 +656,27 @@ mod tests {
         assert!(fetch_report_due(quick, 1, 0, 3));
     }
 
+    /// Peer 1 offers snapshot `[7; 32]` of 20 chunks of `size` bytes each
+    /// (`raw_len` raw); the chunks.
+    fn offer_chunks(j: &mut Join<u8>, size: usize, raw_len: u64) -> Vec<Vec<u8>> {
+        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; size]).collect();
+        let hashes: Vec<u8> = chunks
+            .iter()
+            .flat_map(|c| *blake3::hash(c).as_bytes())
+            .collect();
+        j.on_offer(
+            1,
+            Response::Offer {
+                id: [7; 32],
+                vv: Vec::new(),
+                digest: [0; 32],
+                raw_len,
+                hashes: crate::net::wire::Blob(hashes),
+            },
+        );
+        chunks
+    }
+
     #[test]
     fn a_fetch_reports_progress_and_installs_every_chunk() {
         // Shows the log lines with `cargo nextest run --lib a_fetch --no-capture`.
@@ -672,21 +693,7 @@ mod tests {
             &asked[..],
             [Action::Ask(1, Request::Offer { .. })]
         ));
-        let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000]).collect();
-        let hashes: Vec<u8> = chunks
-            .iter()
-            .flat_map(|c| *blake3::hash(c).as_bytes())
-            .collect();
-        j.on_offer(
-            1,
-            Response::Offer {
-                id: [7; 32],
-                vv: Vec::new(),
-                digest: [0; 32],
-                raw_len: 20_000,
-                hashes: crate::net::wire::Blob(hashes),
-            },
-        );
+        let chunks = offer_chunks(&mut j, 1000, 20_000);
         let mut now = t0 + Duration::from_millis(10);
         j.tick(now, &[1], 100, 10, &[], &|_, _| Vec::new());
         for (i, c) in chunks.iter().enumerate() {
@@ -722,21 +729,7 @@ mod tests {
                 matches!(&asked[..], [Action::Ask(1, Request::Offer { .. })]),
                 "against an assumed fast link the snapshot looks cheaper: {asked:?}"
             );
-            let chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100_000]).collect();
-            let hashes: Vec<u8> = chunks
-                .iter()
-                .flat_map(|c| *blake3::hash(c).as_bytes())
-                .collect();
-            j.on_offer(
-                1,
-                Response::Offer {
-                    id: [7; 32],
-                    vv: Vec::new(),
-                    digest: [0; 32],
-                    raw_len: 4_000_000,
-                    hashes: crate::net::wire::Blob(hashes),
-                },
-            );
+            let chunks = offer_chunks(&mut j, 100_000, 4_000_000);
             now += Duration::from_millis(10);
             j.tick(now, &[1], best, params, &[], &|_, _| Vec::new());
             // 100 kB every 0.6 s: ~170 kB/s, 11 s for the rest.
