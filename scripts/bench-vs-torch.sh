@@ -23,20 +23,11 @@ cd "$root"
 n="${N:-300}"
 threads="${THREADS:-2}"
 repeat="${REPEAT:-1}"
-venv="${VENV:-${TMPDIR:-/tmp}/seedswarm-hf-venv}"
 run="${RUN_DIR:-$root/runs/bench-vs-torch-$(date +%Y%m%d-%H%M%S)}"
 config="configs/smollm2-sst2.toml"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}"
 
-[[ -s assets/SmolLM2-135M-Instruct.Q4_1.gguf ]] || {
-    echo "bench-vs-torch: assets missing; run scripts/fetch-assets.sh" >&2
-    exit 1
-}
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "bench-vs-torch: installing torch and transformers into $venv (PyPI)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet torch transformers safetensors numpy
-fi
+source scripts/hf-venv.sh bench-vs-torch
 # PROFILE=release (default) builds an optimized binary (a first release
 # build of the dependencies takes ~17 minutes on 2 cores); PROFILE=dev
 # measures the dev build (dependencies optimized, seedswarm at opt-level 1).

@@ -16,20 +16,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 steps="${STEPS:-4}"
 n="${N:-32}"
-venv="${VENV:-${TMPDIR:-/tmp}/seedswarm-hf-venv}"
 run="${RUN_DIR:-$root/runs/hf-check-$(date +%Y%m%d-%H%M%S)}"
 config="configs/smollm2-sst2.toml"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}"
 
-[[ -s assets/SmolLM2-135M-Instruct.Q4_1.gguf ]] || {
-    echo "check-hf-export: assets missing; run scripts/fetch-assets.sh" >&2
-    exit 1
-}
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "check-hf-export: installing torch and transformers into $venv (PyPI)"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet torch transformers safetensors numpy
-fi
+source scripts/hf-venv.sh check-hf-export
 cargo build --quiet --bin seedswarm
 bin="$CARGO_TARGET_DIR/debug/seedswarm"
 mkdir -p "$run"
