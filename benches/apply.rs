@@ -45,13 +45,13 @@ fn bench(c: &mut Criterion) {
         let items: Vec<(Seed, i32)> = seeds(k).into_iter().map(|s| (s, 300)).collect();
         g.throughput(Throughput::Elements((PARAMS * k) as u64));
         g.bench_function(format!("rademacher/fused-{k}"), |b| {
-            b.iter(|| apply_rademacher(black_box(&mut delta), 0, &items))
+            b.iter(|| apply_rademacher(black_box(&mut delta), None, 0, &items))
         });
     }
     let items: Vec<(Seed, f64)> = seeds(1).into_iter().map(|s| (s, 300.0)).collect();
     g.throughput(Throughput::Elements(PARAMS as u64));
     g.bench_function("gaussian/1", |b| {
-        b.iter(|| apply_gaussian(black_box(&mut delta), 0, &items))
+        b.iter(|| apply_gaussian(black_box(&mut delta), None, 0, &items))
     });
     let mut z = vec![0f32; 1 << 20];
     g.throughput(Throughput::Elements(z.len() as u64));

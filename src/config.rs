@@ -11,6 +11,7 @@ use crate::task;
 use crate::zo::codec;
 use crate::zo::perturb::Kind;
 use crate::zo::seed::RunId;
+use crate::zo::structure::Structure;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -82,6 +83,11 @@ pub struct Manifest {
     /// Distribution of `z`.
     #[serde(default)]
     pub perturbation: Kind,
+    /// Which elements an update perturbs: all (left out of the canonical
+    /// manifest), a seed-chosen subset of layers (LeZO), or the
+    /// smallest-magnitude base weights (Sparse MeZO).
+    #[serde(default, skip_serializing_if = "Structure::is_dense")]
+    pub structure: Structure,
     /// Perturbation size ε.
     pub eps: f64,
     /// Examples per update.
@@ -420,6 +426,7 @@ impl Config {
             crate::crdt::admit::Owner::from_hex(o).map_err(|e| format!("run.owner: {e}"))?;
         }
         r.schedule.validate("run.schedule")?;
+        r.structure.validate("run.structure")?;
         r.codec.validate("run.codec")?;
         // One update may move a weight by at most lr·clip; keep that within 2^24 units
         // of the finest unit (scale 1) so δ stays far from the i32 range.
@@ -736,6 +743,34 @@ mod tests {
             err.contains("node.allow[1]") && err.contains("nonsense"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn structures_are_checked_and_name_the_run() {
+        let with = |t: &str| DEMO.to_string() + "\n[run.structure]\n" + t + "\n";
+        for (table, field) in [
+            ("kind = \"layers\"\nlayers = 0", "run.structure.layers"),
+            (
+                "kind = \"magnitude\"\ndensity = 0.0",
+                "run.structure.density",
+            ),
+            (
+                "kind = \"magnitude\"\ndensity = 1.5",
+                "run.structure.density",
+            ),
+        ] {
+            let err = Config::parse(&with(table), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let plain = Config::parse(DEMO, "a").unwrap().run;
+        let dense = Config::parse(&with("kind = \"dense\""), "a").unwrap().run;
+        // Dense is the default and stays out of the canonical manifest.
+        assert_eq!(dense.run_id(&[0; 32]), plain.run_id(&[0; 32]));
+        let layers = Config::parse(&with("kind = \"layers\"\nlayers = 2"), "a").unwrap();
+        assert_eq!(layers.run.structure, Structure::Layers { layers: 2 });
+        assert_ne!(layers.run.run_id(&[0; 32]), plain.run_id(&[0; 32]));
     }
 
     #[test]

@@ -8,11 +8,17 @@ use seedswarm::delta::fedzip;
 use seedswarm::zo::codec::{Codec, Settings};
 use seedswarm::zo::perturb::Kind;
 use seedswarm::zo::seed::{Origin, RunId};
+use seedswarm::zo::structure::Structure;
 
 fn replica(kind: Kind) -> Replica {
+    replica_with(kind, Structure::Dense)
+}
+
+fn replica_with(kind: Kind, structure: Structure) -> Replica {
     let rules = Rules {
         run: RunId([9; 32]),
         kind,
+        structure,
         codec: Codec::new(&Settings::default()),
         schedule: Schedule::Linear {
             lr: 1e-3,
@@ -87,8 +93,8 @@ fn batches(updates: &[Update], cuts: &[usize]) -> Vec<Batch> {
     out
 }
 
-fn run(kind: Kind, order: &[Batch]) -> (String, Vec<(Origin, u64)>) {
-    let mut r = replica(kind);
+fn run(kind: Kind, structure: Structure, order: &[Batch]) -> (String, Vec<(Origin, u64)>) {
+    let mut r = replica_with(kind, structure);
     let mut log = Log::in_memory(RunId([9; 32]));
     for (o, first, codes, payloads) in order {
         let fresh = log.insert_with(*o, *first, codes, payloads).unwrap();
@@ -113,6 +119,11 @@ proptest! {
         cuts in proptest::collection::vec(0usize..100, 1..20),
         perm_seed in any::<u64>(),
         gaussian in any::<bool>(),
+        structure in prop_oneof![
+            Just(Structure::Dense),
+            Just(Structure::Layers { layers: 1 }),
+            Just(Structure::Magnitude { density: 0.3 }),
+        ],
     ) {
         let kind = if gaussian { Kind::Gaussian } else { Kind::Rademacher };
         let origins = [Origin([1; 32]), Origin([2; 32]), Origin([3; 32])];
@@ -137,9 +148,9 @@ proptest! {
         // Duplicate deliveries must not change anything either.
         let mut with_dups = shuffled.clone();
         with_dups.extend(shuffled.iter().take(3).cloned());
-        let a = run(kind, &in_order);
-        let b = run(kind, &shuffled);
-        let c = run(kind, &with_dups);
+        let a = run(kind, structure, &in_order);
+        let b = run(kind, structure, &shuffled);
+        let c = run(kind, structure, &with_dups);
         prop_assert_eq!(&a, &b);
         prop_assert_eq!(&a, &c);
     }
@@ -220,6 +231,109 @@ fn golden_contributions() {
         r.digest(),
         "40c4463cfd51b3b83617757468e826ae2fdc601c073a4814ee12e2a5f5ccb681"
     );
+}
+
+fn one_update(seq: u64) -> Update {
+    Update {
+        origin: Origin([1; 32]),
+        seq,
+        code: 100,
+    }
+}
+
+#[test]
+fn a_layer_subset_update_moves_only_its_layers() {
+    for kind in [Kind::Rademacher, Kind::Gaussian] {
+        let mut r = replica_with(kind, Structure::Layers { layers: 1 });
+        let mut moved_sets = std::collections::BTreeSet::new();
+        for seq in 0..6 {
+            let before: Vec<Vec<i32>> = r.slots().iter().map(|s| s.delta.clone()).collect();
+            let seed = seedswarm::zo::seed::derive(&RunId([9; 32]), &Origin([1; 32]), seq);
+            let which = r.perturbed(&seed);
+            assert_eq!(which.iter().filter(|&&on| on).count(), 1, "{which:?}");
+            r.apply(&[one_update(seq)]).unwrap();
+            for (t, s) in r.slots().iter().enumerate() {
+                assert_eq!(
+                    s.delta != before[t],
+                    which[t],
+                    "{kind:?} seq {seq} tensor {t}"
+                );
+            }
+            moved_sets.insert(which);
+        }
+        assert!(
+            moved_sets.len() > 1,
+            "different seeds choose different layers"
+        );
+    }
+}
+
+#[test]
+fn a_magnitude_update_moves_only_small_weights() {
+    for kind in [Kind::Rademacher, Kind::Gaussian] {
+        let mut r = replica_with(kind, Structure::Magnitude { density: 0.25 });
+        r.apply(&[one_update(0), one_update(1)]).unwrap();
+        let seed = seedswarm::zo::seed::derive(&RunId([9; 32]), &Origin([1; 32]), 5);
+        for (t, s) in r.slots().iter().enumerate() {
+            let mask = s.mask.as_ref().unwrap();
+            let n = s.base.len();
+            assert_eq!(
+                seedswarm::zo::structure::count(mask),
+                n.div_ceil(4),
+                "tensor {t}"
+            );
+            let mut clean = vec![0f32; n];
+            let mut w = vec![0f32; n];
+            r.materialize(t, &mut clean);
+            r.materialize_perturbed(t, &mut w, &seed, 1e-2);
+            let mut largest_in = 0f32;
+            let mut smallest_out = f32::INFINITY;
+            for i in 0..n {
+                let on = mask[i / 32] & (1 << (i % 32)) != 0;
+                if on {
+                    largest_in = largest_in.max(s.base[i].abs());
+                    assert_ne!(w[i], clean[i], "{kind:?} tensor {t} element {i}");
+                } else {
+                    smallest_out = smallest_out.min(s.base[i].abs());
+                    assert_eq!(s.delta[i], 0, "{kind:?} tensor {t} element {i}");
+                    assert_eq!(w[i], clean[i]);
+                }
+            }
+            assert!(largest_in <= smallest_out, "tensor {t}");
+        }
+        assert!(r.slots()[0].delta.iter().any(|&d| d != 0));
+        assert_eq!(r.num_perturbable(), 250 + 9 + 17_500);
+    }
+}
+
+#[test]
+fn golden_structured_contributions() {
+    // Pinned: every node must compute these bits for the same records.
+    let cases = [
+        (
+            Structure::Layers { layers: 2 },
+            "261e773afd9f272caef0ca78b90a0520a192d93067b07b6a565450f00093c043",
+        ),
+        (
+            Structure::Magnitude { density: 0.1 },
+            "8774c6173ac0a7bc4611c39843454ab4c03a70c7fbdd688786a3510fab64ca94",
+        ),
+    ];
+    for (structure, digest) in cases {
+        let mut r = replica_with(Kind::Rademacher, structure);
+        let updates: Vec<Update> = (0..4)
+            .map(|s| Update {
+                origin: Origin([1; 32]),
+                seq: s,
+                code: 90 + s as u8,
+            })
+            .collect();
+        r.apply(&updates).unwrap();
+        assert_eq!(r.digest(), digest, "{structure:?}");
+        // Retracting them restores the base exactly.
+        r.retract_with(&updates, &|_, _| None).unwrap();
+        assert!(r.slots().iter().all(|s| s.delta.iter().all(|&d| d == 0)));
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@
 use crate::zo::codec::{pow2, Codec};
 use crate::zo::perturb::{self, Kind, ROUNDING_STREAM};
 use crate::zo::seed::{self, Origin, RunId, Seed};
+use crate::zo::structure::{self, Structure};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,6 +104,8 @@ pub struct Rules {
     pub run: RunId,
     /// Distribution of `z`.
     pub kind: Kind,
+    /// Which elements an update perturbs ([`crate::zo::structure`]).
+    pub structure: Structure,
     /// The one-byte codec.
     pub codec: Codec,
     /// Learning rate by seq.
@@ -124,6 +127,10 @@ pub struct Slot {
     pub delta: Vec<i32>,
     /// `u_t = 2^unit_exp`.
     pub unit_exp: i32,
+    /// Layer group (for [`Structure::Layers`]).
+    pub group: usize,
+    /// The elements updates perturb, as a bitset (for [`Structure::Magnitude`]).
+    pub mask: Option<Vec<u32>>,
 }
 
 /// Highest contiguous count of applied updates per origin (`seq < n` applied).
@@ -190,18 +197,28 @@ fn exponent_above(x: f32) -> i32 {
 impl Replica {
     /// A replica at `θ₀` for the given trainable tensors `(name, base)`.
     pub fn new(rules: Rules, tensors: Vec<(String, Vec<f32>)>) -> Self {
+        let groups = structure::groups(tensors.iter().map(|(n, _)| n.as_str()));
         let slots = tensors
             .into_iter()
-            .map(|(name, base)| {
+            .zip(groups)
+            .map(|((name, base), group)| {
                 let max = base.iter().fold(0f32, |m, v| m.max(v.abs()));
                 // Tensors at zero (biases) or ones (norms) still get room to move:
                 // the scale is at least 1.
                 let e = exponent_above(max.max(1.0)).max(exponent_above(max));
+                let mask = match rules.structure {
+                    Structure::Magnitude { density } => {
+                        Some(structure::magnitude_mask(&base, density))
+                    }
+                    _ => None,
+                };
                 Slot {
                     name,
                     delta: vec![0; base.len()],
                     base,
                     unit_exp: e - rules.unit_bits as i32,
+                    group,
+                    mask,
                 }
             })
             .collect();
@@ -228,6 +245,33 @@ impl Replica {
         self.slots.iter().map(|s| s.base.len()).sum()
     }
 
+    /// Number of parameters an update can perturb: all trainable ones, or
+    /// those in the magnitude masks (a layer-subset update perturbs a
+    /// seed-chosen part of them).
+    pub fn num_perturbable(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| {
+                s.mask
+                    .as_ref()
+                    .map_or(s.base.len(), |m| structure::count(m))
+            })
+            .sum()
+    }
+
+    /// Which tensors update `seed` perturbs (and so moves): all of them,
+    /// except under [`Structure::Layers`], where its chosen groups' only.
+    pub fn perturbed(&self, seed: &Seed) -> Vec<bool> {
+        match self.rules.structure {
+            Structure::Layers { layers } => {
+                let n = self.slots.iter().map(|s| s.group + 1).max().unwrap_or(0);
+                let chosen = structure::chosen_groups(seed, n, layers);
+                self.slots.iter().map(|s| chosen[s.group]).collect()
+            }
+            _ => vec![true; self.slots.len()],
+        }
+    }
+
     /// Version vector of the applied set.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv
@@ -239,13 +283,15 @@ impl Replica {
     }
 
     /// The contributions of update `u`: per tensor, the scalar `a_t` in units.
+    /// Tensors the update does not perturb get exactly 0.
     fn scalars(&self, u: &Update) -> (Seed, Vec<f64>) {
         let seed = seed::derive(&self.rules.run, &u.origin, u.seq);
         let step = -self.rules.schedule.lr(u.seq) * self.rules.codec.decode(u.code);
         let a = self
             .slots
             .iter()
-            .map(|s| step * pow2(-s.unit_exp))
+            .zip(self.perturbed(&seed))
+            .map(|(s, on)| if on { step * pow2(-s.unit_exp) } else { 0.0 })
             .collect();
         (seed, a)
     }
@@ -461,22 +507,24 @@ impl Replica {
                 Kind::Rademacher => {
                     let items: Vec<(Seed, i32)> = prepared
                         .iter()
+                        .filter(|(_, a)| a[t] != 0.0)
                         .map(|(seed, a)| {
                             let c = Self::rademacher_contribution(seed, t, a[t]);
                             (*seed, if negate { c.wrapping_neg() } else { c })
                         })
                         .filter(|&(_, c)| c != 0)
                         .collect();
-                    apply_rademacher(&mut slot.delta, t as u64, &items);
+                    apply_rademacher(&mut slot.delta, slot.mask.as_deref(), t as u64, &items);
                 }
                 Kind::Gaussian => {
                     // round_ties_even(−x) = −round_ties_even(x), and the clamp
                     // is symmetric: negating `a` negates every contribution.
                     let items: Vec<(Seed, f64)> = prepared
                         .iter()
+                        .filter(|(_, a)| a[t] != 0.0)
                         .map(|(seed, a)| (*seed, if negate { -a[t] } else { a[t] }))
                         .collect();
-                    apply_gaussian(&mut slot.delta, t as u64, &items);
+                    apply_gaussian(&mut slot.delta, slot.mask.as_deref(), t as u64, &items);
                 }
             }
         }
@@ -508,7 +556,9 @@ impl Replica {
             .for_each(|((o, b), d)| run(o, b, d));
     }
 
-    /// Writes `θ + scale·z` of tensor `t` into `out`, `z` regenerated from `seed`.
+    /// Writes `θ + scale·z` of tensor `t` into `out`, `z` regenerated from
+    /// `seed` (zero outside the tensor's magnitude mask). The caller skips
+    /// tensors the update does not perturb ([`Replica::perturbed`]).
     pub fn materialize_perturbed(&self, t: usize, out: &mut [f32], seed: &Seed, scale: f32) {
         let s = &self.slots[t];
         let unit = pow2(s.unit_exp);
@@ -519,6 +569,16 @@ impl Replica {
                 let at = start + c * CHUNK;
                 let z = &mut z[..o.len()];
                 perturb::fill(kind, seed, t as u64, at, z);
+                if let Some(mask) = &s.mask {
+                    // `at` is a multiple of 32: mask word k covers z[32k..].
+                    for (zs, &m) in z.chunks_mut(32).zip(&mask[at / 32..]) {
+                        for (b, zi) in zs.iter_mut().enumerate() {
+                            if m & (1 << b) == 0 {
+                                *zi = 0.0;
+                            }
+                        }
+                    }
+                }
                 let base = &s.base[at..at + o.len()];
                 let delta = &s.delta[at..at + o.len()];
                 for (((o, &b), &d), &zi) in o.iter_mut().zip(base).zip(delta).zip(z.iter()) {
@@ -604,18 +664,26 @@ pub fn measure_apply_rate() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t0 = std::time::Instant::now();
-        apply_rademacher(&mut scratch, 0, &[(seed, 1)]);
+        apply_rademacher(&mut scratch, None, 0, &[(seed, 1)]);
         best = best.min(t0.elapsed().as_secs_f64());
     }
     scratch.len() as f64 / best.max(1e-9)
 }
 
-/// Adds `±c` to every element for each `(seed, c)`, signs from stream `t`;
-/// memory is touched once per chunk for all updates. Large tensors are split
-/// into segments applied in parallel (each seeks its own stream position).
-pub fn apply_rademacher(delta: &mut [i32], t: u64, items: &[(Seed, i32)]) {
+/// Adds `±c` to every element (with a `mask`, to its set elements only) for
+/// each `(seed, c)`, signs from stream `t`; memory is touched once per chunk
+/// for all updates. Large tensors are split into segments applied in
+/// parallel (each seeks its own stream position).
+pub fn apply_rademacher(delta: &mut [i32], mask: Option<&[u32]>, t: u64, items: &[(Seed, i32)]) {
     if items.is_empty() {
         return;
+    }
+    if let Some(mask) = mask {
+        return delta
+            .par_chunks_mut(SEGMENT)
+            .zip(mask.par_chunks(SEGMENT / 32))
+            .enumerate()
+            .for_each(|(i, (seg, m))| apply_rademacher_masked(seg, m, i * SEGMENT, t, items));
     }
     if delta.len() <= SEGMENT {
         return apply_rademacher_at(delta, 0, t, items);
@@ -624,6 +692,44 @@ pub fn apply_rademacher(delta: &mut [i32], t: u64, items: &[(Seed, i32)]) {
         .par_chunks_mut(SEGMENT)
         .enumerate()
         .for_each(|(i, seg)| apply_rademacher_at(seg, i * SEGMENT, t, items));
+}
+
+/// [`apply_rademacher_at`] on the elements set in `mask` (word `k` covers
+/// elements `32k..32k + 32` of `delta`).
+fn apply_rademacher_masked(
+    delta: &mut [i32],
+    mask: &[u32],
+    start: usize,
+    t: u64,
+    items: &[(Seed, i32)],
+) {
+    let mut rngs: Vec<_> = items
+        .iter()
+        .map(|(seed, _)| perturb::stream(seed, t, (start / 32) as u64))
+        .collect();
+    let sum_c = items.iter().fold(0i32, |s, &(_, c)| s.wrapping_add(c));
+    let mut words = [0u32; CHUNK / 32];
+    for (chunk, m) in delta.chunks_mut(CHUNK).zip(mask.chunks(CHUNK / 32)) {
+        let nw = chunk.len().div_ceil(32);
+        for (rng, &(_, c)) in rngs.iter_mut().zip(items) {
+            perturb::fill_words(rng, &mut words[..nw]);
+            let two_c = c.wrapping_mul(2);
+            for ((block, &w), &m) in chunk.chunks_mut(32).zip(&words).zip(m) {
+                for (b, d) in block.iter_mut().enumerate() {
+                    if w & m & (1 << b) != 0 {
+                        *d = d.wrapping_add(two_c);
+                    }
+                }
+            }
+        }
+        for (block, &m) in chunk.chunks_mut(32).zip(m) {
+            for (b, d) in block.iter_mut().enumerate() {
+                if m & (1 << b) != 0 {
+                    *d = d.wrapping_sub(sum_c);
+                }
+            }
+        }
+    }
 }
 
 fn apply_rademacher_at(delta: &mut [i32], start: usize, t: u64, items: &[(Seed, i32)]) {
@@ -679,24 +785,40 @@ fn add_where_set(block: &mut [i32; 32], w: u32, v: i32) {
     }
 }
 
-/// Adds `round(a · z_i)` for each `(seed, a)` with Gaussian `z` from stream `t`.
-pub fn apply_gaussian(delta: &mut [i32], t: u64, items: &[(Seed, f64)]) {
+/// Adds `round(a · z_i)` for each `(seed, a)` with Gaussian `z` from stream
+/// `t` (with a `mask`, to its set elements only).
+pub fn apply_gaussian(delta: &mut [i32], mask: Option<&[u32]>, t: u64, items: &[(Seed, f64)]) {
     if items.is_empty() {
         return;
     }
     delta
         .par_chunks_mut(SEGMENT)
         .enumerate()
-        .for_each(|(i, seg)| apply_gaussian_at(seg, i * SEGMENT, t, items));
+        .for_each(|(i, seg)| {
+            let m = mask.map(|m| &m[i * SEGMENT / 32..]);
+            apply_gaussian_at(seg, m, i * SEGMENT, t, items)
+        });
 }
 
-fn apply_gaussian_at(delta: &mut [i32], start: usize, t: u64, items: &[(Seed, f64)]) {
+fn apply_gaussian_at(
+    delta: &mut [i32],
+    mask: Option<&[u32]>,
+    start: usize,
+    t: u64,
+    items: &[(Seed, f64)],
+) {
     let mut z = vec![0f32; CHUNK.min(delta.len())];
     for (c, chunk) in delta.chunks_mut(CHUNK).enumerate() {
         for (seed, a) in items {
             let z = &mut z[..chunk.len()];
             perturb::fill(Kind::Gaussian, seed, t, start + c * CHUNK, z);
-            for (d, &zi) in chunk.iter_mut().zip(z.iter()) {
+            for (i, (d, &zi)) in chunk.iter_mut().zip(z.iter()).enumerate() {
+                if let Some(m) = mask {
+                    let k = c * CHUNK + i;
+                    if m[k / 32] & (1 << (k % 32)) == 0 {
+                        continue;
+                    }
+                }
                 let v = (a * f64::from(zi)).round_ties_even();
                 *d = d.wrapping_add(v.clamp(-1e9, 1e9) as i32);
             }

@@ -27,6 +27,19 @@ pub struct Summary {
     pub delta_bytes_mean: Option<f64>,
     /// First-order: raw f32 delta size over encoded size.
     pub delta_ratio: Option<f64>,
+    /// Every evaluation of the run, first (before training) to last.
+    pub curve: Vec<CurvePoint>,
+}
+
+/// One evaluation of a `train` run: dev accuracy against updates and time.
+#[derive(Clone, Debug, Serialize)]
+pub struct CurvePoint {
+    /// Updates applied when it was taken.
+    pub updates: u64,
+    /// Seconds since the command started (model load included).
+    pub wall_seconds: f64,
+    pub accuracy: f64,
+    pub loss: f64,
 }
 
 /// Progress reporting hook for [`run_single`]: `(step, steps, train loss, eval)`.
@@ -42,6 +55,14 @@ pub fn run_single(
     let origin = local_origin(cfg);
     let (mut session, _log) = Session::open(cfg, origin, data_dir)?;
     let initial = session.evaluate()?;
+    let point = |updates: u64, e: &Eval| CurvePoint {
+        updates,
+        wall_seconds: start.elapsed().as_secs_f64(),
+        accuracy: e.accuracy(),
+        loss: e.loss(),
+    };
+    let mut curve = vec![point(session.trainer().replica().applied(), &initial)];
+    let mut last = Some(initial);
     progress(0, cfg.node.steps, initial.loss(), Some(initial));
     let first = session.trainer().next_seq();
     let (mut delta_bytes, mut raw_delta_bytes) = (0u64, 0u64);
@@ -51,6 +72,10 @@ pub fn run_single(
             delta_bytes += p.len() as u64;
             raw_delta_bytes += made.raw_bytes as u64;
         }
+        if let Some(e) = &made.eval {
+            curve.push(point(session.trainer().replica().applied(), e));
+            last = Some(*e);
+        }
         progress(
             made.seq + 1,
             cfg.node.steps,
@@ -58,10 +83,18 @@ pub fn run_single(
             made.eval,
         );
     }
-    let fin = session.evaluate()?;
+    let updates = session.trainer().replica().applied();
+    // The last evaluation is the final one when nothing was applied since.
+    let fin = match (curve.last(), last) {
+        (Some(p), Some(e)) if p.updates == updates => e,
+        _ => {
+            let e = session.evaluate()?;
+            curve.push(point(updates, &e));
+            e
+        }
+    };
     let wall = start.elapsed().as_secs_f64();
     let trainer = session.trainer();
-    let updates = trainer.replica().applied();
     let ran = trainer.next_seq() - first;
     Ok(Summary {
         run_id: trainer.run().to_hex(),
@@ -82,6 +115,7 @@ pub fn run_single(
         mode: cfg.node.mode.to_string(),
         delta_bytes_mean: (delta_bytes > 0).then(|| delta_bytes as f64 / ran.max(1) as f64),
         delta_ratio: (delta_bytes > 0).then(|| raw_delta_bytes as f64 / delta_bytes as f64),
+        curve,
     })
 }
 

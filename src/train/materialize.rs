@@ -318,7 +318,7 @@ fn model_card(sl: &SeedLog, manifest: &config::Manifest, hf: bool) -> String {
          - run id: `{run}`\n\
          - base model hash: `{base}`\n\
          - digest of the fine-tuning accumulator δ: `{digest}`\n\
-         - perturbation: {kind:?}, ε = {eps}, batch {batch}, trainable: {trainable:?}\n\n\
+         - perturbation: {kind:?} ({structure:?}), ε = {eps}, batch {batch}, trainable: {trainable:?}\n\n\
          ## Contributors (updates each)\n\n\
          | origin | updates |\n|---|---|\n{origins}\n\
          ## Manifest\n\n```json\n{manifest_json}\n```\n",
@@ -329,6 +329,7 @@ fn model_card(sl: &SeedLog, manifest: &config::Manifest, hf: bool) -> String {
         base = seed::hex(&sl.base_hash),
         digest = seed::hex(&sl.digest),
         kind = manifest.perturbation,
+        structure = manifest.structure,
         eps = manifest.eps,
         batch = manifest.batch_size,
         trainable = manifest.trainable,

@@ -286,6 +286,7 @@ impl Trainer {
         let rules = Rules {
             run,
             kind: manifest.perturbation,
+            structure: manifest.structure,
             codec: Codec::new(&manifest.codec),
             schedule: manifest.schedule.clone(),
             unit_bits: manifest.unit_bits,
@@ -391,18 +392,29 @@ impl Trainer {
     }
 
     fn materialize(&mut self) -> Result<(), Error> {
+        self.materialize_some(&vec![true; self.slots.len()])
+    }
+
+    /// Materializes the tensors marked in `which`.
+    fn materialize_some(&mut self, which: &[bool]) -> Result<(), Error> {
         for (t, &i) in self.slots.iter().enumerate() {
-            let r = &self.replica;
-            self.model.write(i, &mut |w| r.materialize(t, w))?;
+            if which[t] {
+                let r = &self.replica;
+                self.model.write(i, &mut |w| r.materialize(t, w))?;
+            }
         }
         Ok(())
     }
 
-    fn perturb(&mut self, seed: &Seed, scale: f32) -> Result<(), Error> {
+    /// Writes `θ + scale·z` into the tensors the update of `seed` perturbs
+    /// (`which`); the others keep their materialized `θ`.
+    fn perturb(&mut self, seed: &Seed, scale: f32, which: &[bool]) -> Result<(), Error> {
         for (t, &i) in self.slots.iter().enumerate() {
-            let r = &self.replica;
-            self.model
-                .write(i, &mut |w| r.materialize_perturbed(t, w, seed, scale))?;
+            if which[t] {
+                let r = &self.replica;
+                self.model
+                    .write(i, &mut |w| r.materialize_perturbed(t, w, seed, scale))?;
+            }
         }
         Ok(())
     }
@@ -429,7 +441,8 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<Step, Error> {
         let seq = self.next_seq();
         let seed = seed::derive(&self.run(), &self.origin, seq);
-        let (loss_plus, loss_minus, forward_seconds) = self.losses(&seed, batch)?;
+        let which = self.replica.perturbed(&seed);
+        let (loss_plus, loss_minus, forward_seconds) = self.losses(&seed, &which, batch)?;
         let grad = (f64::from(loss_plus) - f64::from(loss_minus)) / (2.0 * f64::from(self.eps));
         let code = self.replica.rules().codec.encode(
             grad * self.step_scale * if self.flip_signs { -1.0 } else { 1.0 },
@@ -440,7 +453,8 @@ impl Trainer {
             seq,
             code,
         }])?;
-        self.materialize()?;
+        // Only the perturbed tensors moved (or hold θ − εz).
+        self.materialize_some(&which)?;
         Ok(Step {
             seq,
             code,
@@ -451,16 +465,21 @@ impl Trainer {
         })
     }
 
-    /// The losses at `θ ± εz` (z from `seed`) on `batch` and the time of
-    /// each forward. The weights are left at `θ − εz` (the caller
-    /// materializes), or the replica's again on error.
-    fn losses(&mut self, seed: &Seed, batch: &Batch) -> Result<(f32, f32, [f64; 2]), Error> {
+    /// The losses at `θ ± εz` (z from `seed`, on the tensors in `which`) on
+    /// `batch` and the time of each forward. The weights are left at
+    /// `θ − εz` (the caller materializes), or the replica's again on error.
+    fn losses(
+        &mut self,
+        seed: &Seed,
+        which: &[bool],
+        batch: &Batch,
+    ) -> Result<(f32, f32, [f64; 2]), Error> {
         let mut forward_seconds = [0.0; 2];
-        let losses = self.perturb(seed, self.eps).and_then(|()| {
+        let losses = self.perturb(seed, self.eps, which).and_then(|()| {
             let t = Instant::now();
             let plus = self.model.loss(batch)?;
             forward_seconds[0] = t.elapsed().as_secs_f64();
-            self.perturb(seed, -self.eps)?;
+            self.perturb(seed, -self.eps, which)?;
             let t = Instant::now();
             let minus = self.model.loss(batch)?;
             forward_seconds[1] = t.elapsed().as_secs_f64();
@@ -488,7 +507,8 @@ impl Trainer {
     /// the weights perturbed (the caller materializes).
     fn projected(&mut self, origin: &Origin, seq: u64, batch: &Batch) -> Result<f64, Error> {
         let seed = seed::derive(&self.run(), origin, seq);
-        let (plus, minus, _) = self.losses(&seed, batch)?;
+        let which = self.replica.perturbed(&seed);
+        let (plus, minus, _) = self.losses(&seed, &which, batch)?;
         Ok((f64::from(plus) - f64::from(minus)) / (2.0 * f64::from(self.eps)))
     }
 

@@ -103,3 +103,51 @@ fn recompute_at_an_earlier_state_matches_and_restores() {
     assert!(t.recompute_at(&target, &back[..1], &b, 1, &batch).is_err());
     assert_eq!(t.replica().digest(), before);
 }
+
+#[test]
+fn structured_steps_leave_the_model_at_the_replica() {
+    use crate::zo::structure::Structure;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/demo.toml"),
+    )
+    .unwrap();
+    for structure in [
+        Structure::Layers { layers: 2 },
+        Structure::Magnitude { density: 0.2 },
+    ] {
+        let mut cfg = crate::config::Config::parse(&text, "demo.toml").unwrap();
+        cfg.run.structure = structure;
+        let origin = Origin([3; 32]);
+        let data = build_data(&cfg.run).unwrap();
+        let mut t = Trainer::new(&cfg, origin).unwrap();
+        let mut steps = Vec::new();
+        for seq in 0..8 {
+            let batch = data.train_batch(&origin, seq, cfg.run.batch_size);
+            steps.push(t.step(&batch).unwrap());
+            // Skipped tensors were never left perturbed: the model holds
+            // exactly the replica's weights.
+            for (k, &i) in t.slots.iter().enumerate() {
+                let mut want = vec![0f32; t.replica.slots()[k].base.len()];
+                t.replica.materialize(k, &mut want);
+                assert_eq!(t.model.read(i).unwrap(), want, "{structure:?} tensor {k}");
+            }
+        }
+        assert!(steps.iter().all(|s| s.grad.is_finite()));
+        assert!(steps.iter().any(|s| s.grad != 0.0));
+        // A peer recomputing the last update on the state before it gets
+        // the same gradient (the same elements perturbed the same way).
+        let mut peer = Trainer::new(&cfg, Origin([4; 32])).unwrap();
+        let earlier: Vec<Update> = steps[..7]
+            .iter()
+            .map(|s| Update {
+                origin,
+                seq: s.seq,
+                code: s.code,
+            })
+            .collect();
+        peer.replica.apply(&earlier).unwrap();
+        peer.materialize().unwrap();
+        let batch = data.train_batch(&origin, 7, cfg.run.batch_size);
+        assert_eq!(peer.recompute(&origin, 7, &batch).unwrap(), steps[7].grad);
+    }
+}

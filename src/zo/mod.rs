@@ -7,3 +7,4 @@ pub mod check;
 pub mod codec;
 pub mod perturb;
 pub mod seed;
+pub mod structure;

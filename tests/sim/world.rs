@@ -129,6 +129,7 @@ impl World {
         let rules = Rules {
             run: crate::node::RUN,
             kind: cfg.run.perturbation,
+            structure: cfg.run.structure,
             codec: seedswarm::zo::codec::Codec::new(&cfg.run.codec),
             schedule: cfg.run.schedule.clone(),
             unit_bits: cfg.run.unit_bits,
