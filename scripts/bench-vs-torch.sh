@@ -28,19 +28,7 @@ config="configs/smollm2-sst2.toml"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}"
 
 source scripts/hf-venv.sh bench-vs-torch
-# PROFILE=release (default) builds an optimized binary (a first release
-# build of the dependencies takes ~17 minutes on 2 cores); PROFILE=dev
-# measures the dev build (dependencies optimized, seedswarm at opt-level 1).
-profile="${PROFILE:-release}"
-if [[ -n "${SEEDSWARM_BIN:-}" ]]; then
-    bin="$SEEDSWARM_BIN"
-elif [[ "$profile" == release ]]; then
-    cargo build --quiet --release --bin seedswarm
-    bin="$CARGO_TARGET_DIR/release/seedswarm"
-else
-    cargo build --quiet --bin seedswarm
-    bin="$CARGO_TARGET_DIR/debug/seedswarm"
-fi
+source scripts/seedswarm-bin.sh
 mkdir -p "$run"
 export RAYON_NUM_THREADS="$threads"
 

@@ -33,16 +33,7 @@ run="${RUN_DIR:-$root/runs/time-to-accuracy-$(date +%Y%m%d-%H%M%S)}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/seedswarm-target}"
 export RAYON_NUM_THREADS="$threads"
 
-profile="${PROFILE:-release}"
-if [[ -n "${SEEDSWARM_BIN:-}" ]]; then
-    bin="$SEEDSWARM_BIN"
-elif [[ "$profile" == release ]]; then
-    cargo build --quiet --release --bin seedswarm
-    bin="$CARGO_TARGET_DIR/release/seedswarm"
-else
-    cargo build --quiet --bin seedswarm
-    bin="$CARGO_TARGET_DIR/debug/seedswarm"
-fi
+source scripts/seedswarm-bin.sh
 mkdir -p "$run"
 
 for v in $variants; do

@@ -202,6 +202,17 @@ fn perturbation_is_undone_by_rematerializing() {
     assert_eq!(w, clean);
 }
 
+/// Updates 0..4 of origin [1; 32] with codes 90..94 (the golden tests' input).
+fn four_updates() -> Vec<Update> {
+    (0..4)
+        .map(|s| Update {
+            origin: Origin([1; 32]),
+            seq: s,
+            code: 90 + s as u8,
+        })
+        .collect()
+}
+
 #[test]
 fn golden_contributions() {
     // Pinned integer contributions of one update: every node must compute these.
@@ -212,13 +223,7 @@ fn golden_contributions() {
         code: 0,
     }])
     .unwrap_err();
-    let updates: Vec<Update> = (0..4)
-        .map(|s| Update {
-            origin: Origin([1; 32]),
-            seq: s,
-            code: 90 + s as u8,
-        })
-        .collect();
+    let updates = four_updates();
     r.apply(&updates).unwrap();
     let picks: Vec<i32> = vec![
         r.slots()[0].delta[0],
@@ -321,13 +326,7 @@ fn golden_structured_contributions() {
     ];
     for (structure, digest) in cases {
         let mut r = replica_with(Kind::Rademacher, structure);
-        let updates: Vec<Update> = (0..4)
-            .map(|s| Update {
-                origin: Origin([1; 32]),
-                seq: s,
-                code: 90 + s as u8,
-            })
-            .collect();
+        let updates = four_updates();
         r.apply(&updates).unwrap();
         assert_eq!(r.digest(), digest, "{structure:?}");
         // Retracting them restores the base exactly.
